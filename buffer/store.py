@@ -1,0 +1,481 @@
+"""The SQLite ring buffer: every sample, every uplink's acknowledged ranges, and what was dropped.
+
+Synchronous on purpose: the daemon runs it on one dedicated thread (see `buffer.Buffer`), CLI tools
+use it directly. One connection per Store; SQLite's WAL lets another process (`edged status`,
+`edged replay`) read and write beside the daemon.
+
+Invariants:
+- seq values are never reused. A brand-new buffer starts at the current Unix time in microseconds,
+  so even a buffer that was replaced (corrupt file kept aside) continues above the old sequence and
+  receivers that drop duplicates by (gateway, seq) never discard new data.
+- an uplink's state is the set of seq ranges it has acknowledged (`acks`), merged as they touch.
+  Everything else at or below the head is still owed to it. Recording an acknowledgement is one
+  transaction, together with deleting the gap records it carried.
+- trimming (age or size) deletes oldest-first by seq. For each uplink the part of the deleted range
+  it never acknowledged becomes a gap record it must send, and is counted as dropped for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edged.errors import StorageError
+from edged.model import Gap, Sample
+
+log = logging.getLogger("edged.buffer")
+
+APPLICATION_ID = 0x65646764  # "edgd"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tags(
+    tag_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, unit TEXT, is_bool INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS samples(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, tag_id INTEGER NOT NULL,
+    value, status INTEGER NOT NULL, score INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS uplinks(
+    name TEXT PRIMARY KEY, created_ns INTEGER NOT NULL, sent INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0, gaps_sent INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks(
+    uplink TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, PRIMARY KEY(uplink, lo)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gaps(
+    id INTEGER PRIMARY KEY, uplink TEXT NOT NULL, lo_seq INTEGER NOT NULL, hi_seq INTEGER NOT NULL,
+    lo_ts_ns INTEGER NOT NULL, hi_ts_ns INTEGER NOT NULL, count INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS gaps_by_uplink ON gaps(uplink, lo_seq);
+"""
+
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TrimResult:
+    deleted: int = 0
+    by_age: int = 0
+    by_size: int = 0
+    gaps: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkStatus:
+    name: str
+    acked: list[Range]
+    backlog: int
+    oldest_unsent_ns: int | None
+    sent: int
+    dropped: int
+    pending_gaps: int
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStatus:
+    path: str
+    file_bytes: int
+    used_bytes: int
+    samples: int
+    first_seq: int | None
+    head: int
+    oldest_ns: int | None
+    newest_ns: int | None
+    trimmed_age: int
+    trimmed_size: int
+    uplinks: list[UplinkStatus] = field(default_factory=list)
+
+
+def subtract(lo: int, hi: int, ranges: Iterable[Range]) -> list[Range]:
+    """The parts of [lo, hi] not covered by `ranges` (sorted by start), oldest first."""
+    holes: list[Range] = []
+    pos = lo
+    for a, b in ranges:
+        if b < pos:
+            continue
+        if a > hi:
+            break
+        if a > pos:
+            holes.append((pos, min(a - 1, hi)))
+        pos = max(pos, b + 1)
+        if pos > hi:
+            break
+    if pos <= hi:
+        holes.append((pos, hi))
+    return holes
+
+
+class Store:
+    """One connection to the buffer database. Not thread-safe: use it from one thread."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        create: bool = True,
+        readonly: bool = False,
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        self.path = Path(path)
+        self._tag_ids: dict[str, tuple[int, str | None, bool]] = {}
+        self._tags_by_id: dict[int, tuple[str, str | None, bool]] = {}
+        if not self.path.exists() and not create:
+            raise StorageError(f"no buffer at {self.path}")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        try:
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            self._check_identity(readonly)
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self.db.execute("PRAGMA journal_size_limit=67108864")
+                self.db.executescript(_SCHEMA)
+                self._init_meta()
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                self.db.close()
+            raise StorageError(f"{self.path}: not a usable edged buffer: {exc}") from exc
+        self.head = self._read_head()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _check_identity(self, readonly: bool) -> None:
+        app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id == 0 and tables == 0:
+            if readonly:
+                raise StorageError(f"{self.path}: empty, not an edged buffer")
+            self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return
+        if app_id != APPLICATION_ID:
+            raise StorageError(f"{self.path}: a foreign SQLite database (application_id {app_id:#x}), not an edged buffer")
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"{self.path}: written by a newer edged (schema {version} > {SCHEMA_VERSION})")
+
+    def _init_meta(self) -> None:
+        with self.transaction():
+            row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='samples'").fetchone()
+            if row is None:
+                base = time.time_ns() // 1000
+                self.db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES('samples', ?)", (base,))
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES('created_ns', ?)", (time.time_ns(),))
+            for key in ("trimmed_age", "trimmed_size"):
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES(?, 0)", (key,))
+
+    def _read_head(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='samples'").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ writing
+
+    def _intern(self, name: str, unit: str | None, is_bool: bool) -> int:
+        known = self._tag_ids.get(name)
+        if known is not None and known[1] == unit and (known[2] or not is_bool):
+            return known[0]
+        row = self.db.execute("SELECT tag_id, unit, is_bool FROM tags WHERE name=?", (name,)).fetchone()
+        if row is None:
+            tag_id = self.db.execute(
+                "INSERT INTO tags(name, unit, is_bool) VALUES(?,?,?)", (name, unit, int(is_bool))
+            ).lastrowid
+            assert tag_id is not None
+        else:
+            tag_id = row[0]
+            if row[1] != unit or (is_bool and not row[2]):
+                self.db.execute(
+                    "UPDATE tags SET unit=?, is_bool=? WHERE tag_id=?", (unit, int(is_bool or row[2]), tag_id)
+                )
+            is_bool = is_bool or bool(row[2])
+        self._tag_ids[name] = (tag_id, unit, is_bool)
+        self._tags_by_id[tag_id] = (name, unit, is_bool)
+        return tag_id
+
+    def append(self, samples: Sequence[Sample]) -> Range:
+        """Store samples in one transaction; returns the (first, last) seq assigned."""
+        if not samples:
+            return (self.head + 1, self.head)
+        with self.transaction():
+            head = self._read_head()
+            intern = self._intern
+            rows = []
+            seq = head
+            for s in samples:
+                seq += 1
+                v = s.value
+                is_bool = v is True or v is False
+                rows.append((seq, s.ts_ns, intern(s.tag, s.unit, is_bool), int(v) if is_bool else v, s.status, s.score))
+            self.db.executemany("INSERT INTO samples(seq, ts_ns, tag_id, value, status, score) VALUES(?,?,?,?,?,?)", rows)
+        first = head + 1
+        self.head = seq
+        return (first, seq)
+
+    # ------------------------------------------------------------------ reading
+
+    def _tag(self, tag_id: int) -> tuple[str, str | None, bool]:
+        t = self._tags_by_id.get(tag_id)
+        if t is None:
+            row = self.db.execute("SELECT name, unit, is_bool FROM tags WHERE tag_id=?", (tag_id,)).fetchone()
+            t = (row[0], row[1], bool(row[2])) if row else (f"<unknown tag {tag_id}>", None, False)
+            self._tags_by_id[tag_id] = t
+        return t
+
+    def _rows_to_samples(self, rows: Iterable[tuple[Any, ...]]) -> list[Sample]:
+        out = []
+        tag = self._tag
+        for seq, ts_ns, tag_id, value, status, score in rows:
+            name, unit, is_bool = tag(tag_id)
+            if is_bool and isinstance(value, int):
+                value = bool(value)
+            out.append(Sample(name, ts_ns, value, status, score, unit, seq))
+        return out
+
+    def read(self, lo: int, hi: int, limit: int) -> tuple[list[Sample], int]:
+        """Samples with lo <= seq <= hi, oldest first, at most `limit`; and the last seq the
+        result covers (hi when fewer than `limit` came back), so holes are acknowledged too."""
+        rows = self.db.execute(
+            "SELECT seq, ts_ns, tag_id, value, status, score FROM samples WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+            (lo, hi, limit),
+        ).fetchall()
+        covered = rows[-1][0] if len(rows) == limit else hi
+        return self._rows_to_samples(rows), covered
+
+    def read_time(self, since_ns: int | None, until_ns: int | None, after_seq: int, limit: int) -> list[Sample]:
+        """Samples by source time (for export/replay), in seq order after `after_seq`."""
+        rows = self.db.execute(
+            "SELECT seq, ts_ns, tag_id, value, status, score FROM samples WHERE seq > ? AND ts_ns >= ? AND ts_ns < ?"
+            " ORDER BY seq LIMIT ?",
+            (after_seq, since_ns if since_ns is not None else -(2**63), until_ns if until_ns is not None else 2**63 - 1, limit),
+        ).fetchall()
+        return self._rows_to_samples(rows)
+
+    def first_seq(self) -> int | None:
+        row = self.db.execute("SELECT seq FROM samples ORDER BY seq LIMIT 1").fetchone()
+        return int(row[0]) if row else None
+
+    # ------------------------------------------------------------------ uplinks
+
+    def register_uplink(self, name: str, start_from: str = "earliest") -> None:
+        """Make the uplink known. A brand-new uplink starting from `latest` acknowledges the past."""
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO uplinks(name, created_ns) VALUES(?, ?)", (name, time.time_ns())
+            )
+            if cur.rowcount and start_from == "latest":
+                self._ack(name, 0, self._read_head())
+
+    def uplink_names(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM uplinks ORDER BY name")]
+
+    def acked(self, uplink: str) -> list[Range]:
+        return [(a, b) for a, b in self.db.execute("SELECT lo, hi FROM acks WHERE uplink=? ORDER BY lo", (uplink,))]
+
+    def unacked(self, uplink: str, upto: int, *, limit: int = 100) -> list[Range]:
+        """Seq ranges at or below `upto` still owed to the uplink, oldest first."""
+        first = self.first_seq()
+        if first is None or first > upto:
+            return []
+        return subtract(first, upto, self.acked(uplink))[:limit]
+
+    def _ack(self, uplink: str, lo: int, hi: int) -> None:
+        rows = self.db.execute(
+            "SELECT lo, hi FROM acks WHERE uplink=? AND lo <= ? AND hi >= ?", (uplink, hi + 1, lo - 1)
+        ).fetchall()
+        new_lo = min([lo, *(r[0] for r in rows)])
+        new_hi = max([hi, *(r[1] for r in rows)])
+        if rows:
+            self.db.executemany("DELETE FROM acks WHERE uplink=? AND lo=?", [(uplink, r[0]) for r in rows])
+        self.db.execute("INSERT INTO acks(uplink, lo, hi) VALUES(?,?,?)", (uplink, new_lo, new_hi))
+
+    def ack(self, uplink: str, lo: int, hi: int, *, sent: int = 0, gap_ids: Sequence[int] = ()) -> None:
+        """Record that the peer acknowledged seq lo..hi (and these gap records): one transaction."""
+        with self.transaction():
+            if hi >= lo:
+                self._ack(uplink, lo, hi)
+            if gap_ids:
+                self.db.executemany("DELETE FROM gaps WHERE id=? AND uplink=?", [(g, uplink) for g in gap_ids])
+            self.db.execute(
+                "UPDATE uplinks SET sent = sent + ?, gaps_sent = gaps_sent + ? WHERE name=?",
+                (sent, len(gap_ids), uplink),
+            )
+
+    def pending_gaps(self, uplink: str, limit: int = 100) -> list[tuple[int, Gap]]:
+        return [
+            (r[0], Gap(r[1], r[2], r[3], r[4], r[5]))
+            for r in self.db.execute(
+                "SELECT id, lo_seq, hi_seq, lo_ts_ns, hi_ts_ns, count FROM gaps WHERE uplink=? ORDER BY lo_seq LIMIT ?",
+                (uplink, limit),
+            )
+        ]
+
+    # ------------------------------------------------------------------ trimming
+
+    def used_bytes(self) -> int:
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def _age_boundary(self, cutoff_ns: int, max_rows: int) -> int | None:
+        """First seq to keep by age: rows are trimmed oldest-first by seq, up to the first young one."""
+        first = self.first_seq()
+        if first is None:
+            return None
+        scanned, pos = 0, first
+        while scanned < max_rows:
+            rows = self.db.execute(
+                "SELECT seq, ts_ns FROM samples WHERE seq >= ? ORDER BY seq LIMIT 10000", (pos,)
+            ).fetchall()
+            if not rows:
+                return self.head + 1
+            for seq, ts in rows:
+                if ts >= cutoff_ns:
+                    return int(seq) if seq > first else None
+            scanned += len(rows)
+            pos = rows[-1][0] + 1
+        return pos
+
+    def _size_boundary(self, max_bytes: int) -> int | None:
+        used = self.used_bytes()
+        if used <= max_bytes:
+            return None
+        count = self.db.execute("SELECT count(*) FROM samples").fetchone()[0]
+        if count == 0:
+            return None
+        per_row = used / count
+        # free 5% below the cap at once, so the trim does not run on every flush
+        n = min(count, max(1, int((used - max_bytes * 0.95) / per_row) + 1))
+        first = self.first_seq()
+        assert first is not None
+        row = self.db.execute("SELECT seq FROM samples ORDER BY seq LIMIT 1 OFFSET ?", (n,)).fetchone()
+        return int(row[0]) if row else self.head + 1
+
+    def trim(self, *, retention_ns: int, max_bytes: int, now_ns: int | None = None, max_rows: int = 500_000) -> TrimResult:
+        """Apply retention and the size cap; returns what was deleted. Repeat while it deletes."""
+        now = time.time_ns() if now_ns is None else now_ns
+        age_b = self._age_boundary(now - retention_ns, max_rows)
+        size_b = self._size_boundary(max_bytes)
+        boundary = max(b for b in (age_b, size_b, 0) if b is not None)
+        first = self.first_seq()
+        if first is None or boundary <= first:
+            return TrimResult()
+        boundary = min(boundary, first + max_rows)
+        with self.transaction():
+            gaps = self._record_gaps(first, boundary - 1)
+            deleted = self.db.execute("DELETE FROM samples WHERE seq < ?", (boundary,)).rowcount
+            by_age = min(deleted, max(0, (age_b or 0) - first))
+            by_size = deleted - by_age
+            self.db.execute("UPDATE meta SET value = value + ? WHERE key='trimmed_age'", (by_age,))
+            self.db.execute("UPDATE meta SET value = value + ? WHERE key='trimmed_size'", (by_size,))
+        return TrimResult(deleted=deleted, by_age=by_age, by_size=by_size, gaps=gaps)
+
+    def _record_gaps(self, lo: int, hi: int) -> int:
+        n = 0
+        for uplink in self.uplink_names():
+            for a, b in subtract(lo, hi, self.acked(uplink)):
+                count, ts_lo, ts_hi = self.db.execute(
+                    "SELECT count(*), min(ts_ns), max(ts_ns) FROM samples WHERE seq BETWEEN ? AND ?", (a, b)
+                ).fetchone()
+                if count:
+                    self.db.execute(
+                        "INSERT INTO gaps(uplink, lo_seq, hi_seq, lo_ts_ns, hi_ts_ns, count) VALUES(?,?,?,?,?,?)",
+                        (uplink, a, b, ts_lo, ts_hi, count),
+                    )
+                    self.db.execute("UPDATE uplinks SET dropped = dropped + ? WHERE name=?", (count, uplink))
+                    n += 1
+            # the deleted range is settled for this uplink: acknowledged, or owed as a gap record
+            self._ack(uplink, 0, hi)
+        return n
+
+    def checkpoint(self) -> None:
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def integrity_ok(self) -> bool:
+        return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> BufferStatus:
+        self.head = self._read_head()
+        first = self.first_seq()
+        count = self.db.execute("SELECT count(*) FROM samples").fetchone()[0]
+        oldest = newest = None
+        if first is not None:
+            oldest = self.db.execute("SELECT ts_ns FROM samples WHERE seq=?", (first,)).fetchone()[0]
+            newest = self.db.execute("SELECT ts_ns FROM samples ORDER BY seq DESC LIMIT 1").fetchone()[0]
+        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        uplinks = []
+        for name, sent, dropped in self.db.execute("SELECT name, sent, dropped FROM uplinks ORDER BY name").fetchall():
+            holes = self.unacked(name, self.head, limit=1_000_000)
+            backlog = sum(b - a + 1 for a, b in holes)
+            oldest_unsent = None
+            if holes:
+                row = self.db.execute(
+                    "SELECT ts_ns FROM samples WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT 1", holes[0]
+                ).fetchone()
+                oldest_unsent = row[0] if row else None
+            n_gaps = self.db.execute("SELECT count(*) FROM gaps WHERE uplink=?", (name,)).fetchone()[0]
+            uplinks.append(UplinkStatus(name, self.acked(name), backlog, oldest_unsent, sent, dropped, n_gaps))
+        file_bytes = sum(
+            p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists()
+        )
+        return BufferStatus(
+            path=str(self.path),
+            file_bytes=file_bytes,
+            used_bytes=self.used_bytes(),
+            samples=count,
+            first_seq=first,
+            head=self.head,
+            oldest_ns=oldest,
+            newest_ns=newest,
+            trimmed_age=int(meta.get("trimmed_age", 0)),
+            trimmed_size=int(meta.get("trimmed_size", 0)),
+            uplinks=uplinks,
+        )
+
+
+def open_or_recover(path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> Store:
+    """Open the buffer; a corrupt or foreign file is kept aside (never deleted) and a fresh one started."""
+    p = Path(path)
+    try:
+        return Store(p, synchronous=synchronous)
+    except StorageError as exc:
+        if not p.exists():
+            raise
+        aside = p.with_name(f"{p.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
+        log.error("buffer unusable, kept aside as %s; starting a fresh buffer: %s", aside, exc)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{p}{suffix}")
+            if src.exists():
+                src.rename(Path(f"{aside}{suffix}"))
+        return Store(p, synchronous=synchronous)

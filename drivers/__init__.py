@@ -1,0 +1,1 @@
+"""Field drivers: one package per `type`, each exporting `Config` and `Driver`."""

@@ -1,0 +1,371 @@
+"""Load and validate the TOML config into typed structs.
+
+Every error names the file, the key path and the reason, because the person reading it is a plant
+engineer at a terminal, not a Python developer. Plugins contribute their own struct (a subclass of
+`DeviceBase` or `UplinkBase`), found by the entry's `type` through `edged.registry`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from edged.errors import ConfigError
+
+# ----------------------------------------------------------------------------------------- value types
+
+
+class Duration(float):
+    """Seconds, written with a unit in the config: "500ms", "10s", "1h30m", "24h", "7d"."""
+
+    _UNITS: Mapping[str, float] = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        s = text.strip().replace(" ", "")
+        pos, total = 0, 0.0
+        for m in cls._PART.finditer(s):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * cls._UNITS[m.group(2)]
+            pos = m.end()
+        if not s or pos != len(s):
+            raise ValueError(f"invalid duration {text!r}: use a number with a unit, e.g. '500ms', '10s', '24h'")
+        return cls(total)
+
+    def __repr__(self) -> str:
+        return f"Duration({float(self)}s)"
+
+
+class ByteSize(int):
+    """Bytes, written as an integer or with a unit: "512MiB", "2GB", "64k"."""
+
+    _UNITS: Mapping[str, int] = {
+        "": 1, "b": 1,
+        "k": 1000, "kb": 1000, "kib": 1024,
+        "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+        "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+        "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+    }  # fmt: skip
+
+    @classmethod
+    def parse(cls, value: str | int) -> ByteSize:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                raise ValueError("a size cannot be negative")
+            return cls(value)
+        if not isinstance(value, str):
+            raise TypeError("expected a size such as 1073741824 or '1GiB'")
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in cls._UNITS:
+            raise ValueError(f"invalid size {value!r}: use bytes or a unit (kB, MB, GB, KiB, MiB, GiB)")
+        return cls(int(float(m.group(1)) * cls._UNITS[unit]))
+
+
+class Secret:
+    """A password or token. Its repr never shows the value, so it cannot leak into logs.
+
+    In TOML: a plain string, `{ env = "NAME" }`, `{ file = "/path" }`, or `{ credential = "name" }`
+    (a systemd `LoadCredential=` file in `$CREDENTIALS_DIRECTORY`).
+    """
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str = "inline") -> None:
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(<redacted, from {self.source}>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _resolve_secret(obj: Any, base_dir: Path) -> Secret:
+    if isinstance(obj, str):
+        return Secret(obj)
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise TypeError("a secret is a string or one of { env = ... }, { file = ... }, { credential = ... }")
+    (kind, ref), = obj.items()
+    if not isinstance(ref, str) or not ref:
+        raise TypeError(f"secret `{kind}` must be a non-empty string")
+    if kind == "env":
+        if ref not in os.environ:
+            raise ValueError(f"environment variable {ref} is not set")
+        return Secret(os.environ[ref], f"env {ref}")
+    if kind == "file":
+        path = (base_dir / ref) if not os.path.isabs(ref) else Path(ref)
+        try:
+            return Secret(path.read_text().rstrip("\r\n"), f"file {path}")
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if kind == "credential":
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ValueError("CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the systemd unit)")
+        path = Path(cred_dir) / ref
+        try:
+            return Secret(path.read_text().rstrip("\r\n"), f"credential {ref}")
+        except OSError as exc:
+            raise ValueError(f"cannot read credential {ref}: {exc.strerror}") from None
+    raise TypeError(f"unknown secret source `{kind}`: use env, file or credential")
+
+
+# ----------------------------------------------------------------------------------------- structs
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+
+
+class Base(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class TagBase(Base):
+    """Fields every tag of every driver has; drivers subclass it with their addressing fields."""
+
+    name: str
+    unit: str | None = None
+    description: str = ""
+    low: float | None = None  # engineering range; outside it the value is Uncertain
+    high: float | None = None
+    deadband: float = 0.0  # absolute; a change smaller than this is not stored (status changes always are)
+    heartbeat: Duration | None = None  # store at least this often even inside the deadband
+
+    def __post_init__(self) -> None:
+        if not TAG_RE.match(self.name):
+            raise ValueError(f"invalid tag name {self.name!r}: letters, digits, _ . - / only")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.deadband < 0 or math.isnan(self.deadband):
+            raise ValueError("deadband must be >= 0")
+
+
+class DeviceBase(Base):
+    """Fields every `[[devices]]` entry has; a driver's `Config` subclasses it."""
+
+    name: str
+    type: str
+    enabled: bool = True
+    tags: list[Any] = []  # narrowed by each driver to a list of its TagBase subclass
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"invalid device name {self.name!r}: letters, digits, _ . - only")
+
+    def tag_path(self, tag: TagBase) -> str:
+        return f"{self.name}/{tag.name}"
+
+
+class UplinkBase(Base):
+    """Fields every `[[uplinks]]` entry has; an uplink's `Config` subclasses it."""
+
+    name: str
+    type: str
+    enabled: bool = True
+    batch_size: int = 1000  # samples per acknowledged batch
+    backfill_share: float = 0.5  # share of batches given to backfill while live data is pending
+    start_from: Literal["earliest", "latest"] = "earliest"  # where a brand-new uplink begins
+    tags: list[str] = []  # glob patterns of tags to forward; empty means all
+    on_reject: Literal["skip", "halt"] = "skip"  # a batch the peer refuses for good: skip it (counted) or halt
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"invalid uplink name {self.name!r}: letters, digits, _ . - only")
+        if not 1 <= self.batch_size <= 100_000:
+            raise ValueError("batch_size must be between 1 and 100000")
+        if not 0.0 < self.backfill_share < 1.0:
+            raise ValueError("backfill_share must be between 0 and 1 (exclusive)")
+
+
+class GatewayConfig(Base):
+    id: str = msgspec.field(default_factory=socket.gethostname)
+    data_dir: str = "/var/lib/edged"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "text", "json", "journal"] = "auto"
+    metrics_listen: str | None = None  # "127.0.0.1:9337"; off when unset
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.id):
+            raise ValueError(f"invalid gateway id {self.id!r}: letters, digits, _ . - only")
+
+
+class BufferConfig(Base):
+    path: str = "buffer.db"  # relative to gateway.data_dir
+    retention: Duration = Duration(86400.0)
+    max_bytes: ByteSize = ByteSize(1024**3)
+    flush_interval: Duration = Duration(0.1)
+    flush_rows: int = 5000
+    synchronous: Literal["normal", "full"] = "normal"
+    trim_interval: Duration = Duration(10.0)
+
+    def __post_init__(self) -> None:
+        if self.retention <= 0:
+            raise ValueError("retention must be positive")
+        if self.max_bytes < 1024 * 1024:
+            raise ValueError("max_bytes must be at least 1MiB")
+        if not 0.001 <= self.flush_interval <= 10:
+            raise ValueError("flush_interval must be between 1ms and 10s")
+        if not 1 <= self.flush_rows <= 1_000_000:
+            raise ValueError("flush_rows must be between 1 and 1000000")
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """The whole validated config. `source` is the file it came from (None for the demo)."""
+
+    gateway: GatewayConfig
+    buffer: BufferConfig
+    devices: list[DeviceBase]
+    uplinks: list[UplinkBase]
+    source: str | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.gateway.data_dir)
+
+    @property
+    def buffer_path(self) -> Path:
+        p = Path(self.buffer.path)
+        return p if p.is_absolute() else self.data_dir / p
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks"}
+
+
+def _dec_hook_for(base_dir: Path) -> Callable[[type, Any], Any]:
+    def dec_hook(typ: type, obj: Any) -> Any:
+        if typ is Duration:
+            if isinstance(obj, str):
+                return Duration.parse(obj)
+            raise TypeError("a duration needs a unit, e.g. '500ms', '10s', '24h'")
+        if typ is ByteSize:
+            return ByteSize.parse(obj)
+        if typ is Secret:
+            return _resolve_secret(obj, base_dir)
+        raise NotImplementedError(typ)
+
+    return dec_hook
+
+
+_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _convert(obj: Any, typ: type[Any], *, file: str, path: str, base_dir: Path) -> Any:
+    try:
+        return msgspec.convert(obj, typ, dec_hook=_dec_hook_for(base_dir))
+    except msgspec.ValidationError as exc:
+        m = _AT.match(str(exc))
+        assert m is not None
+        sub = (m.group("path") or "").lstrip(".")
+        full = f"{path}.{sub}" if sub and not sub.startswith("[") else f"{path}{sub}"
+        reason = m.group("reason")
+        reason = re.sub(r"Object contains unknown field `([^`]+)`", r"unknown key `\1`", reason)
+        reason = re.sub(r"Object missing required field `([^`]+)`", r"missing required key `\1`", reason)
+        raise ConfigError(reason, file=file, path=full or None) from None
+
+
+def _entry_label(kind: str, i: int, raw: Any) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"{kind}[{i}]" + (f" ({name})" if isinstance(name, str) else "")
+
+
+def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate an already-parsed TOML document."""
+    from edged import registry  # local: registry imports config for the base structs
+
+    base = base_dir or Path.cwd()
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown top-level key `{unknown[0]}` (expected {', '.join(sorted(_TOP_KEYS))})", file=file)
+    gateway = _convert(raw.get("gateway", {}), GatewayConfig, file=file, path="gateway", base_dir=base)
+    if not os.path.isabs(gateway.data_dir):
+        gateway.data_dir = str((base / gateway.data_dir).resolve())
+    buffer = _convert(raw.get("buffer", {}), BufferConfig, file=file, path="buffer", base_dir=base)
+
+    def entries(kind: str, loader: Callable[[str], type[Any]]) -> list[Any]:
+        items = raw.get(kind, [])
+        if not isinstance(items, list):
+            raise ConfigError(f"`{kind}` must be an array of tables ([[{kind}]])", file=file, path=kind)
+        out: list[Any] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            label = _entry_label(kind, i, item)
+            if not isinstance(item, dict):
+                raise ConfigError("must be a table", file=file, path=label)
+            typ = item.get("type")
+            if not isinstance(typ, str):
+                raise ConfigError("missing required key `type`", file=file, path=label)
+            try:
+                cfg_type = loader(typ)
+            except ConfigError as exc:
+                raise ConfigError(exc.reason, file=file, path=f"{label}.type") from None
+            entry = _convert(item, cfg_type, file=file, path=label, base_dir=base)
+            if entry.name in seen:
+                raise ConfigError(
+                    f"duplicate name {entry.name!r} (also {kind}[{seen[entry.name]}])", file=file, path=f"{label}.name"
+                )
+            seen[entry.name] = i
+            out.append(entry)
+        return out
+
+    devices = entries("devices", lambda t: registry.driver_config(t))
+    uplinks = entries("uplinks", lambda t: registry.uplink_config(t))
+
+    tags_seen: dict[str, str] = {}
+    for di, dev in enumerate(devices):
+        for ti, tag in enumerate(dev.tags):
+            full = dev.tag_path(tag)
+            if full in tags_seen:
+                raise ConfigError(
+                    f"duplicate tag {full!r} (also at {tags_seen[full]})",
+                    file=file,
+                    path=f"devices[{di}] ({dev.name}).tags[{ti}].name",
+                )
+            tags_seen[full] = f"devices[{di}].tags[{ti}]"
+    return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; every problem is a ConfigError naming file, key and reason."""
+    p = Path(path)
+    file = str(p)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from None
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=file) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"TOML syntax error: {exc}", file=file) from None
+    return parse(raw, file=file, base_dir=p.resolve().parent)
+
+
+def world_readable(path: str | os.PathLike[str]) -> bool:
+    """True when others may read the file: secrets inside it are then exposed on the box."""
+    try:
+        return bool(os.stat(path).st_mode & 0o004)
+    except OSError:
+        return False

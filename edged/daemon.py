@@ -1,0 +1,250 @@
+"""The daemon: one root TaskGroup owning the buffer writer, a supervisor per device and per uplink,
+the watchdog and the status writer.
+
+Shutdown is ordered so nothing read is lost: drivers stop first, the writer commits what they
+produced, then uplinks and the rest are cancelled and the buffer is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+
+from buffer import Buffer
+from edged import registry
+from edged.config import Config, DeviceBase, UplinkBase
+from edged.delivery import Sender
+from edged.errors import Permanent, Transient
+from edged.model import Sample, Status
+from edged.plugin import Backoff, PluginContext
+from edged.quality import TagProcessor
+from edged.sdnotify import Notifier
+
+log = logging.getLogger("edged")
+
+STATUS_FILE = "status.json"
+
+
+class _Shutdown(Exception):
+    """Raised inside the root TaskGroup to stop it after the ordered drain."""
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    state: str = "starting"  # starting | connecting | running | backoff
+    polls: int = 0
+    samples: int = 0
+    errors: int = 0
+    connects: int = 0
+    last_error: str | None = None
+    last_sample_ns: int | None = None
+
+
+class DeviceRunner:
+    """Supervises one device: connect, read, hand to the buffer; on failure mark its tags Bad once,
+    back off (capped, jittered) and reconnect. Never lets its failure reach the other devices."""
+
+    def __init__(self, config: DeviceBase, module: ModuleType, buffer: Buffer, ctx: PluginContext) -> None:
+        self.config = config
+        self.name = config.name
+        self.module = module
+        self.buffer = buffer
+        self.ctx = ctx
+        self.processor = TagProcessor(config)
+        self.backoff = Backoff(initial=1.0, cap=60.0)
+        self.stats = DeviceStats()
+        self._down = False
+
+    async def run(self) -> None:
+        extra = {"device": self.name}
+        while True:
+            self.stats.state = "connecting"
+            try:
+                async with self.module.Driver(self.config, self.ctx) as drv:
+                    self.stats.connects += 1
+                    self.stats.state = "running"
+                    async with contextlib.aclosing(drv.samples()) as stream:
+                        async for batch in stream:
+                            self._accept(batch)
+            except (Transient, Permanent, OSError, TimeoutError) as exc:
+                self._failed(exc)
+            except Exception as exc:  # a driver bug: log the traceback, keep the daemon up
+                log.exception("device %s: unexpected driver error", self.name, extra=extra)
+                self._failed(exc)
+            else:
+                self._failed(Transient("the driver's sample stream ended"))
+            self.stats.state = "backoff"
+            await asyncio.sleep(self.backoff.next_delay())
+
+    def _accept(self, batch: list[Sample]) -> None:
+        self.stats.polls += 1
+        self.stats.samples += len(batch)
+        if batch:
+            self.stats.last_sample_ns = batch[-1].ts_ns
+        if self._down:
+            log.info("device %s recovered", self.name, extra={"device": self.name})
+            self._down = False
+            self.backoff.reset()
+        self.buffer.put(self.processor.process(batch))
+
+    def _failed(self, exc: BaseException) -> None:
+        self.stats.errors += 1
+        msg = f"{type(exc).__name__}: {exc}"
+        if not self._down or msg != self.stats.last_error:
+            log.warning("device %s: %s", self.name, msg, extra={"device": self.name})
+        self.stats.last_error = msg
+        if not self._down:
+            # One Bad sample per tag per outage: a receiver sees the device is gone, not a frozen value.
+            status = Status.BAD_CONFIGURATION_ERROR if isinstance(exc, Permanent) else Status.BAD_NO_COMMUNICATION
+            now = time.time_ns()
+            self.buffer.put([Sample(self.config.tag_path(t), now, None, status, 0, t.unit) for t in self.config.tags])
+            self._down = True
+
+
+class Daemon:
+    """Everything `edged run` starts, built from a validated Config."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.stop_event = asyncio.Event()
+        self.buffer = Buffer(config.buffer_path, config.buffer)
+        self.started_ns = time.time_ns()
+        self.loop_lag_s = 0.0
+        self.stopped = False
+        self.devices: list[DeviceRunner] = []
+        self.senders: list[Sender] = []
+
+    def _ctx(self, kind: str, name: str) -> PluginContext:
+        return PluginContext(
+            gateway_id=self.config.gateway.id,
+            data_dir=self.config.data_dir,
+            log=logging.getLogger(f"edged.{kind}.{name}"),
+        )
+
+    def _build(self) -> None:
+        for dev in self.config.devices:
+            if dev.enabled:
+                self.devices.append(
+                    DeviceRunner(dev, registry.driver_module(dev.type), self.buffer, self._ctx("device", dev.name))
+                )
+        for up in self.config.uplinks:
+            if up.enabled:
+                self.senders.append(self._sender(up))
+
+    def _sender(self, up: UplinkBase) -> Sender:
+        module = registry.uplink_module(up.type)
+        ctx = self._ctx("uplink", up.name)
+        return Sender(
+            self.buffer,
+            up,
+            lambda: module.Uplink(up, ctx),
+            gateway_id=self.config.gateway.id,
+            log=logging.getLogger(f"edged.uplink.{up.name}"),
+        )
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    async def run(self) -> None:
+        """Run until request_stop() (SIGTERM/SIGINT); raises only on a startup failure."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        async with self.buffer:
+            self._build()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.buffer.run_writer(), name="buffer-writer")
+                    tg.create_task(self.buffer.run_maintenance(), name="buffer-maintenance")
+                    for s in self.senders:
+                        tg.create_task(s.run(), name=f"uplink:{s.name}")
+                    drivers = [tg.create_task(d.run(), name=f"driver:{d.name}") for d in self.devices]
+                    tg.create_task(self._watchdog(), name="watchdog")
+                    tg.create_task(self._status_writer(), name="status-writer")
+                    self.notifier.ready(f"{len(self.devices)} devices, {len(self.senders)} uplinks")
+                    log.info(
+                        "edged running: gateway %s, %d devices, %d uplinks, buffer %s",
+                        self.config.gateway.id, len(self.devices), len(self.senders), self.config.buffer_path,
+                    )  # fmt: skip
+                    await self.stop_event.wait()
+                    log.info("stopping: draining drivers and flushing the buffer")
+                    self.notifier.stopping()
+                    for t in drivers:
+                        t.cancel()
+                    if drivers:
+                        await asyncio.wait(drivers)
+                    await self.buffer.flush()
+                    raise _Shutdown
+            except* _Shutdown:
+                pass
+            finally:
+                self.stopped = True
+                self._write_status()
+        log.info("edged stopped")
+
+    async def _watchdog(self) -> None:
+        """Ping systemd from the event loop itself, so a stuck loop is restarted; measure loop lag."""
+        interval = self.notifier.watchdog_interval or 1.0
+        interval = min(interval, 1.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(interval)
+            self.loop_lag_s = max(0.0, loop.time() - t0 - interval)
+            if self.notifier.watchdog_interval:
+                self.notifier.watchdog()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "gateway": self.config.gateway.id,
+            "started_ns": self.started_ns,
+            "updated_ns": time.time_ns(),
+            "loop_lag_s": self.loop_lag_s,
+            "stopped": self.stopped,
+            "buffer": {
+                "head": self.buffer.head,
+                "stored": self.buffer.stored,
+                "dropped_ingest": self.buffer.dropped_ingest,
+                "write_errors": self.buffer.write_errors,
+                "alarm": self.buffer.alarm,
+                "last_trim": asdict(self.buffer.last_trim),
+            },
+            "devices": {d.name: asdict(d.stats) for d in self.devices},
+            "uplinks": {s.name: asdict(s.stats) for s in self.senders},
+        }
+
+    def _write_status(self) -> None:
+        path = self.config.data_dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(self.snapshot()))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)
+
+    async def _status_writer(self) -> None:
+        while True:
+            self._write_status()
+            await asyncio.sleep(2.0)
+
+
+def read_status(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        doc: dict[str, Any] = msgspec.json.decode((data_dir / STATUS_FILE).read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+    return doc

@@ -1,0 +1,45 @@
+"""The small error tree every plugin maps its library's exceptions into.
+
+Supervisors only need to know whether to retry (Transient), to give up on this input
+(Permanent), or that part of a batch was accepted (Partial).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class EdgedError(Exception):
+    """Base of every error edged raises on purpose."""
+
+
+class ConfigError(EdgedError):
+    """A configuration problem, phrased as `file: key.path: reason`."""
+
+    def __init__(self, message: str, *, file: str | None = None, path: str | None = None) -> None:
+        self.file = file
+        self.path = path
+        self.reason = message
+        parts = [p for p in (file, path) if p]
+        super().__init__(": ".join([*parts, message]))
+
+
+class Transient(EdgedError):
+    """Worth retrying: the peer is down, slow or busy. Nothing was accepted."""
+
+
+class Permanent(EdgedError):
+    """Retrying the same thing will fail again: bad credentials, rejected payload, missing node."""
+
+
+class Partial(EdgedError):
+    """The peer accepted some items and rejected others (indices into the sent sequence)."""
+
+    def __init__(self, message: str, accepted: Sequence[int], rejected: Sequence[int]) -> None:
+        super().__init__(message)
+        self.accepted = list(accepted)
+        self.rejected = list(rejected)
+
+
+class StorageError(EdgedError):
+    """The buffer database cannot be used (corrupt, foreign, or unwritable)."""

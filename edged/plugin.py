@@ -1,0 +1,68 @@
+"""The small async interfaces every driver and uplink implements, and what they are given."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from edged.model import Batch, Sample
+
+
+@dataclass(frozen=True, slots=True)
+class PluginContext:
+    """What the core hands a plugin: no globals, so two daemons can share one process in tests."""
+
+    gateway_id: str
+    data_dir: Path
+    log: logging.Logger
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Driver(Protocol):
+    """Reads one device. `__aenter__` connects (raising Transient or Permanent); `samples` yields
+    batches until cancelled, raising Transient when the connection is lost."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def samples(self) -> AsyncIterator[list[Sample]]: ...
+
+
+class Uplink(Protocol):
+    """Forwards batches to one peer. `send` returns only once the peer acknowledged the batch; it
+    raises Transient (keep and retry), Permanent (the peer rejects this batch) or Partial."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def send(self, batch: Batch) -> None: ...
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff with full jitter, so a hundred gateways do not retry in step."""
+
+    initial: float = 0.5
+    cap: float = 60.0
+    factor: float = 2.0
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.initial * self.factor**self.attempt)
+        self.attempt += 1
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0

@@ -1,0 +1,1 @@
+"""Uplinks: one package per `type`, each exporting `Config` and `Uplink`."""
