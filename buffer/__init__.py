@@ -40,7 +40,7 @@ class Buffer:
         self._pending: list[Sample] = []
         self._max_pending = max_pending
         self._have_pending = asyncio.Event()
-        self._head_changed = asyncio.Condition()
+        self._head_changed = asyncio.Event()  # replaced on every commit: waiters hold the old one
         self.head = 0
         self.stored = 0
         self.dropped_ingest = 0  # samples lost before reaching disk (pending overflow on a failing disk)
@@ -94,9 +94,9 @@ class Buffer:
             self._pending[:0] = batch
             raise
         self.stored += len(batch)
-        async with self._head_changed:
-            self.head = last
-            self._head_changed.notify_all()
+        self.head = last
+        changed, self._head_changed = self._head_changed, asyncio.Event()
+        changed.set()
         return len(batch)
 
     async def run_writer(self) -> None:
@@ -110,7 +110,8 @@ class Buffer:
         try:
             while True:
                 try:
-                    await asyncio.wait_for(self._have_pending.wait(), interval)
+                    async with asyncio.timeout(interval):  # not wait_for: it can swallow a cancel on 3.11
+                        await self._have_pending.wait()
                 except TimeoutError:
                     pass
                 self._have_pending.clear()
@@ -171,7 +172,10 @@ class Buffer:
                 log.error("buffer trim failed: %s", exc)
                 return total
             total = TrimResult(
-                total.deleted + res.deleted, total.by_age + res.by_age, total.by_size + res.by_size, total.gaps + res.gaps
+                total.deleted + res.deleted,
+                total.by_age + res.by_age,
+                total.by_size + res.by_size,
+                total.gaps + res.gaps,
             )
             if res.deleted == 0:
                 break
@@ -184,11 +188,15 @@ class Buffer:
 
     async def wait_beyond(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until the head passes `seq`; False on timeout."""
-        async with self._head_changed:
-            if self.head > seq:
-                return True
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while self.head <= seq:
+            changed = self._head_changed
+            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if remaining is not None and remaining <= 0:
+                return False
             try:
-                await asyncio.wait_for(self._head_changed.wait_for(lambda: self.head > seq), timeout)
+                async with asyncio.timeout(remaining):  # not wait_for: it can swallow a cancel on 3.11
+                    await changed.wait()
             except TimeoutError:
                 return False
-            return True
+        return True

@@ -158,7 +158,9 @@ class Store:
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
         if app_id != APPLICATION_ID:
-            raise StorageError(f"{self.path}: a foreign SQLite database (application_id {app_id:#x}), not an edged buffer")
+            raise StorageError(
+                f"{self.path}: a foreign SQLite database (application_id {app_id:#x}), not an edged buffer"
+            )
         if version > SCHEMA_VERSION:
             raise StorageError(f"{self.path}: written by a newer edged (schema {version} > {SCHEMA_VERSION})")
 
@@ -234,8 +236,12 @@ class Store:
                 seq += 1
                 v = s.value
                 is_bool = v is True or v is False
-                rows.append((seq, s.ts_ns, intern(s.tag, s.unit, is_bool), int(v) if is_bool else v, s.status, s.score))
-            self.db.executemany("INSERT INTO samples(seq, ts_ns, tag_id, value, status, score) VALUES(?,?,?,?,?,?)", rows)
+                rows.append(
+                    (seq, s.ts_ns, intern(s.tag, s.unit, is_bool), (1 if v else 0) if is_bool else v, s.status, s.score)
+                )
+            self.db.executemany(
+                "INSERT INTO samples(seq, ts_ns, tag_id, value, status, score) VALUES(?,?,?,?,?,?)", rows
+            )
         first = head + 1
         self.head = seq
         return (first, seq)
@@ -264,7 +270,8 @@ class Store:
         """Samples with lo <= seq <= hi, oldest first, at most `limit`; and the last seq the
         result covers (hi when fewer than `limit` came back), so holes are acknowledged too."""
         rows = self.db.execute(
-            "SELECT seq, ts_ns, tag_id, value, status, score FROM samples WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+            "SELECT seq, ts_ns, tag_id, value, status, score FROM samples"
+            " WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
             (lo, hi, limit),
         ).fetchall()
         covered = rows[-1][0] if len(rows) == limit else hi
@@ -275,7 +282,12 @@ class Store:
         rows = self.db.execute(
             "SELECT seq, ts_ns, tag_id, value, status, score FROM samples WHERE seq > ? AND ts_ns >= ? AND ts_ns < ?"
             " ORDER BY seq LIMIT ?",
-            (after_seq, since_ns if since_ns is not None else -(2**63), until_ns if until_ns is not None else 2**63 - 1, limit),
+            (
+                after_seq,
+                since_ns if since_ns is not None else -(2**63),
+                until_ns if until_ns is not None else 2**63 - 1,
+                limit,
+            ),
         ).fetchall()
         return self._rows_to_samples(rows)
 
@@ -380,7 +392,9 @@ class Store:
         row = self.db.execute("SELECT seq FROM samples ORDER BY seq LIMIT 1 OFFSET ?", (n,)).fetchone()
         return int(row[0]) if row else self.head + 1
 
-    def trim(self, *, retention_ns: int, max_bytes: int, now_ns: int | None = None, max_rows: int = 500_000) -> TrimResult:
+    def trim(
+        self, *, retention_ns: int, max_bytes: int, now_ns: int | None = None, max_rows: int = 500_000
+    ) -> TrimResult:
         """Apply retention and the size cap; returns what was deleted. Repeat while it deletes."""
         now = time.time_ns() if now_ns is None else now_ns
         age_b = self._age_boundary(now - retention_ns, max_rows)

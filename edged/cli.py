@@ -138,7 +138,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  acknowledged up to {last if last is not None else '-'} in {len(u.acked)} range(s)")
     if live is not None:
         age = (dt.datetime.now(dt.UTC).timestamp() * 1e9 - live["updated_ns"]) / 1e9
-        state = "stopped" if live.get("stopped") else "running" if age < 10 else f"not running (last seen {age:.0f}s ago)"
+        state = (
+            "stopped" if live.get("stopped") else "running" if age < 10 else f"not running (last seen {age:.0f}s ago)"
+        )
         print(f"daemon   pid {live['pid']}: {state}")
         for name, d in live["devices"].items():
             err = f", last error: {d['last_error']}" if d["last_error"] else ""

@@ -66,7 +66,7 @@ class ByteSize(int):
         if not isinstance(value, str):
             raise TypeError("expected a size such as 1073741824 or '1GiB'")
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
-        unit = m.group(2).lower() if m else None
+        unit = m.group(2).lower() if m else ""
         if m is None or unit not in cls._UNITS:
             raise ValueError(f"invalid size {value!r}: use bytes or a unit (kB, MB, GB, KiB, MiB, GiB)")
         return cls(int(float(m.group(1)) * cls._UNITS[unit]))
@@ -105,7 +105,7 @@ def _resolve_secret(obj: Any, base_dir: Path) -> Secret:
         return Secret(obj)
     if not isinstance(obj, dict) or len(obj) != 1:
         raise TypeError("a secret is a string or one of { env = ... }, { file = ... }, { credential = ... }")
-    (kind, ref), = obj.items()
+    ((kind, ref),) = obj.items()
     if not isinstance(ref, str) or not ref:
         raise TypeError(f"secret `{kind}` must be a non-empty string")
     if kind == "env":

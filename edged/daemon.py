@@ -33,6 +33,8 @@ from edged.sdnotify import Notifier
 log = logging.getLogger("edged")
 
 STATUS_FILE = "status.json"
+STOP_GRACE_S = 15.0
+EXIT_STOP_TIMEOUT = 70
 
 
 class _Shutdown(Exception):
@@ -130,6 +132,7 @@ class Daemon:
             gateway_id=self.config.gateway.id,
             data_dir=self.config.data_dir,
             log=logging.getLogger(f"edged.{kind}.{name}"),
+            extra={"config": self.config},
         )
 
     def _build(self) -> None:
@@ -154,7 +157,21 @@ class Daemon:
         )
 
     def request_stop(self) -> None:
+        if self.stop_event.is_set():
+            return
         self.stop_event.set()
+        # A stop that hangs (a plugin ignoring cancellation) must not keep the gateway from restarting:
+        # committed data is safe in the buffer, so after the grace period exit hard, with the stacks.
+        asyncio.get_running_loop().call_later(STOP_GRACE_S, self._force_exit)
+
+    def _force_exit(self) -> None:
+        stuck = [t for t in asyncio.all_tasks() if not t.done()]
+        log.critical("stop did not finish in %ss; exiting hard. Stuck tasks: %s", STOP_GRACE_S,
+                     ", ".join(t.get_name() for t in stuck))  # fmt: skip
+        for t in stuck:
+            log.critical("task %s stack: %s", t.get_name(), t.get_stack(limit=3))
+        logging.shutdown()
+        os._exit(EXIT_STOP_TIMEOUT)
 
     async def run(self) -> None:
         """Run until request_stop() (SIGTERM/SIGINT); raises only on a startup failure."""

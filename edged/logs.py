@@ -3,6 +3,7 @@ under systemd (through systemd-python when installed). Extra fields come from `e
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -36,7 +37,10 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
-            **{k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in _fields(record).items()},
+            **{
+                k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+                for k, v in _fields(record).items()
+            },
         }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
@@ -45,7 +49,7 @@ class JsonFormatter(logging.Formatter):
 
 def _journal_handler() -> logging.Handler | None:
     try:
-        from systemd import journal  # optional extra: edged[systemd]
+        journal = importlib.import_module("systemd.journal")  # optional extra: edged[systemd]
     except ImportError:
         return None
 

@@ -26,6 +26,12 @@ class _Rule:
     last_ts: int = 0
 
 
+def _outside(rule: _Rule, value: object) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return (rule.low is not None and value < rule.low) or (rule.high is not None and value > rule.high)
+
+
 class TagProcessor:
     """Range and NaN checks plus deadband/heartbeat filtering for one device's tags."""
 
@@ -45,11 +51,10 @@ class TagProcessor:
             value, status, score = s.value, s.status, s.score
             if isinstance(value, float) and not math.isfinite(value):
                 value, status, score = None, Status.BAD_SENSOR_FAILURE, 0  # NaN/inf is never Good
-            elif rule is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-                if (rule.low is not None and value < rule.low) or (rule.high is not None and value > rule.high):
-                    if severity(status) == Severity.GOOD:
-                        status = Status.UNCERTAIN_ENGINEERING_UNITS_EXCEEDED
-                    score = min(score, SCORE_UNCERTAIN - 20)
+            elif rule is not None and _outside(rule, value):
+                if severity(status) == Severity.GOOD:
+                    status = Status.UNCERTAIN_ENGINEERING_UNITS_EXCEEDED
+                score = min(score, SCORE_UNCERTAIN - 20)
             if severity(status) == Severity.BAD:
                 score = 0
             elif severity(status) == Severity.UNCERTAIN:

@@ -31,7 +31,9 @@ def _load(package: str, type_name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
         if exc.name in (modname, package) or (exc.name or "").startswith(modname):
-            raise ConfigError(f"unknown {package[:-1] if package.endswith('s') else package} type {type_name!r}") from None
+            raise ConfigError(
+                f"unknown {package[:-1] if package.endswith('s') else package} type {type_name!r}"
+            ) from None
         extra = _EXTRAS.get(missing)
         hint = f": install it with pip install 'edged[{extra}]'" if extra else ""
         raise ConfigError(f"type {type_name!r} needs the Python package {missing!r}{hint}") from None

@@ -90,7 +90,10 @@ class Driver:
         self.config = config
         self.ctx = ctx
         self._rng = random.Random(config.seed)
-        self._gens = [(config.tag_path(t), t.unit, _Gen(t, random.Random(config.seed * 7919 + i))) for i, t in enumerate(config.tags)]
+        self._gens = [
+            (config.tag_path(t), t.unit, _Gen(t, random.Random(config.seed * 7919 + i)))
+            for i, t in enumerate(config.tags)
+        ]
 
     async def __aenter__(self) -> Self:
         if self.config.dropout and self._rng.random() < self.config.dropout:

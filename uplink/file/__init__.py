@@ -57,13 +57,16 @@ class Uplink:
 
     async def __aenter__(self) -> Self:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "ab")  # noqa: SIM115 - lives as long as the connection
+            self._fh = await asyncio.to_thread(self._open)
         except PermissionError as exc:
             raise Permanent(f"cannot open {self.path}: {exc.strerror}") from exc
         except OSError as exc:
             raise Transient(f"cannot open {self.path}: {exc.strerror}") from exc
         return self
+
+    def _open(self) -> IO[bytes]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return open(self.path, "ab")  # lives as long as the connection
 
     async def __aexit__(self, *exc: object) -> None:
         if self._fh is not None:
@@ -80,7 +83,9 @@ class Uplink:
     async def send(self, batch: Batch) -> None:
         enc, gw, hist = self._enc, self.gateway, batch.historical
         lines = [
-            enc.encode(Record(gw, s.seq, s.tag, s.ts_ns, s.value, s.status, status_name(s.status), s.score, s.unit, hist))
+            enc.encode(
+                Record(gw, s.seq, s.tag, s.ts_ns, s.value, s.status, status_name(s.status), s.score, s.unit, hist)
+            )
             for s in batch.samples
         ]
         lines += [enc.encode(GapRecord(gw, g.lo_seq, g.hi_seq, g.lo_ts_ns, g.hi_ts_ns, g.count)) for g in batch.gaps]

@@ -6,6 +6,7 @@ Exceptions from aiomqtt/paho and the socket layer are mapped to Transient (retry
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import ssl
@@ -14,14 +15,16 @@ from typing import Literal, Self
 
 import aiomqtt
 import msgspec
+from aiomqtt.exceptions import MqttConnectError
 
 from edged.config import Duration, Secret, UplinkBase
 from edged.errors import Permanent, Transient
 from edged.model import Batch
 from edged.plugin import PluginContext
 
-# CONNACK return codes (MQTT 3.1.1) that retrying will not fix.
-_PERMANENT_CONNACK = {1, 2, 4, 5}  # bad protocol version, identifier rejected, bad credentials, not authorised
+# CONNACK codes that retrying will not fix: MQTT 3.1.1 (1 protocol version, 2 identifier rejected,
+# 4 bad credentials, 5 not authorised) and the MQTT 5 reason codes paho maps them to (0x84-0x8A, 0x8C).
+_PERMANENT_CONNACK = {1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 
 
 class Config(UplinkBase):
@@ -99,7 +102,7 @@ class Uplink:
             await client.__aenter__()
         except aiomqtt.MqttCodeError as exc:
             code = getattr(exc.rc, "value", exc.rc)
-            if isinstance(exc, aiomqtt.MqttConnectError) and code in _PERMANENT_CONNACK:
+            if isinstance(exc, MqttConnectError) and code in _PERMANENT_CONNACK:
                 raise Permanent(f"broker {c.host} refused the connection: {exc}") from exc
             raise Transient(f"cannot connect to {c.host}: {exc}") from exc
         except (aiomqtt.MqttError, OSError) as exc:
@@ -110,10 +113,9 @@ class Uplink:
     async def __aexit__(self, *exc: object) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            # a connection already gone is fine: nothing owed is lost, the buffer still has it
+            with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
-            except (aiomqtt.MqttError, OSError):
-                pass  # the connection is already gone; nothing owed is lost, the buffer still has it
 
     def encode(self, batch: Batch) -> bytes:
         data = self._enc.encode(batch)

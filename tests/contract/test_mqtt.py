@@ -1,0 +1,239 @@
+"""MQTT uplink + live-first delivery against a real mosquitto that the tests stop and restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import gzip
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import msgspec
+import pytest
+from peers.mosquitto import Mosquitto
+
+from buffer import Buffer
+from edged.config import BufferConfig, Secret, parse
+from edged.delivery import Sender
+from edged.errors import Permanent
+from edged.model import Sample, Status
+from edged.plugin import Backoff, PluginContext
+from uplink.mqtt import Config as MqttConfig
+from uplink.mqtt import Uplink as MqttUplink
+
+GW = "gw-test"
+
+
+@dataclass
+class Received:
+    topic: str
+    at: float
+    doc: dict[str, Any]
+
+
+@dataclass
+class Collector:
+    """A persistent-session QoS 1 subscriber that survives broker restarts (mosquitto persistence)."""
+
+    port: int
+    messages: list[Received] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1", self.port, identifier="edged-test-collector", clean_session=False
+                ) as client:
+                    await client.subscribe("edged/#", qos=1)
+                    self.connected.set()
+                    async for msg in client.messages:
+                        payload = bytes(msg.payload)  # type: ignore[arg-type]
+                        if payload[:2] == b"\x1f\x8b":
+                            payload = gzip.decompress(payload)
+                        self.messages.append(Received(str(msg.topic), time.monotonic(), msgspec.json.decode(payload)))
+            except aiomqtt.MqttError:
+                self.connected.clear()
+                await asyncio.sleep(0.05)
+
+    def seqs(self, kind: str | None = None) -> list[int]:
+        return [s[6] for m in self.messages if kind is None or m.topic.endswith(kind) for s in m.doc["samples"]]
+
+
+def mqtt_config(port: int, **kw: Any) -> MqttConfig:
+    return MqttConfig(name="broker", type="mqtt", host="127.0.0.1", port=port, timeout=2.0, **kw)  # type: ignore[arg-type]
+
+
+def ctx() -> PluginContext:
+    return PluginContext(GW, Path("."), logging.getLogger("test.mqtt"))
+
+
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path, port: int, *, batch_size: int = 500, **kw: Any
+) -> AsyncIterator[tuple[Buffer, Sender]]:
+    buf = Buffer(tmp_path / "buffer.db", BufferConfig(flush_interval=0.02))  # type: ignore[arg-type]
+    async with buf:
+        cfg = mqtt_config(port, batch_size=batch_size, **kw)
+        sender = Sender(
+            buf, cfg, lambda: MqttUplink(cfg, ctx()), gateway_id=GW, log=logging.getLogger("test"),
+            backoff=Backoff(initial=0.2, cap=0.5),
+        )  # fmt: skip
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(buf.run_writer(), name="writer"), tg.create_task(sender.run(), name="sender")]
+            try:
+                yield buf, sender
+            finally:
+                for t in tasks:
+                    t.cancel()
+
+
+async def produce(buf: Buffer, n_tags: int, rate_hz: float, counter: list[int], stop: asyncio.Event) -> None:
+    """Each tag's value counts up, so order and completeness can be checked per tag."""
+    i = 0
+    while not stop.is_set():
+        ts = time.time_ns()
+        buf.put([Sample(f"dev/t{k}", ts, i, Status.GOOD, 100) for k in range(n_tags)])
+        counter[0] += n_tags
+        i += 1
+        await asyncio.sleep(1 / rate_hz)
+
+
+async def wait_for(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def check_order(messages: list[Received], kind: str) -> None:
+    """Within one stream, each tag's values arrive in increasing order."""
+    last: dict[str, int] = {}
+    for m in messages:
+        if not m.topic.endswith(kind):
+            continue
+        for s in m.doc["samples"]:
+            tag, value = s[0], s[2]
+            assert value > last.get(tag, -1), f"{kind}: {tag} went {last.get(tag)} -> {value}"
+            last[tag] = value
+
+
+async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    col = Collector(mosquitto.port)
+    async with asyncio.TaskGroup() as tg:
+        col_task = tg.create_task(col.run(), name="collector")
+        await asyncio.wait_for(col.connected.wait(), 5)
+        async with running(tmp_path, mosquitto.port, batch_size=200) as (buf, sender):
+            stop, produced = asyncio.Event(), [0]
+            prod = tg.create_task(produce(buf, 20, 50, produced, stop), name="producer")
+            await wait_for(lambda: len(col.seqs()) > 500, 10, "first live data")
+            mosquitto.stop()
+            await asyncio.sleep(2.0)  # 2 s * 50 Hz * 20 tags = ~2000 samples produced while down
+            assert sender.stats.state in ("backoff", "connecting")
+            mosquitto.start()
+            await asyncio.sleep(1.0)
+            stop.set()
+            await prod
+            await asyncio.sleep(0.2)  # last flush
+            head = buf.head
+            await wait_for(
+                lambda: max(col.seqs(), default=0) >= head and not buf.store.unacked("broker", head), 20, "catch-up"
+            )
+        col_task.cancel()
+    seqs = col.seqs()
+    stored = buf.stored
+    assert stored == produced[0]
+    first = min(seqs)
+    assert set(seqs) == set(range(first, first + stored)), "every stored sample arrived"
+    assert col.seqs("historical"), "the outage was replayed as historical"
+    check_order(col.messages, "live")
+    check_order(col.messages, "historical")
+    dupes = len(seqs) - len(set(seqs))
+    assert dupes <= 2 * 200, f"duplicates only from batches in flight at the outage ({dupes})"
+    for m in col.messages:
+        assert m.doc["gateway"] == GW
+        assert m.doc["historical"] is m.topic.endswith("historical")
+
+
+async def test_live_data_flows_first_while_backlog_drains(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # A large backlog in the buffer before the uplink ever connects.
+    pre = Buffer(tmp_path / "buffer.db", BufferConfig())
+    async with pre:
+        t0 = time.time_ns() - 3600 * 10**9
+        for chunk in range(40):
+            pre.put([Sample(f"old/t{k % 50}", t0 + (chunk * 5000 + k) * 10**6, chunk * 5000 + k) for k in range(5000)])
+            await pre.flush()
+    backlog = 200_000
+    col = Collector(mosquitto.port)
+    async with asyncio.TaskGroup() as tg:
+        col_task = tg.create_task(col.run(), name="collector")
+        await asyncio.wait_for(col.connected.wait(), 5)
+        async with running(tmp_path, mosquitto.port, batch_size=1000, backfill_share=0.5) as (buf, sender):
+            await wait_for(lambda: sender.stats.connects >= 1, 5, "connect")
+            connected_at = time.monotonic()
+            stop, produced = asyncio.Event(), [0]
+            prod = tg.create_task(produce(buf, 10, 20, produced, stop), name="producer")
+            await wait_for(lambda: col.seqs("live"), 5, "first live batch")
+            first_live_at = min(m.at for m in col.messages if m.topic.endswith("live"))
+            hist_before = len(col.seqs("historical"))
+            await wait_for(lambda: len(col.seqs("historical")) >= backlog, 60, "backlog drained")
+            stop.set()
+            await prod
+        col_task.cancel()
+    assert first_live_at - connected_at < 1.0, "new samples within a second of reconnecting"
+    assert hist_before < backlog, "live data went out while the backlog was still draining"
+    hist = col.seqs("historical")
+    assert sorted(set(hist)) == hist[: len(set(hist))] or hist == sorted(hist), "backlog drained oldest-first"
+    assert len(set(hist)) == backlog
+
+
+async def test_compression_and_topic_template(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    col = Collector(mosquitto.port)
+    async with asyncio.TaskGroup() as tg:
+        col_task = tg.create_task(col.run(), name="collector")
+        await asyncio.wait_for(col.connected.wait(), 5)
+        async with running(
+            tmp_path, mosquitto.port, compression="gzip", topic="edged/site1/{gateway}/{uplink}/{kind}"
+        ) as (buf, _):
+            buf.put([Sample("a/b", time.time_ns(), 1.25, Status.UNCERTAIN_SENSOR_NOT_ACCURATE, 55, "bar")])
+            await wait_for(lambda: col.messages, 5, "message")
+        col_task.cancel()
+    m = col.messages[0]
+    assert m.topic == f"edged/site1/{GW}/broker/live"
+    tag, _ts, value, status, score, unit, seq = m.doc["samples"][0]
+    assert (tag, value, status, score, unit) == ("a/b", 1.25, Status.UNCERTAIN_SENSOR_NOT_ACCURATE, 55, "bar")
+    assert seq == m.doc["lo_seq"] == m.doc["hi_seq"]
+
+
+async def test_refused_credentials_are_permanent(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)
+    pwfile = tmp_path / "passwd"
+    pwfile.write_text("")
+    broker.conf.write_text(
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous false\npassword_file {pwfile}\nuser {getpass.getuser()}\n"
+    )
+    broker.start()
+    try:
+        cfg = mqtt_config(broker.port, username="nobody", password=Secret("wrong"))
+        with pytest.raises(Permanent, match="refused"):
+            async with MqttUplink(cfg, ctx()):
+                pass
+    finally:
+        broker.stop()
+
+
+def test_config_errors_name_the_key() -> None:
+    from edged.errors import ConfigError
+
+    base = {"uplinks": [{"name": "m", "type": "mqtt", "topic": "x/{nope}"}]}
+    with pytest.raises(ConfigError, match=r"uplinks\[0\] \(m\): topic template 'x/\{nope\}': unknown placeholder"):
+        parse(base)
+    with pytest.raises(ConfigError, match="TLS options are set but tls = false"):
+        parse({"uplinks": [{"name": "m", "type": "mqtt", "ca_file": "/etc/ssl/ca.pem"}]})
