@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Literal
+from typing import Final, Literal
 
-__all__ = ["Ne43Band", "iio_current_ma", "ne43_band", "scale"]
+__all__ = [
+    "NE43_FAILURE_HIGH_MA",
+    "NE43_FAILURE_LOW_MA",
+    "NE43_MEASUREMENT_MAX_MA",
+    "NE43_MEASUREMENT_MIN_MA",
+    "Ne43Band",
+    "iio_current_ma",
+    "ne43_band",
+    "scale",
+]
 
 # NAMUR NE43 limits in mA: measurement information 3.8..20.5, failure information <= 3.6
 # and >= 21.0.
-NE43_MEASUREMENT_MIN_MA = 3.8
-NE43_MEASUREMENT_MAX_MA = 20.5
-NE43_FAILURE_LOW_MA = 3.6
-NE43_FAILURE_HIGH_MA = 21.0
+NE43_MEASUREMENT_MIN_MA: Final = 3.8
+NE43_MEASUREMENT_MAX_MA: Final = 20.5
+NE43_FAILURE_LOW_MA: Final = 3.6
+NE43_FAILURE_HIGH_MA: Final = 21.0
 
 
 def scale(current_ma: float, lo: float, hi: float, *, zero_ma: float = 4.0, span_ma: float = 16.0) -> float:

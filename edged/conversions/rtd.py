@@ -41,7 +41,11 @@ _RANGE_SLACK: Final = 1e-12
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RtdCoefficients:
-    """Coefficients of W(t) = R(t)/R0 for one standard and the range it is defined over."""
+    """Coefficients of W(t) = R(t)/R0 for one standard and the range it is defined over.
+
+    W must rise monotonically over [t_min, t_max] for the inverse to be unique; the
+    constructor only checks the end points, which is enough for the two standard curves.
+    """
 
     name: str
     a: float
@@ -112,8 +116,7 @@ def resistance(t_c: float, r0: float = 100.0, coeffs: RtdCoefficients = IEC60751
     _check_r0(r0)
     if not coeffs.t_min <= t_c <= coeffs.t_max:
         raise ValueError(
-            f"{coeffs.name}: temperature {t_c!r} °C is outside the defined range "
-            f"{coeffs.t_min:g}..{coeffs.t_max:g} °C"
+            f"{coeffs.name}: temperature {t_c!r} °C is outside the defined range {coeffs.t_min:g}..{coeffs.t_max:g} °C"
         )
     return r0 * _ratio(coeffs, t_c)
 
@@ -143,7 +146,7 @@ def temperature(r_ohm: float, r0: float = 100.0, coeffs: RtdCoefficients = IEC60
             t -= step
             if abs(step) < _NEWTON_TOL_K:
                 break
-        else:  # pragma: no cover - W is smooth and monotonic over every supported range
+        else:  # pragma: no cover - only for non-monotonic custom coefficients
             raise ArithmeticError(f"{coeffs.name}: Newton iteration did not converge for {r_ohm!r} ohm")
     # Clamp the last-bit overshoot at the range ends admitted by _RANGE_SLACK.
     return min(max(t, coeffs.t_min), coeffs.t_max)

@@ -209,8 +209,9 @@ def test_compensate_leads_end_to_end() -> None:
 
 
 def test_compensate_leads_zero_lead_is_identity() -> None:
-    for wiring in (2, 3, 4):
-        assert compensate_leads(123.4, wiring, 0.0) == 123.4  # type: ignore[arg-type]
+    assert compensate_leads(123.4, 2, 0.0) == 123.4
+    assert compensate_leads(123.4, 3, 0.0) == 123.4
+    assert compensate_leads(123.4, 4, 0.0) == 123.4
 
 
 @pytest.mark.parametrize("wiring", [0, 1, 5, 2.5])

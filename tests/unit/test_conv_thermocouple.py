@@ -98,9 +98,7 @@ def test_forward_matches_nist_table(tc_type: ThermocoupleType, t_c: float, table
 
 
 @pytest.mark.parametrize(("tc_type", "t_c", "table_mv"), INVERTIBLE_TABLE)
-def test_inverse_of_table_value_within_stated_error(
-    tc_type: ThermocoupleType, t_c: float, table_mv: float
-) -> None:
+def test_inverse_of_table_value_within_stated_error(tc_type: ThermocoupleType, t_c: float, table_mv: float) -> None:
     # The table EMF is rounded to 0.001 mV, which moves the temperature by up to 0.0005 / S.
     rounding = 0.0005 / _seebeck(tc_type, t_c)
     err = temperature_c(tc_type, table_mv) - t_c
