@@ -1,0 +1,492 @@
+"""OPC UA server uplink (asyncua): SCADA browses and subscribes to every tag's latest value.
+
+The address space mirrors the config: Objects/<gateway>/<device>/<tag>, one read-only Variable per
+tag carrying the sample's value, StatusCode and source timestamp. NodeIds are derived from names
+(`ns=<namespace>;s=<device>/<tag>`), so they stay the same across restarts and SCADA tag lists keep
+working. A batch counts as delivered once its values are in the address space; a variable only
+moves forward in time, so a replayed (historical) sample never hides a newer value.
+
+Access: username/password users (and anonymous only when allowed) may browse, read and subscribe;
+nobody may write, call methods or change the address space.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fnmatch
+import hmac
+import logging
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, Self
+from urllib.parse import urlparse
+
+import msgspec
+from asyncua import ua
+from asyncua.common.node import Node
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
+from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError
+from cryptography import x509
+
+from drivers.opcua import certs, map_error, ua_struct
+from edged.config import Config as EdgedConfig
+from edged.config import DeviceBase, Secret, UplinkBase
+from edged.errors import Permanent, Transient
+from edged.model import Batch, Sample, Severity, Status, severity
+from edged.plugin import PluginContext
+
+PolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+ModeName = Literal["Sign", "SignAndEncrypt"]
+
+_POLICY_TYPES: Final[dict[tuple[str, str], ua.SecurityPolicyType]] = {
+    ("Basic256Sha256", "Sign"): ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ("Basic256Sha256", "SignAndEncrypt"): ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ("Aes128_Sha256_RsaOaep", "Sign"): ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ("Aes128_Sha256_RsaOaep", "SignAndEncrypt"): ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ("Aes256_Sha256_RsaPss", "Sign"): ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ("Aes256_Sha256_RsaPss", "SignAndEncrypt"): ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+}
+# What a logged-in client may do: discover, browse, read, subscribe. Write, Call, HistoryUpdate and
+# node management are absent, so they are refused with BadUserAccessDenied before reaching a node.
+_READ_ONLY_SERVICES: Final = frozenset(
+    ua_struct(ua.NodeId, Identifier=i)
+    for i in (
+        ObjectIds.ReadRequest_Encoding_DefaultBinary,
+        ObjectIds.BrowseRequest_Encoding_DefaultBinary,
+        ObjectIds.BrowseNextRequest_Encoding_DefaultBinary,
+        ObjectIds.TranslateBrowsePathsToNodeIdsRequest_Encoding_DefaultBinary,
+        ObjectIds.RegisterNodesRequest_Encoding_DefaultBinary,
+        ObjectIds.UnregisterNodesRequest_Encoding_DefaultBinary,
+        ObjectIds.CreateSubscriptionRequest_Encoding_DefaultBinary,
+        ObjectIds.ModifySubscriptionRequest_Encoding_DefaultBinary,
+        ObjectIds.DeleteSubscriptionsRequest_Encoding_DefaultBinary,
+        ObjectIds.TransferSubscriptionsRequest_Encoding_DefaultBinary,
+        ObjectIds.SetPublishingModeRequest_Encoding_DefaultBinary,
+        ObjectIds.CreateMonitoredItemsRequest_Encoding_DefaultBinary,
+        ObjectIds.ModifyMonitoredItemsRequest_Encoding_DefaultBinary,
+        ObjectIds.DeleteMonitoredItemsRequest_Encoding_DefaultBinary,
+        ObjectIds.SetMonitoringModeRequest_Encoding_DefaultBinary,
+        ObjectIds.PublishRequest_Encoding_DefaultBinary,
+        ObjectIds.RepublishRequest_Encoding_DefaultBinary,
+        ObjectIds.CloseSessionRequest_Encoding_DefaultBinary,
+        ObjectIds.CloseSecureChannelRequest_Encoding_DefaultBinary,
+        ObjectIds.GetEndpointsRequest_Encoding_DefaultBinary,
+        ObjectIds.FindServersRequest_Encoding_DefaultBinary,
+    )
+)
+_VARIANT_DATATYPES: Final[dict[ua.VariantType, int]] = {
+    ua.VariantType.Boolean: ObjectIds.Boolean,
+    ua.VariantType.Double: ObjectIds.Double,
+    ua.VariantType.String: ObjectIds.String,
+}
+_BAD_TYPE_MISMATCH: Final = StatusCodes.BadTypeMismatch
+_UNITS_NAMESPACE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
+_GATEWAY_NODE: Final = 1  # numeric, so it can never collide with a device folder's string NodeId
+_STOP_TIMEOUT: Final = 5.0
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class Config(UplinkBase):
+    endpoint: str = "opc.tcp://127.0.0.1:4840/edged/"
+    # Each policy is offered in each mode; "None" only when listed (logged as a warning).
+    security_policies: list[PolicyName] = msgspec.field(
+        default_factory=lambda: ["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+    )
+    security_modes: list[ModeName] = msgspec.field(default_factory=lambda: ["SignAndEncrypt"])
+    certificate: str | None = None  # server certificate; default: generated once in data_dir/opcua/<name>/
+    private_key: str | None = None
+    private_key_password: Secret | None = None
+    trusted_client_certificates: list[str] = []  # files or directories; empty: any client certificate
+    users: dict[str, Secret] = {}  # username -> password; read-only access
+    allow_anonymous: bool = False  # anonymous sessions, read-only
+    namespace: str | None = None  # namespace URI; default urn:edged:<gateway>
+    application_uri: str | None = None  # default: the certificate's URI, else urn:edged:<gateway>:opcua-server
+    server_name: str = "edged"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        url = urlparse(self.endpoint)
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+        if url.scheme != "opc.tcp" or not url.hostname or port is None:
+            raise ValueError(f"endpoint {self.endpoint!r} must look like 'opc.tcp://127.0.0.1:4840/edged/'")
+        if not self.security_policies:
+            raise ValueError("security_policies must not be empty (write 'None' explicitly for no security)")
+        if len(set(self.security_policies)) != len(self.security_policies):
+            raise ValueError("security_policies lists a policy twice")
+        if not self.security_modes or len(set(self.security_modes)) != len(self.security_modes):
+            raise ValueError("security_modes must list 'Sign' and/or 'SignAndEncrypt', each once")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        if not self.users and not self.allow_anonymous:
+            raise ValueError("nobody can log in: add [uplinks.users] (username = password) or allow_anonymous = true")
+        for name in self.users:
+            if not name or name != name.strip():
+                raise ValueError(f"invalid username {name!r}")
+        if self.namespace is not None and not self.namespace.strip():
+            raise ValueError("namespace must not be empty")
+
+
+class _Users(UserManager):
+    """Username/password from the config; anonymous only when allowed. Nobody is ever an admin."""
+
+    def __init__(self, users: Mapping[str, Secret], allow_anonymous: bool, log: logging.Logger) -> None:
+        self._users = {name: pw.reveal().encode() for name, pw in users.items()}
+        self._anonymous = allow_anonymous
+        self._log = log
+
+    def get_user(
+        self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
+    ) -> User | None:
+        if username is None:  # the anonymous token (X509 user tokens are not offered)
+            return User(role=UserRole.Anonymous) if self._anonymous else None
+        expected = self._users.get(username)
+        given = (password or "").encode()
+        # Compare even for an unknown user, so timing does not tell which usernames exist.
+        ok = hmac.compare_digest(given, expected if expected is not None else b"\0" * 16) and expected is not None
+        if not ok:
+            self._log.warning("OPC UA login refused for user %r", username)
+            return None
+        return User(role=UserRole.User, name=username)
+
+
+class _ReadOnly(SimpleRoleRuleset):
+    """Every session may use the read-side services only, whatever its role. (A subclass only
+    because asyncua's server is typed to take this class; the parent's role table is not used.)"""
+
+    def __init__(self) -> None:
+        pass
+
+    def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
+        return action_type_id in _READ_ONLY_SERVICES
+
+
+@dataclass(slots=True)
+class _Var:
+    nodeid: ua.NodeId
+    tag: str
+    vtype: ua.VariantType | None = None  # set with the DataType at the first value
+    ts_ns: int = -1  # source time of the value shown; never moves back
+    type_warned: bool = False
+
+
+def _datetime(ns: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+
+
+def _variant_type(value: object) -> ua.VariantType:
+    """Numbers are published as Double (exact to 2^53), so a tag keeps one DataType for SCADA."""
+    if isinstance(value, bool):
+        return ua.VariantType.Boolean
+    if isinstance(value, int | float):
+        return ua.VariantType.Double
+    return ua.VariantType.String
+
+
+class Uplink:
+    def __init__(self, config: Config, ctx: PluginContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.gateway = ctx.gateway_id
+        self.log: logging.Logger = ctx.log
+        self.namespace = config.namespace or f"urn:edged:{ctx.gateway_id}"
+        self.ns = 0
+        self.skipped_older = 0  # samples older than the value already shown (historical replays)
+        self._server: Server | None = None
+        self._root: Node | None = None
+        self._folders: dict[str, Node] = {}
+        self._vars: dict[str, _Var] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        c = self.config
+        server = Server(user_manager=_Users(c.users, c.allow_anonymous, self.log))
+        server.name = c.server_name
+        server.product_uri = "urn:edged"
+        server.manufacturer_name = "edged"
+        try:
+            await server.init()  # builds the standard address space: about 1.5 s of CPU
+            server.allow_remote_admin(False)
+            server.set_endpoint(c.endpoint)
+            server.set_server_name(c.server_name)
+            cert = await self._load_certificate(server)
+            app_uri = c.application_uri or (cert and certs.application_uri(cert)) or self._default_app_uri()
+            await server.set_application_uri(app_uri)
+            server.set_security_policy(self._policy_types(), permission_ruleset=_ReadOnly())
+            tokens: list[type] = [ua.UserNameIdentityToken] if c.users else []
+            if c.allow_anonymous:
+                tokens.append(ua.AnonymousIdentityToken)
+            server.set_identity_tokens(tokens)
+            if c.trusted_client_certificates:
+                server.set_certificate_validator(self._client_validator())
+            self.ns = await server.register_namespace(self.namespace)
+            await self._build(server)
+            await server.start()
+        except (UaError, ServiceError) as exc:
+            raise map_error(exc, f"OPC UA server at {c.endpoint}") from exc
+        except OSError as exc:
+            raise Transient(f"cannot listen on {c.endpoint}: {exc.strerror or exc}") from exc
+        self._server = server
+        self.log.info(
+            "uplink %s: OPC UA server at %s (namespace %s = ns %d, %d variables)",
+            c.name, c.endpoint, self.namespace, self.ns, len(self._vars),
+        )  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                await server.stop()
+        except (UaError, ServiceError, OSError, TimeoutError) as err:
+            self.log.debug("uplink %s: stopping the OPC UA server: %r", self.config.name, err)
+
+    def _default_app_uri(self) -> str:
+        return f"urn:edged:{self.gateway}:opcua-server"
+
+    def _path(self, p: str) -> Path:
+        path = Path(p)
+        return path if path.is_absolute() else self.ctx.data_dir / path
+
+    def _policy_types(self) -> list[ua.SecurityPolicyType]:
+        c = self.config
+        out = []
+        for policy in c.security_policies:
+            if policy == "None":
+                self.log.warning(
+                    "uplink %s: %s accepts unencrypted, unsigned connections (security_policies has 'None')",
+                    c.name, c.endpoint,
+                )  # fmt: skip
+                out.append(ua.SecurityPolicyType.NoSecurity)
+            else:
+                out.extend(_POLICY_TYPES[(policy, mode)] for mode in c.security_modes)
+        return out
+
+    async def _load_certificate(self, server: Server) -> x509.Certificate | None:
+        """The configured server certificate, or one generated on first start and kept (SCADA clients
+        trust a server certificate once; regenerating it every start would break that)."""
+        c = self.config
+        if all(p == "None" for p in c.security_policies):
+            return None
+        if c.certificate and c.private_key:
+            cert_path, key_path = self._path(c.certificate), self._path(c.private_key)
+        else:
+            base = self.ctx.data_dir / "opcua" / c.name
+            cert_path, key_path = base / "server_cert.der", base / "server_key.pem"
+            if not (cert_path.exists() and key_path.exists()):
+                made = await asyncio.to_thread(
+                    certs.create_self_signed_certificate,
+                    cert_path, key_path, c.application_uri or self._default_app_uri(), socket.gethostname(),
+                    server=True, overwrite=True, days=3650,
+                )  # fmt: skip
+                self.log.info(
+                    "uplink %s: created the server certificate %s (SHA-1 %s): give it to the SCADA to trust",
+                    c.name, made.cert_path, made.thumbprint,
+                )  # fmt: skip
+        try:
+            cert = certs.load_certificate(cert_path)
+            await server.load_certificate(str(cert_path))
+            password = c.private_key_password.reveal() if c.private_key_password else None
+            await server.load_private_key(str(key_path), password)
+        except OSError as exc:
+            raise Permanent(f"uplink {c.name}: cannot read {exc.filename}: {exc.strerror}") from exc
+        except (ValueError, TypeError) as exc:
+            raise Permanent(f"uplink {c.name}: cannot load {cert_path} / {key_path}: {exc}") from exc
+        if certs.expires_within(cert, 30):
+            self.log.warning(
+                "uplink %s: server certificate %s expires on %s",
+                c.name,
+                cert_path,
+                cert.not_valid_after_utc.date(),
+            )
+        return cert
+
+    def _client_validator(self) -> Any:
+        """Refuse sessions from client applications whose certificate is not trusted."""
+        c = self.config
+        try:
+            trusted = certs.load_trusted([self._path(p) for p in c.trusted_client_certificates])
+        except (OSError, ValueError) as exc:
+            raise Permanent(f"uplink {c.name}: trusted_client_certificates: {exc}") from exc
+        log = self.log
+
+        async def validate(cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+            problem = certs.check_trusted(cert, trusted)
+            if problem is not None:
+                log.warning("uplink %s: refused client %s: %s", c.name, certs.describe(cert), problem)
+                raise ServiceError(StatusCodes.BadCertificateUntrusted)
+
+        return validate
+
+    # ------------------------------------------------------------------ address space
+
+    async def _build(self, server: Server) -> None:
+        """Gateway folder, a folder per device, a variable per tag, from the daemon's config; tags
+        missing from it (config unknown, or changed since the samples were stored) appear lazily."""
+        gw_id = ua_struct(ua.NodeId, Identifier=_GATEWAY_NODE, NamespaceIndex=self.ns)
+        self._root = await server.nodes.objects.add_folder(gw_id, self._qname(self.gateway))
+        full = self.ctx.extra.get("config")
+        devices: list[DeviceBase] = full.devices if isinstance(full, EdgedConfig) else []
+        patterns = self.config.tags
+        for dev in devices:
+            if not dev.enabled:
+                continue
+            for tag in dev.tags:
+                path = dev.tag_path(tag)
+                if patterns and not any(fnmatch.fnmatchcase(path, p) for p in patterns):
+                    continue  # the Sender never forwards it either
+                await self._add_variable(
+                    path,
+                    dev.name,
+                    tag.name,
+                    unit=tag.unit,
+                    description=tag.description,
+                    low=tag.low,
+                    high=tag.high,
+                )
+
+    def _qname(self, name: str, ns: int | None = None) -> ua.QualifiedName:
+        return ua_struct(ua.QualifiedName, Name=name, NamespaceIndex=self.ns if ns is None else ns)
+
+    def _node_id(self, ident: str) -> ua.NodeId:
+        return ua_struct(ua.NodeId, Identifier=ident, NamespaceIndex=self.ns)
+
+    async def _folder(self, device: str) -> Node:
+        folder = self._folders.get(device)
+        if folder is None:
+            assert self._root is not None
+            folder = await self._root.add_folder(self._node_id(device), self._qname(device))
+            self._folders[device] = folder
+        return folder
+
+    async def _add_variable(
+        self,
+        path: str,
+        device: str,
+        name: str,
+        *,
+        unit: str | None,
+        description: str = "",
+        low: float | None = None,
+        high: float | None = None,
+        vtype: ua.VariantType | None = None,
+    ) -> _Var:
+        parent = await self._folder(device) if device else self._root
+        assert parent is not None
+        datatype = _VARIANT_DATATYPES[vtype] if vtype is not None else ObjectIds.BaseDataType
+        node = await parent.add_variable(self._node_id(path), self._qname(name), None, ua.VariantType.Null, datatype)
+        await node.write_attribute(
+            AttributeIds.Value,
+            ua.DataValue(
+                ua.Variant(None, ua.VariantType.Null),
+                ua_struct(ua.StatusCode, value=Status.BAD_WAITING_FOR_INITIAL_DATA),
+            ),
+        )
+        if description:
+            await node.write_attribute(
+                AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(description)))
+            )
+        if unit:
+            info = ua_struct(
+                ua.EUInformation,
+                NamespaceUri=_UNITS_NAMESPACE,
+                UnitId=-1,
+                DisplayName=ua.LocalizedText(unit),
+                Description=ua.LocalizedText(unit),
+            )
+            await node.add_property(
+                self._node_id(f"{path}#EngineeringUnits"), self._qname("EngineeringUnits", 0), info,
+                ua.VariantType.ExtensionObject, ObjectIds.EUInformation,
+            )  # fmt: skip
+        if low is not None and high is not None:
+            eu_range = ua_struct(ua.Range, Low=low, High=high)
+            await node.add_property(
+                self._node_id(f"{path}#EURange"), self._qname("EURange", 0), eu_range,
+                ua.VariantType.ExtensionObject, ObjectIds.Range,
+            )  # fmt: skip
+        var = self._vars[path] = _Var(node.nodeid, path, vtype)
+        return var
+
+    async def _lazy(self, s: Sample) -> _Var:
+        """A tag the config did not announce: its device folder and variable appear now."""
+        device, sep, name = s.tag.partition("/")
+        if not sep:  # not a device/tag path: straight under the gateway folder
+            device, name = "", s.tag
+        vtype = None if s.value is None else _variant_type(s.value)
+        self.log.info("uplink %s: adding variable for tag %s (not in the config)", self.config.name, s.tag)
+        return await self._add_variable(s.tag, device, name, unit=s.unit, vtype=vtype)
+
+    # ------------------------------------------------------------------ data
+
+    async def send(self, batch: Batch) -> None:
+        """Write the newest sample of each tag into the address space (gaps mean nothing to a
+        server of current values). Returns once subscribers can see the values."""
+        server = self._server
+        if server is None:
+            raise Transient("the OPC UA server is not running")
+        newest: dict[str, Sample] = {}
+        for s in batch.samples:
+            cur = newest.get(s.tag)
+            if cur is None or s.ts_ns >= cur.ts_ns:
+                newest[s.tag] = s
+        now = dt.datetime.now(dt.UTC)
+        try:
+            for s in newest.values():
+                var = self._vars.get(s.tag) or await self._lazy(s)
+                if s.ts_ns < var.ts_ns:
+                    self.skipped_older += 1
+                    continue
+                await self._write(server, var, s, now)
+        except (UaError, ServiceError) as exc:
+            raise map_error(exc, "write into the OPC UA address space") from exc
+
+    async def _write(self, server: Server, var: _Var, s: Sample, now: dt.datetime) -> None:
+        value, status = s.value, s.status
+        variant = ua.Variant(None, ua.VariantType.Null)
+        if value is None or severity(status) == Severity.BAD:
+            if severity(status) != Severity.BAD:
+                status = Status.BAD  # no value cannot be Good or Uncertain
+        else:
+            vtype = _variant_type(value)
+            if var.vtype is None:
+                await server.write_attribute_value(
+                    var.nodeid,
+                    ua.DataValue(
+                        ua.Variant(ua_struct(ua.NodeId, Identifier=_VARIANT_DATATYPES[vtype]), ua.VariantType.NodeId)
+                    ),
+                    AttributeIds.DataType,
+                )
+                var.vtype = vtype
+            if vtype == var.vtype:
+                variant = ua.Variant(float(value) if vtype == ua.VariantType.Double else value, vtype)
+            else:
+                if not var.type_warned:
+                    var.type_warned = True
+                    self.log.warning(
+                        "uplink %s: tag %s changed type (%s, was %s): published as BadTypeMismatch",
+                        self.config.name, s.tag, vtype.name, var.vtype.name,
+                    )  # fmt: skip
+                status = _BAD_TYPE_MISMATCH
+        dv = ua_struct(
+            ua.DataValue,
+            Value=variant,
+            StatusCode=ua_struct(ua.StatusCode, value=status),
+            SourceTimestamp=_datetime(s.ts_ns),
+            ServerTimestamp=now,
+        )
+        await server.write_attribute_value(var.nodeid, dv)
+        var.ts_ns = s.ts_ns
