@@ -25,7 +25,7 @@ from edged import registry
 from edged.config import Config, DeviceBase, UplinkBase
 from edged.delivery import Sender
 from edged.errors import Permanent, Transient
-from edged.model import Sample, Status
+from edged.model import Sample, Severity, Status, severity
 from edged.plugin import Backoff, PluginContext
 from edged.quality import TagProcessor
 from edged.sdnotify import Notifier
@@ -93,7 +93,8 @@ class DeviceRunner:
         self.stats.samples += len(batch)
         if batch:
             self.stats.last_sample_ns = batch[-1].ts_ns
-        if self._down:
+        if self._down and any(severity(s.status) != Severity.BAD for s in batch):
+            # recovered only when the device really answers: an all-Bad batch keeps the backoff growing
             log.info("device %s recovered", self.name, extra={"device": self.name})
             self._down = False
             self.backoff.reset()
