@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: set up, lint, type-check, test.
+# Extra arguments go to pytest (e.g. scripts/test.sh -m fault, or -k mqtt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy" && .venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
