@@ -21,13 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from peers.mosquitto import Mosquitto
-
 from buffer import Buffer, Store
 from edged.config import BufferConfig
 from edged.delivery import Sender
 from edged.model import Sample, Status
 from edged.plugin import Backoff, PluginContext
+from peers.mosquitto import Mosquitto
 from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import Uplink as MqttUplink
 

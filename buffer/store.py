@@ -341,6 +341,37 @@ class Store:
                 (sent, len(gap_ids), uplink),
             )
 
+    def unack(self, uplink: str, lo: int, hi: int) -> int:
+        """Forget that the uplink acknowledged lo..hi, so it is sent again (`edged replay`).
+
+        A running daemon's sender sees the re-opened range as backlog on its next pass: the
+        coordination is this one transaction, no signal needed. Returns the seqs re-opened.
+        """
+        reopened = 0
+        with self.transaction():
+            rows = self.db.execute(
+                "SELECT lo, hi FROM acks WHERE uplink=? AND lo <= ? AND hi >= ?", (uplink, hi, lo)
+            ).fetchall()
+            for a, b in rows:
+                self.db.execute("DELETE FROM acks WHERE uplink=? AND lo=?", (uplink, a))
+                if a < lo:
+                    self.db.execute("INSERT INTO acks(uplink, lo, hi) VALUES(?,?,?)", (uplink, a, lo - 1))
+                if b > hi:
+                    self.db.execute("INSERT INTO acks(uplink, lo, hi) VALUES(?,?,?)", (uplink, hi + 1, b))
+                reopened += min(b, hi) - max(a, lo) + 1
+        return reopened
+
+    def seq_span(self, since_ns: int | None, until_ns: int | None) -> Range | None:
+        """The seq range spanning samples with since <= ts < until (None when there are none)."""
+        row = self.db.execute(
+            "SELECT min(seq), max(seq) FROM samples WHERE ts_ns >= ? AND ts_ns < ?",
+            (since_ns if since_ns is not None else -(2**63), until_ns if until_ns is not None else 2**63 - 1),
+        ).fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
+    def count(self, lo: int, hi: int) -> int:
+        return int(self.db.execute("SELECT count(*) FROM samples WHERE seq BETWEEN ? AND ?", (lo, hi)).fetchone()[0])
+
     def pending_gaps(self, uplink: str, limit: int = 100) -> list[tuple[int, Gap]]:
         return [
             (r[0], Gap(r[1], r[2], r[3], r[4], r[5]))

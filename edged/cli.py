@@ -8,13 +8,14 @@ import datetime as dt
 import logging
 import os
 import sys
+import time
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from edged import __version__, config, logs
-from edged.errors import ConfigError, StorageError
+from edged.errors import ConfigError, StorageError, Transient
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = "/etc/edged/edged.toml"
@@ -115,8 +116,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         data_dir = Path(args.data_dir)
         db = data_dir / "buffer.db"
     else:
-        path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-        cfg = _load(path)
+        cfg = _config_for(args)
         data_dir, db = cfg.data_dir, cfg.buffer_path
     with Store(db, create=False, readonly=True) as store:
         st = store.status()
@@ -151,6 +151,79 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _config_for(args: argparse.Namespace) -> config.Config:
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    return _load(path)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from buffer import Store
+    from edged import replay
+
+    cfg = _config_for(args)
+    logs.setup(cfg.gateway.log_level, "text")
+    uplinks = {u.name: u for u in cfg.uplinks}
+    if args.uplink not in uplinks:
+        raise ConfigError(f"no uplink named {args.uplink!r} in the config (have: {', '.join(uplinks) or 'none'})")
+    since = replay.parse_time(args.since) if args.since else None
+    until = replay.parse_time(args.until) if args.until else None
+    with Store(cfg.buffer_path, create=False) as store:
+        plan = replay.make_plan(
+            store, args.uplink, since_ns=since, until_ns=until, from_seq=args.from_seq, to_seq=args.to_seq
+        )
+        if plan is None:
+            print("nothing stored in that range")
+            return EXIT_OK
+        print(
+            f"replay to {plan.uplink}: seq {plan.lo}..{plan.hi}, {plan.samples:,} stored samples, "
+            f"{plan.pending:,} of them not yet delivered"
+        )
+        if args.dry_run:
+            return EXIT_OK
+        reopened = store.unack(plan.uplink, plan.lo, plan.hi)
+        progress = replay.Progress(plan.hi - plan.lo + 1)
+        t0 = time.monotonic()
+        pid = replay.daemon_pid(cfg.data_dir)
+        if pid is not None:
+            print(f"the daemon (pid {pid}) sends it as historical data alongside live data; watching")
+            owed = asyncio.run(replay.watch(store, plan, progress, timeout_s=args.timeout))
+            took = time.monotonic() - t0
+            if owed:
+                print(f"not finished after {took:.0f}s: {owed:,} still owed; the daemon keeps sending them")
+                return EXIT_FAIL
+            print(f"done: {plan.samples:,} samples re-sent by the daemon in {took:.1f}s ({reopened:,} seqs re-opened)")
+            return EXIT_OK
+        print("no daemon running on this buffer: sending directly")
+        try:
+            sent = asyncio.run(replay.send_standalone(store, cfg, uplinks[args.uplink], plan, progress))
+        except Transient as exc:
+            print(
+                f"edged: replay stopped: {exc}; the rest stays owed and goes out when the daemon runs", file=sys.stderr
+            )
+            return EXIT_FAIL
+        took = time.monotonic() - t0
+        print(f"done: {sent:,} samples sent in {took:.1f}s ({sent / max(took, 1e-9):,.0f}/s)")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from buffer import Store
+    from edged import replay
+
+    db = Path(args.data_dir) / "buffer.db" if args.data_dir else _config_for(args).buffer_path
+    since = replay.parse_time(args.since) if args.since else None
+    until = replay.parse_time(args.until) if args.until else None
+    with Store(db, create=False, readonly=True) as store:
+        samples = replay.iter_samples(store, since, until, args.tags or [])
+        if args.output in (None, "-"):
+            n = replay.export(samples, sys.stdout, args.format)
+        else:
+            with open(args.output, "w", newline="") as fh:
+                n = replay.export(samples, fh, args.format)
+    print(f"exported {n:,} samples", file=sys.stderr)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -175,6 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--data-dir", help="read the buffer in this directory instead of the config's")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    rp = sub.add_parser("replay", help="re-send stored samples to one uplink after an outage")
+    rp.add_argument("--config", "-c")
+    rp.add_argument("--uplink", "-u", required=True)
+    rp.add_argument("--since", help="ISO 8601 time (local unless it has an offset), 'now', or '-2h'")
+    rp.add_argument("--until")
+    rp.add_argument("--from-seq", type=int)
+    rp.add_argument("--to-seq", type=int)
+    rp.add_argument("--dry-run", action="store_true", help="only count what would be re-sent")
+    rp.add_argument("--timeout", type=float, default=3600.0, help="seconds to watch a running daemon (default 1h)")
+    rp.set_defaults(func=cmd_replay)
+
+    ex = sub.add_parser("export", help="export stored samples of a time range to CSV or JSON lines")
+    ex.add_argument("--config", "-c")
+    ex.add_argument("--data-dir")
+    ex.add_argument("--since")
+    ex.add_argument("--until")
+    ex.add_argument("--tags", nargs="*", help="glob patterns, e.g. 'boiler/*'")
+    ex.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    ex.add_argument("--output", "-o", help="file (default: standard output)")
+    ex.set_defaults(func=cmd_export)
     return p
 
 

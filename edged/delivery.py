@@ -102,8 +102,7 @@ class Sender:
 
     async def _deliver(self, uplink: Uplink) -> None:
         buf, store, size = self.buffer, self.buffer.store, self.config.batch_size
-        split = buf.head  # live after this, backlog at or below it
-        live_pos = split
+        live_pos = buf.head  # live after this; anything owed at or below it is backlog
         credit = 0.0
         first_ack = True
         while True:
@@ -111,7 +110,8 @@ class Sender:
             if gaps:
                 await self._send_gaps(uplink, gaps)
                 continue
-            holes = await buf.call(store.unacked, self.name, split, limit=1)
+            # below the live position: the backlog at connect, plus ranges `edged replay` re-opened
+            holes = await buf.call(store.unacked, self.name, live_pos, limit=1)
             have_live = buf.head > live_pos
             if have_live and (not holes or credit < 1.0):
                 samples, covered = await buf.call(store.read, live_pos + 1, buf.head, size)

@@ -16,8 +16,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from peers.modbus_server import ModbusPeer, Unit, socat_pair
-
 from buffer import Store
 from drivers.modbus import Config, Driver, SerialLines, WriteError
 from edged.config import parse
@@ -25,6 +23,7 @@ from edged.daemon import Daemon
 from edged.errors import Permanent, Transient
 from edged.model import Sample, Status
 from edged.plugin import PluginContext
+from peers.modbus_server import ModbusPeer, Unit, socat_pair
 
 # ----------------------------------------------------------------------------------------- the map
 

@@ -16,7 +16,6 @@ from typing import Any
 import aiomqtt
 import msgspec
 import pytest
-from peers.mosquitto import Mosquitto
 
 from buffer import Buffer
 from edged.config import BufferConfig, Secret, parse
@@ -24,6 +23,7 @@ from edged.delivery import Sender
 from edged.errors import Permanent
 from edged.model import Sample, Status
 from edged.plugin import Backoff, PluginContext
+from peers.mosquitto import Mosquitto
 from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import Uplink as MqttUplink
 

@@ -20,8 +20,6 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from peers.opcua_server import PASSWORD, USERNAME, PlantServer
-
 from buffer import Store
 from drivers.opcua import Config, Driver, certs
 from drivers.opcua.certs import create_client_certificate
@@ -30,6 +28,7 @@ from edged.daemon import Daemon
 from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Sample, Status
 from edged.plugin import PluginContext
+from peers.opcua_server import PASSWORD, USERNAME, PlantServer
 
 # Every async test shares the module's loop, where the module-scoped server runs.
 module_loop = pytest.mark.asyncio(loop_scope="module")

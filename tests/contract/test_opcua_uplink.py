@@ -20,13 +20,12 @@ from asyncua.ua.uaerrors import BadIdentityTokenRejected, BadUserAccessDenied
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from peers.opcua_server import free_port
-
 from drivers.opcua.certs import create_client_certificate
 from edged import config as edged_config
 from edged.errors import ConfigError
 from edged.model import Batch, Sample, Status
 from edged.plugin import PluginContext
+from peers.opcua_server import free_port
 from uplink.opcua import Config, Uplink
 
 module_loop = pytest.mark.asyncio(loop_scope="module")

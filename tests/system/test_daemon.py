@@ -14,9 +14,9 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from peers.mosquitto import Mosquitto
 
 from buffer import Store
+from peers.mosquitto import Mosquitto
 
 CONFIG = """
 [gateway]
