@@ -319,6 +319,19 @@ class Store:
             return []
         return subtract(first, upto, self.acked(uplink))[:limit]
 
+    def backlog(self, uplink: str) -> tuple[int, int | None]:
+        """(samples owed, source time of the oldest owed) from the seq ranges: cheap at any size."""
+        holes = self.unacked(uplink, self.head, limit=1_000_000)
+        oldest = None
+        for lo, hi in holes:
+            row = self.db.execute(
+                "SELECT ts_ns FROM samples WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT 1", (lo, hi)
+            ).fetchone()
+            if row:
+                oldest = int(row[0])
+                break
+        return sum(b - a + 1 for a, b in holes), oldest
+
     def _ack(self, uplink: str, lo: int, hi: int) -> None:
         rows = self.db.execute(
             "SELECT lo, hi FROM acks WHERE uplink=? AND lo <= ? AND hi >= ?", (uplink, hi + 1, lo - 1)
@@ -481,14 +494,7 @@ class Store:
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         uplinks = []
         for name, sent, dropped in self.db.execute("SELECT name, sent, dropped FROM uplinks ORDER BY name").fetchall():
-            holes = self.unacked(name, self.head, limit=1_000_000)
-            backlog = sum(b - a + 1 for a, b in holes)
-            oldest_unsent = None
-            if holes:
-                row = self.db.execute(
-                    "SELECT ts_ns FROM samples WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT 1", holes[0]
-                ).fetchone()
-                oldest_unsent = row[0] if row else None
+            backlog, oldest_unsent = self.backlog(name)
             n_gaps = self.db.execute("SELECT count(*) FROM gaps WHERE uplink=?", (name,)).fetchone()[0]
             uplinks.append(UplinkStatus(name, self.acked(name), backlog, oldest_unsent, sent, dropped, n_gaps))
         file_bytes = sum(

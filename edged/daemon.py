@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ import msgspec
 from buffer import Buffer
 from edged import registry
 from edged.config import Config, DeviceBase, UplinkBase
+from edged.config import load as load_config
 from edged.delivery import Sender
-from edged.errors import Permanent, Transient
+from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Sample, Severity, Status, severity
 from edged.plugin import Backoff, PluginContext
 from edged.quality import TagProcessor
@@ -125,8 +127,11 @@ class Daemon:
         self.started_ns = time.time_ns()
         self.loop_lag_s = 0.0
         self.stopped = False
-        self.devices: list[DeviceRunner] = []
-        self.senders: list[Sender] = []
+        self._devices: dict[str, tuple[DeviceRunner, asyncio.Task[None]]] = {}
+        self._uplinks: dict[str, tuple[Sender, asyncio.Task[None]]] = {}
+        self._reload_requested = asyncio.Event()
+        self.reloads = 0
+        self.backlog: dict[str, tuple[int, int | None]] = {}  # uplink -> (samples owed, oldest owed ts)
 
     def _ctx(self, kind: str, name: str) -> PluginContext:
         return PluginContext(
@@ -136,15 +141,8 @@ class Daemon:
             extra={"config": self.config},
         )
 
-    def _build(self) -> None:
-        for dev in self.config.devices:
-            if dev.enabled:
-                self.devices.append(
-                    DeviceRunner(dev, registry.driver_module(dev.type), self.buffer, self._ctx("device", dev.name))
-                )
-        for up in self.config.uplinks:
-            if up.enabled:
-                self.senders.append(self._sender(up))
+    def _runner(self, dev: DeviceBase) -> DeviceRunner:
+        return DeviceRunner(dev, registry.driver_module(dev.type), self.buffer, self._ctx("device", dev.name))
 
     def _sender(self, up: UplinkBase) -> Sender:
         module = registry.uplink_module(up.type)
@@ -156,6 +154,25 @@ class Daemon:
             gateway_id=self.config.gateway.id,
             log=logging.getLogger(f"edged.uplink.{up.name}"),
         )
+
+    @property
+    def devices(self) -> list[DeviceRunner]:
+        return [r for r, _ in self._devices.values()]
+
+    @property
+    def senders(self) -> list[Sender]:
+        return [s for s, _ in self._uplinks.values()]
+
+    def _start_device(self, tg: asyncio.TaskGroup, dev: DeviceBase) -> None:
+        runner = self._runner(dev)
+        self._devices[dev.name] = (runner, tg.create_task(runner.run(), name=f"driver:{dev.name}"))
+
+    def _start_uplink(self, tg: asyncio.TaskGroup, up: UplinkBase) -> None:
+        sender = self._sender(up)
+        self._uplinks[up.name] = (sender, tg.create_task(sender.run(), name=f"uplink:{up.name}"))
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
 
     def request_stop(self) -> None:
         if self.stop_event.is_set():
@@ -175,31 +192,41 @@ class Daemon:
         os._exit(EXIT_STOP_TIMEOUT)
 
     async def run(self) -> None:
-        """Run until request_stop() (SIGTERM/SIGINT); raises only on a startup failure."""
+        """Run until request_stop() (SIGTERM/SIGINT); SIGHUP reloads the config file."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        handlers = ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                    (signal.SIGHUP, self.request_reload))  # fmt: skip
+        for sig, handler in handlers:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, handler)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         async with self.buffer:
-            self._build()
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self.buffer.run_writer(), name="buffer-writer")
                     tg.create_task(self.buffer.run_maintenance(), name="buffer-maintenance")
-                    for s in self.senders:
-                        tg.create_task(s.run(), name=f"uplink:{s.name}")
-                    drivers = [tg.create_task(d.run(), name=f"driver:{d.name}") for d in self.devices]
+                    for up in self.config.uplinks:
+                        if up.enabled:
+                            self._start_uplink(tg, up)
+                    for dev in self.config.devices:
+                        if dev.enabled:
+                            self._start_device(tg, dev)
                     tg.create_task(self._watchdog(), name="watchdog")
                     tg.create_task(self._status_writer(), name="status-writer")
-                    self.notifier.ready(f"{len(self.devices)} devices, {len(self.senders)} uplinks")
+                    tg.create_task(self._reloader(tg), name="reloader")
+                    if self.config.gateway.metrics_listen:
+                        from edged.metrics import serve
+
+                        tg.create_task(serve(self, self.config.gateway.metrics_listen), name="metrics")
+                    self.notifier.ready(f"{len(self._devices)} devices, {len(self._uplinks)} uplinks")
                     log.info(
                         "edged running: gateway %s, %d devices, %d uplinks, buffer %s",
-                        self.config.gateway.id, len(self.devices), len(self.senders), self.config.buffer_path,
+                        self.config.gateway.id, len(self._devices), len(self._uplinks), self.config.buffer_path,
                     )  # fmt: skip
                     await self.stop_event.wait()
                     log.info("stopping: draining drivers and flushing the buffer")
                     self.notifier.stopping()
+                    drivers = [t for _, t in self._devices.values()]
                     for t in drivers:
                         t.cancel()
                     if drivers:
@@ -212,6 +239,53 @@ class Daemon:
                 self.stopped = True
                 self._write_status()
         log.info("edged stopped")
+
+    async def _reloader(self, tg: asyncio.TaskGroup) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            self.notifier.reloading()
+            try:
+                await self.reload(tg)
+            finally:
+                self.notifier.ready(f"{len(self._devices)} devices, {len(self._uplinks)} uplinks")
+
+    async def reload(self, tg: asyncio.TaskGroup) -> None:
+        """Apply a changed config file: changed, added and removed devices/uplinks restart, the others
+        keep running undisturbed. An invalid file is rejected and the running config stays in force."""
+        source = self.config.source
+        if not source or source.startswith("<"):
+            log.warning("reload ignored: the daemon runs the embedded demo, not a config file")
+            return
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            log.error("reload rejected, the running config stays in force: %s", exc)
+            return
+        if new.gateway != self.config.gateway or new.buffer != self.config.buffer:
+            log.warning("reload: [gateway] and [buffer] changes take effect only after a restart")
+        old_dev = {d.name: d for d in self.config.devices if d.enabled}
+        new_dev = {d.name: d for d in new.devices if d.enabled}
+        old_up = {u.name: u for u in self.config.uplinks if u.enabled}
+        new_up = {u.name: u for u in new.uplinks if u.enabled}
+        dev_stop = [n for n in old_dev if new_dev.get(n) != old_dev[n]]
+        up_stop = [n for n in old_up if new_up.get(n) != old_up[n]]
+        stopping = [self._devices.pop(n)[1] for n in dev_stop] + [self._uplinks.pop(n)[1] for n in up_stop]
+        for t in stopping:
+            t.cancel()
+        if stopping:
+            await asyncio.wait(stopping)
+        # gateway and buffer stay as started
+        self.config = msgspec.structs.replace(self.config, devices=new.devices, uplinks=new.uplinks)
+        for n, up in new_up.items():
+            if n not in self._uplinks:
+                self._start_uplink(tg, up)
+        for n, dev in new_dev.items():
+            if n not in self._devices:
+                self._start_device(tg, dev)
+        self.reloads += 1
+        changed = sorted({*dev_stop, *up_stop, *(set(new_dev) - set(old_dev)), *(set(new_up) - set(old_up))})
+        log.info("config reloaded: restarted %s", ", ".join(changed) if changed else "nothing (no changes)")
 
     async def _watchdog(self) -> None:
         """Ping systemd from the event loop itself, so a stuck loop is restarted; measure loop lag."""
@@ -232,6 +306,7 @@ class Daemon:
             "started_ns": self.started_ns,
             "updated_ns": time.time_ns(),
             "loop_lag_s": self.loop_lag_s,
+            "reloads": self.reloads,
             "stopped": self.stopped,
             "buffer": {
                 "head": self.buffer.head,
@@ -242,7 +317,14 @@ class Daemon:
                 "last_trim": asdict(self.buffer.last_trim),
             },
             "devices": {d.name: asdict(d.stats) for d in self.devices},
-            "uplinks": {s.name: asdict(s.stats) for s in self.senders},
+            "uplinks": {
+                s.name: {
+                    **asdict(s.stats),
+                    "backlog": self.backlog.get(s.name, (0, None))[0],
+                    "oldest_unsent_ns": self.backlog.get(s.name, (0, None))[1],
+                }
+                for s in self.senders
+            },
         }
 
     def _write_status(self) -> None:
@@ -255,7 +337,13 @@ class Daemon:
             log.debug("cannot write %s: %s", path, exc)
 
     async def _status_writer(self) -> None:
+        """Refresh per-uplink backlog figures (on the buffer thread) and the status file every 2 s."""
         while True:
+            for name in list(self._uplinks):
+                try:
+                    self.backlog[name] = await self.buffer.call(self.buffer.store.backlog, name)
+                except sqlite3.Error as exc:
+                    log.debug("backlog query failed: %s", exc)
             self._write_status()
             await asyncio.sleep(2.0)
 

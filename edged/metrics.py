@@ -1,0 +1,148 @@
+"""Prometheus metrics and a health check on a local HTTP port (`gateway.metrics_listen`).
+
+A tiny asyncio HTTP/1.1 server (GET only, one request per connection) instead of a framework: it
+has two routes, must never block the event loop, and must not add a dependency beyond
+prometheus-client, whose text format it serves from a per-daemon registry (no global state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from edged.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edged.daemon import Daemon
+
+log = logging.getLogger("edged.metrics")
+
+LAG_UNHEALTHY_S = 5.0
+
+
+def health(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
+    """Healthy when the loop is responsive and the buffer accepts writes; device or uplink outages
+    are reported but are not a reason to restart the gateway (restarting would not fix them)."""
+    problems = []
+    if daemon.loop_lag_s > LAG_UNHEALTHY_S:
+        problems.append(f"event loop lag {daemon.loop_lag_s:.1f}s")
+    if daemon.buffer.alarm:
+        problems.append(daemon.buffer.alarm)
+    doc = {
+        "healthy": not problems,
+        "problems": problems,
+        "devices": {d.name: d.stats.state for d in daemon.devices},
+        "uplinks": {s.name: s.stats.state for s in daemon.senders},
+    }
+    return not problems, doc
+
+
+class _Collector:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        d = self.d
+        now = time.time_ns()
+        read = CounterMetricFamily("edged_device_samples", "Samples read from the device", labels=["device"])
+        errors = CounterMetricFamily("edged_device_errors", "Device failures (connect or read)", labels=["device"])
+        up = GaugeMetricFamily("edged_device_up", "1 while the device is connected and polled", labels=["device"])
+        age = GaugeMetricFamily("edged_device_last_sample_age_seconds", "Age of the newest sample", labels=["device"])
+        for r in d.devices:
+            read.add_metric([r.name], r.stats.samples)
+            errors.add_metric([r.name], r.stats.errors)
+            up.add_metric([r.name], 1.0 if r.stats.state == "running" else 0.0)
+            if r.stats.last_sample_ns:
+                age.add_metric([r.name], (now - r.stats.last_sample_ns) / 1e9)
+        yield from (read, errors, up, age)
+
+        b = d.buffer
+        yield CounterMetricFamily("edged_buffer_stored_samples", "Samples committed to the buffer", value=b.stored)
+        yield GaugeMetricFamily("edged_buffer_head_seq", "Newest sequence number", value=b.head)
+        yield CounterMetricFamily(
+            "edged_buffer_ingest_dropped_samples", "Samples lost before reaching disk", value=b.dropped_ingest
+        )
+        yield CounterMetricFamily("edged_buffer_write_errors", "Failed buffer commits", value=b.write_errors)
+        yield GaugeMetricFamily("edged_buffer_alarm", "1 while the disk refuses writes", value=1.0 if b.alarm else 0.0)
+        try:
+            size = sum(p.stat().st_size for p in b.path.parent.glob(b.path.name + "*") if p.is_file())
+        except OSError:
+            size = 0
+        yield GaugeMetricFamily("edged_buffer_bytes", "Buffer files on disk (db, wal, shm)", value=size)
+
+        sent = CounterMetricFamily("edged_uplink_sent_samples", "Samples acknowledged", labels=["uplink", "stream"])
+        rejected = CounterMetricFamily("edged_uplink_rejected_samples", "Samples refused for good", labels=["uplink"])
+        uerr = CounterMetricFamily("edged_uplink_errors", "Connection/send failures", labels=["uplink"])
+        conn = GaugeMetricFamily("edged_uplink_connected", "1 while connected", labels=["uplink"])
+        backlog = GaugeMetricFamily("edged_uplink_backlog_samples", "Samples owed to the uplink", labels=["uplink"])
+        oldest = GaugeMetricFamily(
+            "edged_uplink_oldest_unsent_age_seconds", "Age of the oldest owed sample", labels=["uplink"]
+        )
+        for s in d.senders:
+            sent.add_metric([s.name, "live"], s.stats.sent_live)
+            sent.add_metric([s.name, "historical"], s.stats.sent_historical)
+            rejected.add_metric([s.name], s.stats.rejected)
+            uerr.add_metric([s.name], s.stats.errors)
+            conn.add_metric([s.name], 1.0 if s.stats.state == "connected" else 0.0)
+            n, ts = d.backlog.get(s.name, (0, None))
+            backlog.add_metric([s.name], n)
+            oldest.add_metric([s.name], (now - ts) / 1e9 if ts else 0.0)
+        yield from (sent, rejected, uerr, conn, backlog, oldest)
+        yield GaugeMetricFamily("edged_event_loop_lag_seconds", "Event loop lag, last second", value=d.loop_lag_s)
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    except ValueError:
+        raise ConfigError(f"gateway.metrics_listen {listen!r}: expected host:port, e.g. 127.0.0.1:9337") from None
+
+
+async def serve(daemon: Daemon, listen: str) -> None:
+    """Serve /metrics and /health until cancelled."""
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+    except ImportError:
+        log.error("metrics_listen is set but prometheus-client is missing: pip install 'edged[metrics]'")
+        return
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(daemon))
+    host, port = _parse_listen(listen)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            if method != "GET":
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path.split("?")[0] == "/metrics":
+                status, ctype, body = "200 OK", "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry)
+            elif path.split("?")[0] in ("/health", "/healthz"):
+                ok, doc = health(daemon)
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "application/json", json.dumps(doc).encode() + b"\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /health\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):
+            pass  # a broken or slow client gets nothing; it must never disturb the daemon
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port)
+    log.info("metrics on http://%s:%d/metrics, health on /health", host, port)
+    async with server:
+        await server.serve_forever()
