@@ -118,7 +118,14 @@ def test_sigkill_under_load_loses_nothing_committed(tmp_path: Path, mosquitto: M
         wait(lambda: backlog(cfg) == 0, 60, "the backlog to drain after the last restart")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        time.sleep(0.5)
+        with Store(tmp_path / "data" / "buffer.db") as store:
+            acked = {x for a, b in store.acked("broker") for x in range(a, b + 1)}
+
+        def all_acked_arrived() -> bool:
+            with col.lock:
+                return acked <= set(col.seqs)
+
+        wait(all_acked_arrived, 10, "every acknowledged sample to reach the subscriber")
     finally:
         col.close()
         if proc.poll() is None:
