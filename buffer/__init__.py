@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class Buffer:
         self.write_errors = 0
         self.alarm: str | None = None  # set while the disk refuses writes
         self.last_trim = TrimResult()
+        self._trim_error: str | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -61,11 +63,12 @@ class Buffer:
     async def __aenter__(self) -> Buffer:
         self._store = await self.call(open_or_recover, self.path, synchronous=self.config.synchronous)
         self.head = self._store.head
+        await self.call(self._ensure_reserve)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._pending:
-            await self.flush()
+            await self.flush_at_exit()
         if self._store is not None:
             await self.call(self._store.close)
             self._store = None
@@ -82,6 +85,35 @@ class Buffer:
             self.dropped_ingest += over
         if len(self._pending) >= self.config.flush_rows:
             self._have_pending.set()
+
+    # A ballast file beside the buffer: on a full disk, deleting the oldest rows needs WAL space too,
+    # so the reserve is released first to let the trim itself through, then re-created.
+    RESERVE_BYTES = 2 * 1024 * 1024
+
+    @property
+    def _reserve_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".reserve")
+
+    def _ensure_reserve(self) -> bool:
+        p = self._reserve_path
+        try:
+            if p.exists() and p.stat().st_size >= self.RESERVE_BYTES:
+                return True
+            with open(p, "wb") as fh:
+                fh.write(b"\0" * self.RESERVE_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
+        except OSError:
+            p.unlink(missing_ok=True)  # a partial reserve only wastes space
+            return False
+
+    async def flush_at_exit(self) -> None:
+        """The last flush on the way out: a failure is logged with what it costs, never raised."""
+        try:
+            await self.flush()
+        except (sqlite3.Error, OSError) as exc:
+            log.error("final flush failed, %d samples not stored: %s", len(self._pending), exc)
 
     async def flush(self) -> int:
         """Commit pending samples in one transaction; on failure they stay pending."""
@@ -121,33 +153,40 @@ class Buffer:
                     self.write_errors += 1
                     if self.alarm is None:
                         log.error("buffer write failed, keeping %d samples pending: %s", len(self._pending), exc)
-                    self.alarm = f"buffer write failed: {exc}"
+                    self.alarm = f"buffer write failed: {exc} (dropping the oldest samples to make room)"
                     await self._make_room()
                     await asyncio.sleep(backoff.next_delay())
                     continue
-                if self.alarm is not None:
-                    log.warning("buffer writes recovered")
+                if self.alarm is not None and self._reserve_path.exists():
+                    log.warning("buffer writes recovered; disk space is available again")
                     self.alarm = None
                 backoff.reset()
         finally:
             # Shutting down: one last flush so nothing queued is lost (the caller stopped drivers first).
             if self._pending and self._store is not None:
-                try:
-                    await asyncio.shield(self.flush())
-                except (sqlite3.Error, OSError) as exc:  # pragma: no cover - disk died at shutdown
-                    log.error("final flush failed, %d samples lost: %s", len(self._pending), exc)
+                await asyncio.shield(self.flush_at_exit())
 
     async def _make_room(self) -> None:
-        """On a full disk, drop the oldest 5% so new samples fit (counted per uplink as gaps)."""
+        """On a full disk, drop the oldest 5% so new samples fit (counted per uplink as gaps).
+
+        The WAL is truncated first: deleting needs WAL space too, and a truncated WAL gives file-system
+        space back; the freed database pages are then reused by new samples.
+        """
         try:
+            self._reserve_path.unlink(missing_ok=True)
+            await self.call(self.store.checkpoint, "TRUNCATE")
             used = await self.call(self.store.used_bytes)
             res = await self.call(
                 self.store.trim, retention_ns=int(self.config.retention * 1e9), max_bytes=max(1, int(used * 0.95))
             )
+            await self.call(self.store.checkpoint, "TRUNCATE")
+            self.last_trim = res
             if res.deleted:
-                log.warning("disk full: dropped %d oldest samples to make room", res.deleted)
+                log.warning("disk full: dropped the %d oldest samples to make room", res.deleted)
         except (sqlite3.Error, OSError) as exc:
-            log.error("could not make room in the buffer: %s", exc)
+            if self._trim_error != str(exc):
+                log.error("could not make room in the buffer: %s", exc)
+            self._trim_error = str(exc)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -166,11 +205,21 @@ class Buffer:
                     retention_ns=int(self.config.retention * 1e9),
                     max_bytes=int(self.config.max_bytes),
                     now_ns=time.time_ns(),
+                    min_free=int(self.config.min_free),
                 )
                 await self.call(self.store.checkpoint)
             except sqlite3.Error as exc:
-                log.error("buffer trim failed: %s", exc)
+                if self._trim_error != str(exc):  # once per distinct problem, not every interval
+                    log.error("buffer trim failed: %s", exc)
+                self._trim_error = str(exc)
                 return total
+            if self._trim_error is not None:
+                log.info("buffer trim works again")
+                self._trim_error = None
+            if not self._reserve_path.exists() and await self.call(self._ensure_reserve) and self.alarm:
+                # the reserve fits again: the disk has room, so the full-disk alarm is over
+                log.warning("disk space is available again; buffer alarm cleared")
+                self.alarm = None
             total = TrimResult(
                 total.deleted + res.deleted,
                 total.by_age + res.by_age,

@@ -195,7 +195,8 @@ class Store:
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may already have rolled back (e.g. on SQLITE_FULL)
+                self.db.execute("ROLLBACK")
             raise
         else:
             self.db.execute("COMMIT")
@@ -421,8 +422,18 @@ class Store:
             pos = rows[-1][0] + 1
         return pos
 
-    def _size_boundary(self, max_bytes: int) -> int | None:
+    def free_bytes(self) -> int:
+        """Space left on the buffer's file system for this (unprivileged) process."""
+        st = os.statvfs(self.path.parent)
+        return int(st.f_bavail * st.f_frsize)
+
+    def _size_boundary(self, max_bytes: int, min_free: int = 0) -> int | None:
         used = self.used_bytes()
+        if min_free:
+            # the file system is shared (logs, other data): keep `min_free` of it free as well
+            wal = Path(f"{self.path}-wal")
+            wal_bytes = wal.stat().st_size if wal.exists() else 0
+            max_bytes = min(max_bytes, max(0, used + self.free_bytes() - wal_bytes - min_free))
         if used <= max_bytes:
             return None
         count = self.db.execute("SELECT count(*) FROM samples").fetchone()[0]
@@ -437,12 +448,18 @@ class Store:
         return int(row[0]) if row else self.head + 1
 
     def trim(
-        self, *, retention_ns: int, max_bytes: int, now_ns: int | None = None, max_rows: int = 500_000
+        self,
+        *,
+        retention_ns: int,
+        max_bytes: int,
+        now_ns: int | None = None,
+        max_rows: int = 500_000,
+        min_free: int = 0,
     ) -> TrimResult:
         """Apply retention and the size cap; returns what was deleted. Repeat while it deletes."""
         now = time.time_ns() if now_ns is None else now_ns
         age_b = self._age_boundary(now - retention_ns, max_rows)
-        size_b = self._size_boundary(max_bytes)
+        size_b = self._size_boundary(max_bytes, min_free)
         boundary = max(b for b in (age_b, size_b, 0) if b is not None)
         first = self.first_seq()
         if first is None or boundary <= first:
@@ -475,8 +492,8 @@ class Store:
             self._ack(uplink, 0, hi)
         return n
 
-    def checkpoint(self) -> None:
-        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    def checkpoint(self, mode: str = "PASSIVE") -> None:
+        self.db.execute(f"PRAGMA wal_checkpoint({mode})")
 
     def integrity_ok(self) -> bool:
         return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")

@@ -7,6 +7,7 @@ engineer at a terminal, not a Python developer. Plugins contribute their own str
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -140,8 +141,117 @@ class Base(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+def _require_finite(**values: float) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, not {value}")
+
+
+class LinearCalibration(Base, tag="linear", tag_field="kind"):
+    """actual = raw * gain + offset: a zero/span trim from a calibration certificate."""
+
+    gain: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require_finite(gain=self.gain, offset=self.offset)
+        if self.gain == 0.0:
+            raise ValueError("gain must not be 0 (every reading would become the offset)")
+
+
+class TwoPointCalibration(Base, tag="two_point", tag_field="kind"):
+    """The line through two reference points, e.g. raw = [4.0, 20.0] (mA), actual = [0.0, 16.0] (bar)."""
+
+    raw: list[float]
+    actual: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != 2 or len(self.actual) != 2:
+            raise ValueError("raw and actual need exactly two values each, e.g. raw = [4.0, 20.0]")
+        _require_finite(**{f"raw[{i}]": v for i, v in enumerate(self.raw)})
+        _require_finite(**{f"actual[{i}]": v for i, v in enumerate(self.actual)})
+        if self.raw[0] == self.raw[1]:
+            raise ValueError("the two raw points must differ")
+
+
+class PolynomialCalibration(Base, tag="polynomial", tag_field="kind"):
+    """actual = c0 + c1*raw + c2*raw^2 + ...: sensor curves given as coefficients."""
+
+    coefficients: list[float]
+
+    def __post_init__(self) -> None:
+        if not 2 <= len(self.coefficients) <= 16:
+            raise ValueError("coefficients needs 2 to 16 values [c0, c1, c2, ...] (c0 + c1*x + c2*x^2 ...)")
+        _require_finite(**{f"coefficients[{i}]": v for i, v in enumerate(self.coefficients)})
+        if not any(self.coefficients[1:]):
+            raise ValueError("coefficients c1 and above are all 0: every reading would become c0")
+
+
+class TableCalibration(Base, tag="table", tag_field="kind"):
+    """Points measured on a rig or a strapping table, interpolated between; raw strictly increasing."""
+
+    raw: list[float]
+    actual: list[float]
+    method: Literal["linear", "spline"] = "linear"  # spline: monotone cubic (PCHIP), needs scipy
+
+    def __post_init__(self) -> None:
+        n = len(self.raw)
+        if n != len(self.actual):
+            raise ValueError(f"raw has {n} points but actual has {len(self.actual)}")
+        need = 4 if self.method == "spline" else 2
+        if not need <= n <= 1000:
+            raise ValueError(f"a {self.method} table needs {need} to 1000 points, got {n}")
+        _require_finite(**{f"raw[{i}]": v for i, v in enumerate(self.raw)})
+        _require_finite(**{f"actual[{i}]": v for i, v in enumerate(self.actual)})
+        for i in range(1, n):
+            if not self.raw[i - 1] < self.raw[i]:
+                raise ValueError(f"raw must be strictly increasing: raw[{i}] = {self.raw[i]} follows {self.raw[i - 1]}")
+        if self.method == "spline":
+            from edged.calibration import SCIPY_EXTRA, scipy_available
+
+            if not scipy_available():
+                raise ValueError(f"method = 'spline' needs scipy: {SCIPY_EXTRA}")
+
+
+Calibration = LinearCalibration | TwoPointCalibration | PolynomialCalibration | TableCalibration
+
+
+class QualityConfig(Base):
+    """Per-tag plausibility thresholds (docs/quality.md). Each check is off until it has a threshold,
+    because no single default suits both a tank level and a flow."""
+
+    max_rate: float | None = None  # engineering units per second; a faster change is implausible
+    flatline: Duration | None = None  # values within flatline_tolerance for this long: a stuck sensor
+    flatline_tolerance: float = 0.0  # absolute, engineering units
+    spike_mad: float | None = None  # robust z-score limit (deviation from the median / scaled MAD); 6.0 is usual
+    spike_window: int = 31  # samples compared against; odd, so the median is one of them
+    spike_floor: float = 0.0  # smallest deviation that can be a spike: set it to the resolution of the signal
+    stale_after: Duration | None = None  # older than this (source timestamp), or silent this long: stale
+    ne43: bool = False  # the driver's value is a 4-20 mA loop current: NAMUR NE43 bands apply to it
+
+    def __post_init__(self) -> None:
+        if self.max_rate is not None and not 0.0 < self.max_rate < math.inf:
+            raise ValueError("max_rate must be a positive number (engineering units per second)")
+        if self.flatline is not None and self.flatline <= 0:
+            raise ValueError("flatline must be a positive duration, e.g. '10m'")
+        if not 0.0 <= self.flatline_tolerance < math.inf:
+            raise ValueError("flatline_tolerance must be >= 0")
+        if self.spike_mad is not None and not 0.0 < self.spike_mad < math.inf:
+            raise ValueError("spike_mad must be a positive number, e.g. 6.0")
+        if not (5 <= self.spike_window <= 1001 and self.spike_window % 2 == 1):
+            raise ValueError("spike_window must be an odd number of samples from 5 to 1001")
+        if not 0.0 <= self.spike_floor < math.inf:
+            raise ValueError("spike_floor must be >= 0")
+        if self.stale_after is not None and self.stale_after <= 0:
+            raise ValueError("stale_after must be a positive duration, e.g. '30s'")
+
+
 class TagBase(Base):
-    """Fields every tag of every driver has; drivers subclass it with their addressing fields."""
+    """Fields every tag of every driver has; drivers subclass it with their addressing fields.
+
+    Processing order (edged.quality): the driver's value in `source_unit` -> converted to `unit` ->
+    `calibration` -> checks. The pint factors and calibration curves are computed once, at load.
+    """
 
     name: str
     unit: str | None = None
@@ -150,14 +260,32 @@ class TagBase(Base):
     high: float | None = None
     deadband: float = 0.0  # absolute; a change smaller than this is not stored (status changes always are)
     heartbeat: Duration | None = None  # store at least this often even inside the deadband
+    source_unit: str | None = None  # the unit the driver delivers, when it is not `unit` (psi -> bar)
+    calibration: Calibration | None = None  # applied after the unit conversion, in `unit`
+    calibrated_on: datetime.date | None = None
+    calibration_due: datetime.date | None = None  # after this day (UTC) the values are Uncertain
+    quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
         if not TAG_RE.match(self.name):
             raise ValueError(f"invalid tag name {self.name!r}: letters, digits, _ . - / only")
+        for bound, value in (("low", self.low), ("high", self.high)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{bound} must be a finite number")
         if self.low is not None and self.high is not None and not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.deadband < 0 or math.isnan(self.deadband):
             raise ValueError("deadband must be >= 0")
+        if self.source_unit is not None:
+            if self.unit is None:
+                raise ValueError(f"source_unit = {self.source_unit!r} needs `unit`, the unit to convert to")
+            from edged.units import conversion  # pint stays out of the import of edged.config
+
+            conversion(self.source_unit, self.unit)  # ValueError names the unit; cached for TagProcessor
+        if self.calibrated_on and self.calibration_due and self.calibrated_on > self.calibration_due:
+            raise ValueError(f"calibrated_on ({self.calibrated_on}) is after calibration_due ({self.calibration_due})")
+        if self.quality.ne43 and self.source_unit not in (None, "mA"):
+            raise ValueError("quality.ne43 judges the driver's loop current: source_unit must be 'mA' or unset")
 
 
 class DeviceBase(Base):
@@ -217,6 +345,7 @@ class BufferConfig(Base):
     flush_rows: int = 5000
     synchronous: Literal["normal", "full"] = "normal"
     trim_interval: Duration = Duration(10.0)
+    min_free: ByteSize = ByteSize(64 * 1024**2)  # keep this much of the file system free (oldest dropped)
 
     def __post_init__(self) -> None:
         if self.retention <= 0:

@@ -231,7 +231,7 @@ class Daemon:
                         t.cancel()
                     if drivers:
                         await asyncio.wait(drivers)
-                    await self.buffer.flush()
+                    await self.buffer.flush_at_exit()
                     raise _Shutdown
             except* _Shutdown:
                 pass
