@@ -38,10 +38,10 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tags(
-    tag_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, unit TEXT, is_bool INTEGER NOT NULL DEFAULT 0);
+    tag_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, unit TEXT);
 CREATE TABLE IF NOT EXISTS samples(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, tag_id INTEGER NOT NULL,
-    value, status INTEGER NOT NULL, score INTEGER NOT NULL);
+    value, status INTEGER NOT NULL, score INTEGER NOT NULL, kind INTEGER);
 CREATE TABLE IF NOT EXISTS uplinks(
     name TEXT PRIMARY KEY, created_ns INTEGER NOT NULL, sent INTEGER NOT NULL DEFAULT 0,
     dropped INTEGER NOT NULL DEFAULT 0, gaps_sent INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
@@ -54,6 +54,7 @@ CREATE INDEX IF NOT EXISTS gaps_by_uplink ON gaps(uplink, lo_seq);
 """
 
 Range = tuple[int, int]
+KIND_BOOL = 1  # samples.kind: NULL = the value's own SQLite type, 1 = a bool stored as 0/1
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +123,8 @@ class Store:
         busy_timeout_ms: int = 10_000,
     ) -> None:
         self.path = Path(path)
-        self._tag_ids: dict[str, tuple[int, str | None, bool]] = {}
-        self._tags_by_id: dict[int, tuple[str, str | None, bool]] = {}
+        self._tag_ids: dict[str, tuple[int, str | None]] = {}
+        self._tags_by_id: dict[int, tuple[str, str | None]] = {}
         if not self.path.exists() and not create:
             raise StorageError(f"no buffer at {self.path}")
         if not readonly:
@@ -203,25 +204,20 @@ class Store:
 
     # ------------------------------------------------------------------ writing
 
-    def _intern(self, name: str, unit: str | None, is_bool: bool) -> int:
+    def _intern(self, name: str, unit: str | None) -> int:
         known = self._tag_ids.get(name)
-        if known is not None and known[1] == unit and (known[2] or not is_bool):
+        if known is not None and known[1] == unit:
             return known[0]
-        row = self.db.execute("SELECT tag_id, unit, is_bool FROM tags WHERE name=?", (name,)).fetchone()
+        row = self.db.execute("SELECT tag_id, unit FROM tags WHERE name=?", (name,)).fetchone()
         if row is None:
-            tag_id = self.db.execute(
-                "INSERT INTO tags(name, unit, is_bool) VALUES(?,?,?)", (name, unit, int(is_bool))
-            ).lastrowid
+            tag_id = self.db.execute("INSERT INTO tags(name, unit) VALUES(?,?)", (name, unit)).lastrowid
             assert tag_id is not None
         else:
             tag_id = row[0]
-            if row[1] != unit or (is_bool and not row[2]):
-                self.db.execute(
-                    "UPDATE tags SET unit=?, is_bool=? WHERE tag_id=?", (unit, int(is_bool or row[2]), tag_id)
-                )
-            is_bool = is_bool or bool(row[2])
-        self._tag_ids[name] = (tag_id, unit, is_bool)
-        self._tags_by_id[tag_id] = (name, unit, is_bool)
+            if row[1] != unit:  # a tag has one unit: the latest written
+                self.db.execute("UPDATE tags SET unit=? WHERE tag_id=?", (unit, tag_id))
+        self._tag_ids[name] = (tag_id, unit)
+        self._tags_by_id[tag_id] = (name, unit)
         return tag_id
 
     def append(self, samples: Sequence[Sample]) -> Range:
@@ -236,12 +232,13 @@ class Store:
             for s in samples:
                 seq += 1
                 v = s.value
-                is_bool = v is True or v is False
-                rows.append(
-                    (seq, s.ts_ns, intern(s.tag, s.unit, is_bool), (1 if v else 0) if is_bool else v, s.status, s.score)
-                )
+                # SQLite has no boolean: a bool is stored as 0/1 with kind 1, so it reads back as a bool
+                if v is True or v is False:
+                    rows.append((seq, s.ts_ns, intern(s.tag, s.unit), 1 if v else 0, s.status, s.score, KIND_BOOL))
+                else:
+                    rows.append((seq, s.ts_ns, intern(s.tag, s.unit), v, s.status, s.score, None))
             self.db.executemany(
-                "INSERT INTO samples(seq, ts_ns, tag_id, value, status, score) VALUES(?,?,?,?,?,?)", rows
+                "INSERT INTO samples(seq, ts_ns, tag_id, value, status, score, kind) VALUES(?,?,?,?,?,?,?)", rows
             )
         first = head + 1
         self.head = seq
@@ -249,20 +246,20 @@ class Store:
 
     # ------------------------------------------------------------------ reading
 
-    def _tag(self, tag_id: int) -> tuple[str, str | None, bool]:
+    def _tag(self, tag_id: int) -> tuple[str, str | None]:
         t = self._tags_by_id.get(tag_id)
         if t is None:
-            row = self.db.execute("SELECT name, unit, is_bool FROM tags WHERE tag_id=?", (tag_id,)).fetchone()
-            t = (row[0], row[1], bool(row[2])) if row else (f"<unknown tag {tag_id}>", None, False)
+            row = self.db.execute("SELECT name, unit FROM tags WHERE tag_id=?", (tag_id,)).fetchone()
+            t = (row[0], row[1]) if row else (f"<unknown tag {tag_id}>", None)
             self._tags_by_id[tag_id] = t
         return t
 
     def _rows_to_samples(self, rows: Iterable[tuple[Any, ...]]) -> list[Sample]:
         out = []
         tag = self._tag
-        for seq, ts_ns, tag_id, value, status, score in rows:
-            name, unit, is_bool = tag(tag_id)
-            if is_bool and isinstance(value, int):
+        for seq, ts_ns, tag_id, value, status, score, kind in rows:
+            name, unit = tag(tag_id)
+            if kind == KIND_BOOL:
                 value = bool(value)
             out.append(Sample(name, ts_ns, value, status, score, unit, seq))
         return out
@@ -271,7 +268,7 @@ class Store:
         """Samples with lo <= seq <= hi, oldest first, at most `limit`; and the last seq the
         result covers (hi when fewer than `limit` came back), so holes are acknowledged too."""
         rows = self.db.execute(
-            "SELECT seq, ts_ns, tag_id, value, status, score FROM samples"
+            "SELECT seq, ts_ns, tag_id, value, status, score, kind FROM samples"
             " WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
             (lo, hi, limit),
         ).fetchall()
@@ -281,8 +278,8 @@ class Store:
     def read_time(self, since_ns: int | None, until_ns: int | None, after_seq: int, limit: int) -> list[Sample]:
         """Samples by source time (for export/replay), in seq order after `after_seq`."""
         rows = self.db.execute(
-            "SELECT seq, ts_ns, tag_id, value, status, score FROM samples WHERE seq > ? AND ts_ns >= ? AND ts_ns < ?"
-            " ORDER BY seq LIMIT ?",
+            "SELECT seq, ts_ns, tag_id, value, status, score, kind FROM samples"
+            " WHERE seq > ? AND ts_ns >= ? AND ts_ns < ? ORDER BY seq LIMIT ?",
             (
                 after_seq,
                 since_ns if since_ns is not None else -(2**63),
