@@ -227,7 +227,7 @@ class Store:
         with self.transaction():
             head = self._read_head()
             intern = self._intern
-            rows = []
+            rows: list[tuple[object, ...]] = []
             seq = head
             for s in samples:
                 seq += 1
