@@ -106,6 +106,10 @@ class Uplink:
                 raise Permanent(f"broker {c.host} refused the connection: {exc}") from exc
             raise Transient(f"cannot connect to {c.host}: {exc}") from exc
         except (aiomqtt.MqttError, OSError) as exc:
+            # aiomqtt re-raises connect errors as MqttError "from None": the original is the __context__
+            if any(isinstance(e, ssl.SSLCertVerificationError) for e in (exc, exc.__cause__, exc.__context__)):
+                # an untrusted or mismatched broker certificate stays that way until someone acts
+                raise Permanent(f"broker {c.host}: TLS certificate rejected: {exc}") from exc
             raise Transient(f"cannot connect to {c.host}: {exc}") from exc
         self._client = client
         return self
