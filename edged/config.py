@@ -207,10 +207,9 @@ class TableCalibration(Base, tag="table", tag_field="kind"):
             if not self.raw[i - 1] < self.raw[i]:
                 raise ValueError(f"raw must be strictly increasing: raw[{i}] = {self.raw[i]} follows {self.raw[i - 1]}")
         if self.method == "spline":
-            from edged.calibration import SCIPY_EXTRA, scipy_available
+            from edged.calibration import build  # imports scipy, only for a spline table
 
-            if not scipy_available():
-                raise ValueError(f"method = 'spline' needs scipy: {SCIPY_EXTRA}")
+            build(self)  # ValueError when scipy is missing or the table cannot make a usable spline
 
 
 Calibration = LinearCalibration | TwoPointCalibration | PolynomialCalibration | TableCalibration
