@@ -184,7 +184,19 @@ def test_plan_is_optimal_on_plain_maps(items: list[Item], limits: Limits) -> Non
 
 def brute_force(items: list[Item], span: int, gap: int) -> int:
     """Fewest arbitrary [s, e) ranges covering every item, each at most `span` long and with no
-    unread hole longer than `gap` inside it. Exponential: tiny inputs only."""
+    unread hole longer than `gap` inside it. Exponential: tiny inputs only.
+
+    Overlapping tags (bits of one word, a register inside a string) are read in one request by
+    design, so a snapshot of them is consistent: they are merged into one block first, exactly as
+    the planner documents (a chain longer than `span` is cut)."""
+    blocks: list[Item] = []
+    for it in sorted(items, key=lambda i: (i.address, i.end)):
+        if blocks and it.address < blocks[-1].end and max(blocks[-1].end, it.end) - blocks[-1].address <= span:
+            last = blocks[-1]
+            blocks[-1] = Item(last.key, last.table, last.address, max(last.end, it.end) - last.address)
+        else:
+            blocks.append(it)
+    items = blocks
     cells = {a for it in items for a in range(it.address, it.end)}
     hi = max(it.end for it in items)
     ranges = []
