@@ -17,6 +17,7 @@ import pytest
 
 from buffer import Store
 from peers.mosquitto import Mosquitto
+from peers.waiting import wait_until
 
 CONFIG = """
 [gateway]
@@ -88,14 +89,6 @@ def backlog(cfg: Path) -> int:
     return int(doc["buffer"]["uplinks"][0]["backlog"]) if doc["buffer"]["uplinks"] else -1
 
 
-def wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        time.sleep(0.1)
-
-
 @pytest.mark.fault
 def test_sigkill_under_load_loses_nothing_committed(tmp_path: Path, mosquitto: Mosquitto) -> None:
     cfg = config(tmp_path, mosquitto.port)
@@ -115,7 +108,7 @@ def test_sigkill_under_load_loses_nothing_committed(tmp_path: Path, mosquitto: M
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         proc = start(cfg, log)
-        wait(lambda: backlog(cfg) == 0, 60, "the backlog to drain after the last restart")
+        wait_until(lambda: backlog(cfg) == 0, 60, "the backlog to drain after the last restart")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         with Store(tmp_path / "data" / "buffer.db") as store:
@@ -125,7 +118,7 @@ def test_sigkill_under_load_loses_nothing_committed(tmp_path: Path, mosquitto: M
             with col.lock:
                 return acked <= set(col.seqs)
 
-        wait(all_acked_arrived, 10, "every acknowledged sample to reach the subscriber")
+        wait_until(all_acked_arrived, 10, "every acknowledged sample to reach the subscriber")
     finally:
         col.close()
         if proc.poll() is None:

@@ -19,6 +19,7 @@ import pytest
 from buffer import Store
 from edged.model import Sample
 from peers.mosquitto import Mosquitto, free_port
+from peers.waiting import wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -29,19 +30,6 @@ def health(port: int) -> tuple[int, dict]:  # type: ignore[type-arg]
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if pred():
-                return
-        except (OSError, ValueError, KeyError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -74,15 +62,15 @@ def test_disk_full_alarms_drops_oldest_and_recovers(tmp_path: Path, small_fs: Pa
     log = tmp_path / "daemon.log"
     proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)], stderr=log.open("wb"))
     try:
-        wait(lambda: health(port)[0] == 503, 60, "the disk-full alarm")
+        wait_until(lambda: health(port)[0] == 503, 60, "the disk-full alarm")
         _, doc = health(port)
         assert any("buffer write failed" in p for p in doc["problems"]), doc
-        wait(lambda: "disk full: dropped the" in log.read_text(), 30, "oldest samples dropped to make room")
+        wait_until(lambda: "disk full: dropped the" in log.read_text(), 30, "oldest samples dropped to make room")
         time.sleep(3)
         assert health(port)[0] == 503, "the alarm stays while the disk is full"
         assert proc.poll() is None, "the daemon stays up on a full disk"
         filler.unlink()
-        wait(lambda: health(port)[0] == 200, 30, "recovery once space frees")
+        wait_until(lambda: health(port)[0] == 200, 30, "recovery once space frees")
         assert "disk space is available again" in log.read_text()
         time.sleep(1.0)
     finally:
@@ -122,7 +110,7 @@ def test_corrupt_buffer_is_kept_aside_and_the_daemon_starts_fresh(tmp_path: Path
     log = tmp_path / "daemon.log"
     proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)], stderr=log.open("wb"))
     try:
-        wait(lambda: (data / "samples.jsonl").stat().st_size > 0, 15, "samples from the fresh buffer")
+        wait_until(lambda: (data / "samples.jsonl").stat().st_size > 0, 15, "samples from the fresh buffer")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0

@@ -6,11 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from peers.mosquitto import free_port
+from peers.waiting import wait_until
 
 BASE = """
 [gateway]
@@ -59,38 +59,27 @@ def status(data: Path) -> dict:  # type: ignore[type-arg]
     return json.loads((data / "status.json").read_text())
 
 
-def wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if pred():
-                return
-        except (OSError, ValueError, KeyError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        time.sleep(0.1)
-
-
 def test_sighup_reload_restarts_only_what_changed(tmp_path: Path) -> None:
     cfg, port, data = tmp_path / "edged.toml", free_port(), tmp_path / "data"
     write(cfg, port)
     log = tmp_path / "daemon.log"
     proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)], stderr=log.open("wb"))
     try:
-        wait(lambda: status(data)["devices"]["tuned"]["samples"] > 30, 15, "both devices running a while")
+        wait_until(lambda: status(data)["devices"]["tuned"]["samples"] > 30, 15, "both devices running a while")
         steady_connects = status(data)["devices"]["steady"]["connects"]
         # 1. an invalid file is rejected and the running config stays in force
         cfg.write_text(cfg.read_text().replace('interval = "100ms"', 'interval = "often"', 1))
         proc.send_signal(signal.SIGHUP)
-        wait(lambda: "reload rejected" in log.read_text(), 10, "rejection logged")
+        wait_until(lambda: "reload rejected" in log.read_text(), 10, "rejection logged")
         assert "devices[0] (steady).interval: invalid duration 'often'" in log.read_text()
         assert proc.poll() is None
         # 2. one device changed, one added: only those restart
         extra = '\n[[devices]]\nname = "added"\ntype = "sim"\ninterval = "100ms"\n[[devices.tags]]\nname = "c"\n'
         write(cfg, port, tuned_interval="200ms", extra=extra)
         proc.send_signal(signal.SIGHUP)
-        wait(lambda: status(data)["reloads"] == 1 and status(data)["devices"]["added"]["samples"] > 0, 10, "reload")
+        wait_until(
+            lambda: status(data)["reloads"] == 1 and status(data)["devices"]["added"]["samples"] > 0, 10, "reload"
+        )
         st = status(data)
         assert st["devices"]["steady"]["connects"] == steady_connects, "unchanged device kept running"
         assert "config reloaded: restarted added, tuned" in log.read_text()
@@ -105,8 +94,8 @@ def test_metrics_and_health_endpoints(tmp_path: Path) -> None:
     write(cfg, port)
     proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)], stderr=subprocess.DEVNULL)
     try:
-        wait(lambda: get(f"http://127.0.0.1:{port}/health")[0] == 200, 15, "health endpoint")
-        wait(lambda: status(data)["uplinks"]["archive"]["sent_live"] > 5, 10, "samples delivered")
+        wait_until(lambda: get(f"http://127.0.0.1:{port}/health")[0] == 200, 15, "health endpoint")
+        wait_until(lambda: status(data)["uplinks"]["archive"]["sent_live"] > 5, 10, "samples delivered")
         code, body = get(f"http://127.0.0.1:{port}/metrics")
         assert code == 200
         for needle in (
