@@ -1,0 +1,365 @@
+"""HTTP uplink + live-first delivery against a real local HTTP server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import gzip
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buffer import Buffer
+from edged.config import BufferConfig, Secret, parse
+from edged.delivery import Sender
+from edged.errors import ConfigError, Permanent, Transient
+from edged.model import Batch, Gap, Sample, Status
+from edged.plugin import Backoff, PluginContext
+from peers.http_server import HttpPeer, Reply, make_pki
+from uplink.http import Config as HttpConfig
+from uplink.http import Uplink as HttpUplink
+
+GW = "gw-test"
+
+
+@pytest.fixture
+def peer() -> Iterator[HttpPeer]:
+    with HttpPeer() as p:
+        yield p
+
+
+def http_config(url: str, **kw: Any) -> HttpConfig:
+    kw.setdefault("timeout", 2.0)
+    return HttpConfig(name="erp", type="http", url=url, **kw)
+
+
+def ctx() -> PluginContext:
+    return PluginContext(GW, Path("."), logging.getLogger("test.http"))
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, cfg: HttpConfig) -> AsyncIterator[tuple[Buffer, Sender]]:
+    buf = Buffer(tmp_path / "buffer.db", BufferConfig(flush_interval=0.02))  # type: ignore[arg-type]
+    async with buf:
+        sender = Sender(
+            buf, cfg, lambda: HttpUplink(cfg, ctx()), gateway_id=GW, log=logging.getLogger("test"),
+            backoff=Backoff(initial=0.1, cap=0.3),
+        )  # fmt: skip
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(buf.run_writer(), name="writer"), tg.create_task(sender.run(), name="sender")]
+            try:
+                yield buf, sender
+            finally:
+                for t in tasks:
+                    t.cancel()
+
+
+async def produce(buf: Buffer, n_tags: int, rate_hz: float, seconds: float) -> int:
+    """Each tag's value counts up, so order and completeness can be checked per tag."""
+    produced, i = 0, 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        buf.put([Sample(f"dev/t{k}", time.time_ns(), i, Status.GOOD, 100) for k in range(n_tags)])
+        produced += n_tags
+        i += 1
+        await asyncio.sleep(1 / rate_hz)
+    await buf.flush()
+    return produced
+
+
+async def wait_for(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def check_order(docs: list[dict[str, Any]], historical: bool) -> None:
+    """Within one stream, each tag's values arrive in increasing order."""
+    last: dict[str, int] = {}
+    for d in sorted((d for d in docs if d["historical"] is historical), key=lambda d: d["lo_seq"]):
+        for s in d["samples"]:
+            assert s["value"] > last.get(s["tag"], -1), f"{s['tag']} went {last.get(s['tag'])} -> {s['value']}"
+            last[s["tag"]] = s["value"]
+
+
+def rel(buf: Buffer, seqs: list[int]) -> list[int]:
+    """Seqs counted from 1 (a new buffer starts its seqs at the current time in microseconds)."""
+    first = buf.store.first_seq()
+    assert first is not None
+    return sorted(s - first + 1 for s in seqs)
+
+
+def all_delivered(buf: Buffer, peer: HttpPeer) -> bool:
+    return len(peer.seqs()) >= buf.stored and not buf.store.unacked("erp", buf.head)
+
+
+# ----------------------------------------------------------------------------------------- delivery
+
+
+async def test_every_sample_arrives_exactly_once_through_failures(tmp_path: Path, peer: HttpPeer) -> None:
+    """5xx, answers later than the client waits, hang-ups after storing, 429: each seq stored once."""
+    faults = {
+        2: Reply(500, b"database busy"),
+        5: Reply(200, delay=0.5),  # stored, but the client gave up after 0.25 s
+        8: Reply(hangup=True, store=True),  # stored, then the connection drops
+        11: Reply(503),
+        14: Reply(429, headers={"Retry-After": "1"}),
+        17: Reply(hangup=True),  # dropped before storing
+    }
+    n = [0]
+
+    def flaky(doc: dict[str, Any] | None, key: str | None) -> Reply | None:
+        n[0] += 1
+        return faults.get(n[0])
+
+    peer.policy = flaky
+    cfg = http_config(peer.url, timeout=0.25, batch_size=40, retry_for=60.0)
+    async with running(tmp_path, cfg) as (buf, sender):
+        produced = await produce(buf, 10, 50, 1.5)
+        await wait_for(lambda: all_delivered(buf, peer), 30, "all samples stored by the server")
+        assert n[0] > max(faults), "every fault was served"
+        seqs = rel(buf, peer.seqs())
+    assert buf.stored == produced
+    assert seqs == list(range(1, produced + 1)), "each sample stored exactly once after dedupe by key"
+    assert any(r.duplicate for r in peer.requests), "a retried batch was recognised by its key"
+    keys = [r.key for r in peer.requests]
+    assert len(keys) > len(set(keys)), "retries reuse the same Idempotency-Key"
+    assert sender.stats.rejected == 0
+    check_order(peer.docs(), historical=False)
+    check_order(peer.docs(), historical=True)
+
+
+async def test_retry_after_is_honoured_in_place(tmp_path: Path, peer: HttpPeer) -> None:
+    replies = iter(
+        [
+            lambda: Reply(429, b"slow down", headers={"Retry-After": "1"}),
+            lambda: Reply(503, headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)}),
+        ]
+    )
+    peer.policy = lambda doc, key: next(replies, lambda: None)()
+    cfg = http_config(peer.url, retry_for=30.0)
+    async with running(tmp_path, cfg) as (buf, sender):
+        buf.put([Sample(f"dev/t{k}", time.time_ns(), k) for k in range(5)])
+        await wait_for(lambda: len(peer.seqs()) == 5, 15, "the batch")
+        first = buf.store.first_seq() or 0
+    (key,) = {r.key for r in peer.requests}
+    assert key == f"{GW}-{first}-{first + 4}"
+    t = peer.arrivals(key)
+    assert len(t) == 3
+    assert t[1] - t[0] >= 1.0, "retried no earlier than Retry-After: 1"
+    assert t[2] - t[1] >= 1.0, "an HTTP-date Retry-After (2 s ahead, whole seconds) waits at least 1 s"
+    assert sender.stats.errors == 0 and sender.stats.connects == 1, "retried in place, not reconnected"
+
+
+@pytest.mark.parametrize("on_reject", ["skip", "halt"])
+async def test_rejected_batch_skip_or_halt(
+    tmp_path: Path, peer: HttpPeer, on_reject: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    poisoned = [True]
+
+    def refuse_poison(doc: dict[str, Any] | None, key: str | None) -> Reply | None:
+        if poisoned[0] and doc and any(s["tag"] == "dev/poison" for s in doc["samples"]):
+            return Reply(422, b'{"error": "unknown tag dev/poison"}')
+        return None
+
+    peer.policy = refuse_poison
+    cfg = http_config(peer.url, on_reject=on_reject)
+    async with running(tmp_path, cfg) as (buf, sender):
+        buf.put([Sample("dev/a", time.time_ns(), i) for i in range(3)])
+        await wait_for(lambda: len(peer.seqs()) == 3, 5, "first batch")
+        buf.put([Sample("dev/poison", time.time_ns(), 1), Sample("dev/a", time.time_ns(), 3)])
+        await buf.flush()
+        await wait_for(lambda: len([r for r in peer.requests if r.reply.status == 422]) >= 1, 5, "the refusal")
+        buf.put([Sample("dev/a", time.time_ns(), i) for i in range(4, 7)])
+        await buf.flush()
+        if on_reject == "skip":
+            await wait_for(lambda: len(peer.seqs()) == 6 and not buf.store.unacked("erp", buf.head), 5, "the rest")
+            assert sender.stats.rejected == 2
+            assert rel(buf, peer.seqs()) == [1, 2, 3, 6, 7, 8], "the refused window is skipped, nothing else"
+        else:
+            await asyncio.sleep(1.0)
+            assert rel(buf, peer.seqs()) == [1, 2, 3], "halted: nothing after the refused batch"
+            assert buf.store.unacked("erp", buf.head), "the refused batch is still owed"
+            assert sender.stats.errors >= 1 and sender.stats.rejected == 0
+            poisoned[0] = False  # the receiver is fixed
+            await wait_for(lambda: all_delivered(buf, peer), 10, "delivery after the fix")
+            assert rel(buf, peer.seqs()) == list(range(1, 9))
+    assert "unknown tag dev/poison" in caplog.text, "the response body is logged"
+    assert "422" in caplog.text
+
+
+async def test_endpoint_down_then_back(tmp_path: Path, peer: HttpPeer) -> None:
+    """Connection refused past retry_for: the batch goes back to the Sender, which reconnects later."""
+    cfg = http_config(peer.url, retry_for=0.3, batch_size=50)
+    async with running(tmp_path, cfg) as (buf, sender):
+        buf.put([Sample("dev/a", time.time_ns(), i) for i in range(10)])
+        await wait_for(lambda: len(peer.seqs()) == 10, 5, "first batch")
+        peer.stop()
+        produced = 10 + await produce(buf, 5, 50, 1.0)
+        await wait_for(lambda: sender.stats.errors >= 1, 5, "the Sender notices the outage")
+        assert "ConnectError" in (sender.stats.last_error or "")
+        peer.start()
+        await wait_for(lambda: all_delivered(buf, peer), 15, "catch-up")
+        assert rel(buf, peer.seqs()) == list(range(1, produced + 1))
+    assert any(d["historical"] for d in peer.docs()), "the outage was replayed as historical"
+    check_order(peer.docs(), historical=False)
+    check_order(peer.docs(), historical=True)
+
+
+async def test_per_item_rejections_are_partial(tmp_path: Path, peer: HttpPeer) -> None:
+    peer.policy = lambda doc, key: Reply(200, b'{"rejected": [0, 2], "message": "tags unknown to the ERP"}')
+    async with running(tmp_path, http_config(peer.url)) as (buf, sender):
+        buf.put([Sample(f"dev/t{k}", time.time_ns(), k) for k in range(5)])
+        await wait_for(lambda: sender.stats.batches >= 1, 5, "the batch")
+    assert sender.stats.rejected == 2
+    assert sender.stats.sent_live == 3
+
+
+# ----------------------------------------------------------------------------------------- request format
+
+
+async def test_body_headers_bearer_and_gzip(peer: HttpPeer) -> None:
+    cfg = http_config(
+        peer.url, compression="gzip", bearer_token=Secret("tok-123"), headers={"X-Site": Secret("plant1")}
+    )
+    ts = 1_700_000_000_123_456_789
+    batch = Batch(
+        GW, 41, 43, True,
+        [Sample("boiler/p", ts, 12.5, Status.UNCERTAIN_SENSOR_NOT_ACCURATE, 55, "bar", 41),
+         Sample("boiler/run", ts, True, Status.GOOD, 100, None, 43)],
+    )  # fmt: skip
+    async with HttpUplink(cfg, ctx()) as up:
+        await up.send(batch)
+        await up.send(Batch(GW, 10, 20, True, [], [Gap(10, 20, ts, ts + 10**9, 11)]))
+    r, g = peer.requests
+    assert r.headers["authorization"] == "Bearer tok-123"
+    assert r.headers["content-encoding"] == "gzip" and r.raw[:2] == b"\x1f\x8b"
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["idempotency-key"] == f"{GW}-41-43"
+    assert r.headers["x-site"] == "plant1"
+    assert r.headers["user-agent"].startswith("edged/")
+    assert json.loads(gzip.decompress(r.raw)) == r.doc
+    assert r.doc == {
+        "version": 1, "gateway": GW, "lo_seq": 41, "hi_seq": 43, "historical": True,
+        "samples": [
+            {"tag": "boiler/p", "ts": "2023-11-14T22:13:20.123456Z", "ts_ns": ts, "value": 12.5,
+             "status": Status.UNCERTAIN_SENSOR_NOT_ACCURATE, "quality": "Uncertain", "score": 55, "unit": "bar",
+             "seq": 41},
+            {"tag": "boiler/run", "ts": "2023-11-14T22:13:20.123456Z", "ts_ns": ts, "value": True, "status": 0,
+             "quality": "Good", "score": 100, "unit": None, "seq": 43},
+        ],
+        "gaps": [],
+    }  # fmt: skip
+    assert g.headers["idempotency-key"] == f"{GW}-gaps-10-20"
+    assert g.doc is not None and g.doc["samples"] == []
+    assert g.doc["gaps"] == [
+        {"lo_seq": 10, "hi_seq": 20, "lo_ts": "2023-11-14T22:13:20.123456Z", "hi_ts": "2023-11-14T22:13:21.123456Z",
+         "lo_ts_ns": ts, "hi_ts_ns": ts + 10**9, "count": 11}
+    ]  # fmt: skip
+
+
+async def test_basic_auth(peer: HttpPeer) -> None:
+    cfg = http_config(peer.url, username="edged", password=Secret("s3cret:x"))
+    async with HttpUplink(cfg, ctx()) as up:
+        await up.send(Batch(GW, 1, 1, False, [Sample("a/b", time.time_ns(), 1, seq=1)]))
+    auth = peer.requests[0].headers["authorization"]
+    assert auth == "Basic " + base64.b64encode(b"edged:s3cret:x").decode()
+
+
+async def test_status_policy(peer: HttpPeer) -> None:
+    """401 is the endpoint's problem (kept, Transient); 400 is this batch's (Permanent, with the body)."""
+    batch = Batch(GW, 1, 1, False, [Sample("a/b", time.time_ns(), 1, seq=1)])
+    async with HttpUplink(http_config(peer.url, retry_for=0.0), ctx()) as up:
+        peer.script.append(Reply(401, b"token expired"))
+        with pytest.raises(Transient, match=r"401.*token expired.*credentials"):
+            await up.send(batch)
+        peer.script.append(Reply(400, b'{"error": "value out of range"}'))
+        with pytest.raises(Permanent, match=r'400 Bad Request.*"value out of range"'):
+            await up.send(batch)
+        peer.script.append(Reply(302, headers={"Location": "https://elsewhere/"}))
+        with pytest.raises(Transient, match="redirects to https://elsewhere/"):
+            await up.send(batch)
+        peer.script.append(Reply(413))
+        with pytest.raises(Permanent, match="lower batch_size"):
+            await up.send(batch)
+    assert peer.stored == {}
+
+
+# ----------------------------------------------------------------------------------------- TLS
+
+
+async def test_mutual_tls(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other", name="other")
+    batch = Batch(GW, 1, 1, False, [Sample("a/b", time.time_ns(), 1, seq=1)])
+    with HttpPeer(tls=pki.server_context()) as peer:
+        good = http_config(peer.url, ca_file=str(pki.ca), cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+        async with HttpUplink(good, ctx()) as up:
+            await up.send(batch)
+        assert peer.seqs() == [1]
+
+        no_cert = http_config(peer.url, ca_file=str(pki.ca), retry_for=0.0)
+        async with HttpUplink(no_cert, ctx()) as up:
+            with pytest.raises(Transient):
+                await up.send(batch)
+
+        wrong_ca = http_config(
+            peer.url, ca_file=str(other.ca), cert_file=str(pki.client_cert), key_file=str(pki.client_key),
+            retry_for=0.0,
+        )  # fmt: skip
+        async with HttpUplink(wrong_ca, ctx()) as up:
+            with pytest.raises(Transient, match="certificate verification failed"):
+                await up.send(batch)
+
+        insecure = http_config(
+            peer.url, tls_insecure_skip_verify=True, cert_file=str(pki.client_cert), key_file=str(pki.client_key)
+        )
+        async with HttpUplink(insecure, ctx()) as up:
+            await up.send(batch)
+        assert "verification is OFF" in caplog.text
+
+    bad = http_config("https://127.0.0.1:1/x", cert_file=str(tmp_path / "nope.crt"), key_file=str(pki.client_key))
+    with pytest.raises(Permanent, match="TLS setup failed"):
+        await HttpUplink(bad, ctx()).__aenter__()
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({}, r"uplinks\[0\] \(erp\): missing required key `url`"),
+        ({"url": "ftp://x/y"}, "must be http://host"),
+        ({"url": "http://x:99999/"}, "invalid port"),
+        ({"url": "https://x/", "bearer_token": "t", "username": "u", "password": "p"}, "either bearer_token"),
+        ({"url": "https://x/", "username": "u"}, "username and password go together"),
+        ({"url": "https://x/", "username": "a:b", "password": "p"}, "cannot contain ':'"),
+        ({"url": "http://x/", "ca_file": "/etc/ca.pem"}, "url is not https"),
+        ({"url": "https://x/", "headers": {"Idempotency-Key": "k"}}, "set by the uplink itself"),
+        ({"url": "https://x/", "headers": {"bad name": "v"}}, "not a valid header name"),
+        ({"url": "https://x/", "compression": "brotli"}, r"uplinks\[0\] \(erp\)\.compression"),
+        ({"url": "https://x/", "timeout": "0s"}, "timeout must be"),
+    ],
+)
+def test_config_errors_name_the_key(entry: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse({"uplinks": [{"name": "erp", "type": "http", **entry}]})
+
+
+def test_sample_config_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGED_ERP_TOKEN", "t")
+    import tomllib
+
+    raw = tomllib.loads((Path(__file__).parents[2] / "uplink/http/sample.toml").read_text())
+    cfg = parse(raw, base_dir=Path("/tmp"))
+    assert [u.type for u in cfg.uplinks] == ["http"]

@@ -1,0 +1,368 @@
+"""HTTP uplink (httpx): each batch is one JSON POST, acknowledged by a 2xx answer.
+
+Every batch carries an `Idempotency-Key` made of (gateway, lo_seq, hi_seq), so the receiver can
+drop a batch it already stored when an answer was lost on the way back. To keep that key valid,
+a failed POST is retried *in place* (same body, same key) for up to `retry_for`; only then is the
+batch handed back to the Sender, which may re-read a wider window under a new key. Exceptions
+from httpx and the HTTP status codes are mapped to Transient/Permanent/Partial in `_classify`
+and `_status_error` and nowhere else. Body schema and status policy: README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import ipaddress
+import re
+import ssl
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+import edged
+from edged.config import Duration, Secret, UplinkBase
+from edged.errors import EdgedError, Partial, Permanent, Transient
+from edged.model import Batch, Gap, Sample, Value, severity
+from edged.plugin import Backoff, PluginContext
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
+_RESERVED = {"authorization", "content-type", "content-encoding", "content-length", "idempotency-key", "host"}
+# Statuses that say the endpoint or our credentials are wrong, not this batch: every batch would
+# get the same answer, so skipping would throw the whole stream away. Kept and retried instead.
+_ENDPOINT_STATUSES = {401, 403, 404, 405, 407, 410, 421, 426}
+_RETRY_STATUSES = {408, 425, 429}  # plus every 5xx
+_BODY_SHOWN = 1000  # characters of an error body put into logs and exceptions
+
+
+class Config(UplinkBase, kw_only=True):
+    url: str  # http(s)://host[:port]/path the batches are POSTed to
+    compression: Literal["none", "gzip"] = "none"
+    bearer_token: Secret | None = None  # Authorization: Bearer <token>
+    username: str | None = None  # Authorization: Basic, with password
+    password: Secret | None = None
+    ca_file: str | None = None  # default: the system trust store
+    cert_file: str | None = None  # client certificate (mutual TLS)
+    key_file: str | None = None
+    key_password: Secret | None = None
+    tls_insecure_skip_verify: bool = False  # only for commissioning; logged as a warning
+    proxy: str | None = None  # http://proxy:3128; the environment's *_PROXY variables are ignored
+    headers: dict[str, Secret] = {}  # extra headers, e.g. { "X-Api-Key" = { env = "ERP_KEY" } }; never logged
+    timeout: Duration = Duration(10.0)  # per attempt: connect, send, and wait for the answer
+    retry_for: Duration = Duration(300.0)  # retry one batch in place this long before giving it back
+    retry_after_max: Duration = Duration(300.0)  # the longest Retry-After honoured
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url {self.url!r} must be http://host/... or https://host/...")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError(f"url {self.url!r} has an invalid port") from None
+        if self.bearer_token is not None and (self.username is not None or self.password is not None):
+            raise ValueError("use either bearer_token or username/password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.username is not None and ":" in self.username:
+            raise ValueError("username cannot contain ':' (HTTP Basic authentication)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if (self.cert_file or self.ca_file or self.tls_insecure_skip_verify) and parts.scheme != "https":
+            raise ValueError("TLS options are set but url is not https://")
+        if self.proxy is not None and urlsplit(self.proxy).scheme not in ("http", "https", "socks5"):
+            raise ValueError(f"proxy {self.proxy!r} must be http://, https:// or socks5:// host:port")
+        for name, value in self.headers.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"headers: {name!r} is not a valid header name")
+            if name.lower() in _RESERVED:
+                raise ValueError(f"headers: {name!r} is set by the uplink itself")
+            if "\r" in value.reveal() or "\n" in value.reveal():
+                raise ValueError(f"headers: the value of {name!r} contains a line break")
+        if not 0 < self.timeout <= 600:
+            raise ValueError("timeout must be between 0 and 10m")
+        if self.retry_for < 0 or self.retry_after_max < 0:
+            raise ValueError("retry_for and retry_after_max cannot be negative")
+
+
+# ----------------------------------------------------------------------------------------- wire format
+
+
+class WireSample(msgspec.Struct):
+    tag: str
+    ts: datetime  # RFC 3339, UTC, microseconds: for people and ERP date columns
+    ts_ns: int  # the exact source timestamp
+    value: Value  # non-finite floats are encoded as null
+    status: int  # OPC UA StatusCode
+    quality: Literal["Good", "Uncertain", "Bad"]
+    score: int
+    unit: str | None
+    seq: int | None
+
+
+class WireGap(msgspec.Struct):
+    lo_seq: int
+    hi_seq: int
+    lo_ts: datetime
+    hi_ts: datetime
+    lo_ts_ns: int
+    hi_ts_ns: int
+    count: int
+
+
+class WireBatch(msgspec.Struct):
+    version: int
+    gateway: str
+    lo_seq: int
+    hi_seq: int
+    historical: bool
+    samples: list[WireSample]
+    gaps: list[WireGap]
+
+
+class _Ack(msgspec.Struct):
+    """An optional per-item answer in a 2xx body: indices into `samples` the receiver refused."""
+
+    rejected: list[int] = []
+    message: str = ""
+
+
+def _ts(ts_ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ts_ns // 1000)
+
+
+def _wire_sample(s: Sample) -> WireSample:
+    q = severity(s.status).name.capitalize()
+    return WireSample(s.tag, _ts(s.ts_ns), s.ts_ns, s.value, s.status, q, s.score, s.unit, s.seq)  # type: ignore[arg-type]
+
+
+def _wire_gap(g: Gap) -> WireGap:
+    return WireGap(g.lo_seq, g.hi_seq, _ts(g.lo_ts_ns), _ts(g.hi_ts_ns), g.lo_ts_ns, g.hi_ts_ns, g.count)
+
+
+def idempotency_key(batch: Batch) -> str:
+    """`<gateway>-<lo>-<hi>`; a gaps-only batch is `<gateway>-gaps-<lo>-<hi>` so it never collides."""
+    kind = "gaps-" if batch.gaps and not batch.samples else ""
+    return f"{batch.gateway}-{kind}{batch.lo_seq}-{batch.hi_seq}"
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+def _classify(exc: Exception) -> EdgedError:
+    """Map an httpx/ssl exception to Transient (worth another attempt) or Permanent (never will be).
+
+    TLS failures are Transient on purpose: the batch is not at fault, and a Permanent here would make
+    the Sender skip it. They keep failing (and are logged) until the certificate or config is fixed.
+    """
+    tls = _ssl_cause(exc)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return Transient(f"TLS certificate verification failed: {tls.verify_message or tls} (check ca_file)")
+    if tls is not None:
+        return Transient(f"TLS handshake failed: {tls}")
+    if isinstance(exc, httpx.TimeoutException):
+        return Transient(f"{type(exc).__name__}: no answer within the timeout")
+    if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return Permanent(f"cannot build the request: {exc}")
+    if isinstance(exc, httpx.HTTPError | OSError):
+        return Transient(f"{type(exc).__name__}: {exc or 'connection failed'}")
+    return Permanent(f"{type(exc).__name__}: {exc}")
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore wraps ssl; the chain is short
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _body_excerpt(resp: httpx.Response) -> str:
+    text = " ".join(resp.text.split())
+    return text[:_BODY_SHOWN] + ("..." if len(text) > _BODY_SHOWN else "")
+
+
+def _retry_after(resp: httpx.Response, now: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or garbled."""
+    raw = resp.headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _status_error(resp: httpx.Response, url: str) -> EdgedError:
+    """A non-2xx answer as Transient (retry: busy, down, or misconfigured endpoint) or Permanent (this batch)."""
+    code = resp.status_code
+    what = f"HTTP {code} {resp.reason_phrase} from {url}"
+    body = _body_excerpt(resp)
+    detail = f"{what}: {body}" if body else what
+    if code >= 500 or code in _RETRY_STATUSES:
+        return Transient(detail)
+    if 300 <= code < 400:
+        where = resp.headers.get("location", "?")
+        return Transient(f"{what}: the endpoint redirects to {where}; set url to the final address")
+    if code in _ENDPOINT_STATUSES:
+        return Transient(f"{detail} (the endpoint or the credentials are wrong; data is kept)")
+    if code == 413:
+        return Permanent(f"{detail} (batch too large: lower batch_size)")
+    return Permanent(detail)
+
+
+# ----------------------------------------------------------------------------------------- uplink
+
+
+class Uplink:
+    def __init__(self, config: Config, ctx: PluginContext) -> None:
+        self.config = config
+        self.log = ctx.log
+        self._client: httpx.AsyncClient | None = None
+        self._enc = msgspec.json.Encoder()
+        self._ack = msgspec.json.Decoder(_Ack)
+        self._headers = self._static_headers()
+        self.attempts = 0  # POSTs made by this instance, retries included
+        self.retries = 0
+
+    def _static_headers(self) -> dict[str, str]:
+        c = self.config
+        h = {"User-Agent": f"edged/{edged.__version__}", "Content-Type": "application/json"}
+        h.update((k, v.reveal()) for k, v in c.headers.items())
+        if c.compression == "gzip":
+            h["Content-Encoding"] = "gzip"
+        if c.bearer_token is not None:
+            h["Authorization"] = f"Bearer {c.bearer_token.reveal()}"
+        elif c.username is not None and c.password is not None:
+            pair = f"{c.username}:{c.password.reveal()}".encode()
+            h["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return h
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        c = self.config
+        if not c.url.startswith("https:"):
+            return True
+        try:
+            ctx = ssl.create_default_context(cafile=c.ca_file)
+            if c.cert_file and c.key_file:
+                ctx.load_cert_chain(c.cert_file, c.key_file, c.key_password.reveal() if c.key_password else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise Permanent(f"TLS setup failed: {exc}") from exc
+        if c.tls_insecure_skip_verify:
+            self.log.warning("uplink %s: TLS certificate verification is OFF (tls_insecure_skip_verify)", c.name)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def __aenter__(self) -> Self:
+        c = self.config
+        host = urlsplit(c.url).hostname or ""
+        if "Authorization" in self._headers and c.url.startswith("http:") and not _loopback(host):
+            self.log.warning("uplink %s: credentials are sent over plain http to %s; use https", c.name, host)
+        t = float(c.timeout)
+        self._client = httpx.AsyncClient(
+            verify=self._tls(),
+            timeout=httpx.Timeout(t),
+            trust_env=False,  # the same behaviour under systemd and in a shell
+            proxy=c.proxy,
+            follow_redirects=False,  # a POST must not silently land somewhere else
+            headers=self._headers,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def encode(self, batch: Batch) -> bytes:
+        doc = WireBatch(
+            1, batch.gateway, batch.lo_seq, batch.hi_seq, batch.historical,
+            [_wire_sample(s) for s in batch.samples], [_wire_gap(g) for g in batch.gaps],
+        )  # fmt: skip
+        data = self._enc.encode(doc)
+        return gzip.compress(data, compresslevel=5) if self.config.compression == "gzip" else data
+
+    async def send(self, batch: Batch) -> None:
+        """POST until acknowledged; retry in place (same key) while the failure is worth retrying."""
+        client = self._client
+        if client is None:
+            raise Transient("not connected")
+        c = self.config
+        body = self.encode(batch)
+        headers = {"Idempotency-Key": idempotency_key(batch)}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(c.retry_for)
+        backoff = Backoff(initial=0.5, cap=30.0)
+        last: str | None = None
+        while True:
+            self.attempts += 1
+            wait: float | None = None
+            try:
+                resp = await client.post(c.url, content=body, headers=headers)
+            except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+                err = _classify(exc)
+                if isinstance(err, Permanent):
+                    raise err from exc
+            else:
+                if resp.is_success:
+                    self._check_partial(resp, batch)
+                    return
+                err = _status_error(resp, c.url)
+                if isinstance(err, Permanent):  # the Sender logs it (once) and counts or halts
+                    raise Permanent(f"batch {headers['Idempotency-Key']} refused: {err}")
+                wait = _retry_after(resp, time.time())
+            if str(err) != last:
+                self.log.warning("uplink %s: %s; retrying", c.name, err)
+                last = str(err)
+            if wait is not None:  # the server said when: never earlier, up to retry_after_max
+                await asyncio.sleep(min(wait, float(c.retry_after_max)))
+                if loop.time() >= deadline:
+                    raise err
+            else:
+                delay = backoff.next_delay()
+                if loop.time() + delay > deadline:
+                    raise err
+                await asyncio.sleep(delay)
+            self.retries += 1
+
+    def _check_partial(self, resp: httpx.Response, batch: Batch) -> None:
+        """A 2xx may list refused samples (README); anything else in the body is ignored."""
+        if not resp.content or "json" not in resp.headers.get("content-type", ""):
+            return
+        try:
+            ack = self._ack.decode(resp.content)
+        except msgspec.DecodeError:
+            return  # a body that is not our optional schema is just an acknowledgement
+        n = len(batch.samples)
+        refused = {i for i in ack.rejected if 0 <= i < n}
+        if refused:
+            rejected = sorted(refused)
+            accepted = [i for i in range(n) if i not in refused]
+            msg = ack.message or f"the endpoint refused {len(rejected)} of {n} samples"
+            raise Partial(msg, accepted, rejected)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

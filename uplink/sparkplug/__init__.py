@@ -1,0 +1,630 @@
+"""MQTT Sparkplug B edge node (Sparkplug 3.0): the gateway is one edge node, its devices are Sparkplug devices.
+
+One connection is one Sparkplug session: CONNECT with the NDEATH as Will (carrying a bdSeq persisted
+across restarts), subscribe to NCMD and the primary host's STATE, wait until that host is online,
+NBIRTH (seq 0) and one DBIRTH per device, then NDATA/DDATA by alias. `send` acknowledges a batch once
+its DATA messages are published. While the host is offline or the broker is gone the batch raises
+Transient and stays in the buffer; after the next birth it comes back as historical batches, sent
+with `is_historical = true` on every metric. Topics, metrics and persisted files: README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import os
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Self
+
+import aiomqtt
+import msgspec
+from aiomqtt.exceptions import MqttConnectError
+
+from edged.config import Config as DaemonConfig
+from edged.config import Duration, Secret, UplinkBase
+from edged.errors import EdgedError, Permanent, Transient
+from edged.model import Batch, Gap, Sample, Value, severity
+from edged.plugin import PluginContext
+from uplink.sparkplug import sparkplug_b_pb2 as pb
+
+NAMESPACE = "spBv1.0"
+REBIRTH = "Node Control/Rebirth"
+BDSEQ = "bdSeq"
+GAP_METRIC = "edged/gap"  # node metric: samples retention deleted before delivery (README)
+_GAP_KEY = "@node/edged/gap"  # its key among tag paths; "@" cannot start a tag name
+_ID_BAD = re.compile(r"[/+#]")
+_INT64 = (-(2**63), 2**63 - 1)
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+_U32 = 0xFFFF_FFFF
+# Quality property values by severity (Good, Uncertain, Bad). "opc_da" is the classic Sparkplug/Tahu
+# convention; Ignition 8 reads its own QualityCode, where 0 would mean Good_Unspecified.
+_QUALITY_CODES = {"opc_da": (192, 64, 0), "ignition8": (192, 0x40000100, 0x80000200)}
+# CONNACK codes that retrying will not fix (MQTT 3.1.1 and the MQTT 5 reason codes paho maps them to).
+_PERMANENT_CONNACK = {1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
+
+
+def _check_id(what: str, value: str) -> None:
+    if not value or _ID_BAD.search(value):
+        raise ValueError(f"{what} {value!r} must be non-empty without '/', '+' or '#'")
+
+
+class Config(UplinkBase, kw_only=True):
+    group_id: str
+    edge_node_id: str | None = None  # default: the gateway id
+    primary_host_id: str | None = None  # publish only while spBv1.0/STATE/<id> says online
+    host: str = "127.0.0.1"
+    port: int | None = None  # 1883, or 8883 with TLS
+    client_id: str | None = None  # default: edged-<gateway>-<uplink>
+    username: str | None = None
+    password: Secret | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: Secret | None = None
+    tls_insecure_skip_verify: bool = False
+    data_qos: Literal[0, 1] = 0  # Sparkplug says 0 for NDATA/DDATA; 1 waits for the broker's PUBACK
+    quality_codes: Literal["opc_da", "ignition8"] = "opc_da"
+    keepalive: Duration = Duration(30.0)
+    timeout: Duration = Duration(10.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_id("group_id", self.group_id)
+        if self.edge_node_id is not None:
+            _check_id("edge_node_id", self.edge_node_id)
+        if self.primary_host_id is not None:
+            _check_id("primary_host_id", self.primary_host_id)
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if (self.cert_file or self.ca_file or self.tls_insecure_skip_verify) and not self.tls:
+            raise ValueError("TLS options are set but tls = false")
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+@dataclass(slots=True)
+class Metric:
+    """One Sparkplug metric: an edged tag (or edged's own gap metric) under a node or device."""
+
+    name: str  # within the node or device
+    alias: int
+    datatype: int  # pb.DataType; fixed until the next birth
+    unit: str | None = None
+    last: Sample | None = None  # the newest sample seen, for the value in births
+    typed: bool = False  # datatype learnt from a value (not the Double default of a configured tag)
+    mixed: bool = False  # values of incompatible types: String from then on, so no rebirth per flip
+
+    def fits(self, value: Value) -> bool:
+        return value is None or self.mixed or fits(self.datatype, value)
+
+    def retype(self, value: Value) -> None:
+        """First value, or Int64 widening to Double: take the value's type; any other clash: String."""
+        new = datatype_of(value)
+        if new is None:
+            return
+        if not self.typed or (self.datatype == pb.Int64 and new == pb.Double):
+            self.datatype = new
+        else:
+            self.datatype, self.mixed = pb.String, True
+        self.typed = True
+
+
+class _State(msgspec.Struct):
+    """What survives a reconnect or restart: aliases (stable names -> numbers) and last values."""
+
+    aliases: dict[str, int] = {}
+    last: list[Sample] = []
+
+
+class _HostState(msgspec.Struct):
+    online: bool
+    timestamp: int | None = None
+
+
+def split_tag(tag: str) -> tuple[str | None, str]:
+    """`device/metric...` -> (device, metric); a tag without '/' is a node metric."""
+    device, sep, name = tag.partition("/")
+    return (device, name) if sep and name else (None, tag)
+
+
+def datatype_of(value: Value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return pb.Boolean
+    if isinstance(value, int):
+        return pb.Int64 if _INT64[0] <= value <= _INT64[1] else pb.Double
+    if isinstance(value, float):
+        return pb.Double
+    return pb.String
+
+
+def fits(datatype: int, value: Value) -> bool:
+    """Whether a value can be published under a metric's birth datatype without a rebirth."""
+    if value is None:
+        return True
+    if datatype == pb.Double:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return datatype_of(value) == datatype
+
+
+def _set_value(m: pb.Payload.Metric, datatype: int, value: Value) -> None:
+    if value is None:
+        m.is_null = True
+    elif datatype == pb.Boolean:
+        m.boolean_value = bool(value)
+    elif datatype == pb.Int64:
+        m.long_value = int(value) & _U64  # two's complement, as Sparkplug carries signed integers
+    elif datatype == pb.Double:
+        m.double_value = float(value)
+    else:
+        m.string_value = str(value)
+
+
+def _ms(ts_ns: int) -> int:
+    return ts_ns // 1_000_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _tag_filter(patterns: list[str]) -> Callable[[str], bool]:
+    if not patterns:
+        return lambda tag: True
+    rx = re.compile("|".join(fnmatch.translate(p) for p in patterns))
+    return lambda tag: rx.match(tag) is not None
+
+
+def _write_atomic(path: Path, data: bytes, *, fsync: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _mqtt_error(exc: Exception, host: str) -> EdgedError:
+    """aiomqtt/paho/socket errors -> Transient, except a CONNACK refusal retrying will not fix."""
+    if isinstance(exc, MqttConnectError):
+        code = getattr(exc.rc, "value", exc.rc)
+        if code in _PERMANENT_CONNACK:
+            return Permanent(f"broker {host} refused the connection: {exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Permanent(f"TLS certificate verification failed for {host}: {exc.verify_message}")
+    return Transient(f"MQTT {host}: {type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------------------- uplink
+
+
+class Uplink:
+    """One Sparkplug session per instance; the Sender makes a new one after each failure."""
+
+    def __init__(self, config: Config, ctx: PluginContext) -> None:
+        self.config = config
+        self.log = ctx.log
+        self.gateway = ctx.gateway_id
+        self.node_id = config.edge_node_id or ctx.gateway_id
+        _check_id("edge_node_id", self.node_id)
+        self.daemon_config: DaemonConfig | None = ctx.extra.get("config")
+        self.bdseq_path = ctx.data_dir / f"sparkplug-{config.name}.bdseq"
+        self.state_path = ctx.data_dir / f"sparkplug-{config.name}.state.json"
+        self.bdseq = 0
+        self.seq = 0  # of the next message in this session
+        self.published = 0  # messages published in this session (births included)
+        self._keep = _tag_filter(config.tags)
+        self._codes = _QUALITY_CODES[config.quality_codes]
+        self._metrics: dict[str, Metric] = {}  # by tag path (or _GAP_KEY)
+        self._aliases: dict[str, int] = {}
+        self._next_alias = 1
+        self._lock = asyncio.Lock()  # one publisher at a time, so seq order is publish order
+        self._changed = asyncio.Event()  # host state or session state changed
+        self._host_online = config.primary_host_id is None
+        self._host_ts: int | None = None
+        self._born = False
+        self._ndeath_sent = False
+        self._dead: str | None = None  # why this session can no longer publish
+        self._client: aiomqtt.Client | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        base = f"{NAMESPACE}/{config.group_id}"
+        self._topic = {k: f"{base}/{k}/{self.node_id}" for k in ("NBIRTH", "NDEATH", "NDATA", "NCMD")}
+        self._state_topic = f"{NAMESPACE}/STATE/{config.primary_host_id}" if config.primary_host_id else None
+
+    def _device_topic(self, kind: str, device: str) -> str:
+        return f"{NAMESPACE}/{self.config.group_id}/{kind}/{self.node_id}/{device}"
+
+    # ------------------------------------------------------------------ persisted state
+
+    def _advance_bdseq(self) -> int:
+        """The next bdSeq (0..255, +1 per CONNECT), written to disk before it is used."""
+        try:
+            last = int(self.bdseq_path.read_text().strip())
+            nxt = (last + 1) % 256 if 0 <= last <= 255 else 0
+        except FileNotFoundError:
+            nxt = 0
+        except (OSError, ValueError) as exc:
+            self.log.warning(
+                "uplink %s: cannot read %s (%s); bdSeq starts at 0", self.config.name, self.bdseq_path, exc
+            )
+            nxt = 0
+        try:
+            _write_atomic(self.bdseq_path, f"{nxt}\n".encode(), fsync=True)
+        except OSError as exc:
+            raise Transient(f"cannot persist bdSeq in {self.bdseq_path}: {exc.strerror}") from exc
+        return nxt
+
+    def _load_state(self) -> _State:
+        try:
+            return msgspec.json.decode(self.state_path.read_bytes(), type=_State)
+        except FileNotFoundError:
+            return _State()
+        except (OSError, msgspec.DecodeError) as exc:
+            self.log.warning("uplink %s: ignoring %s (%s): aliases are reassigned", self.config.name,
+                             self.state_path, exc)  # fmt: skip
+            return _State()
+
+    def _save_state(self) -> None:
+        last = [m.last for m in self._metrics.values() if m.last is not None]
+        try:
+            _write_atomic(self.state_path, msgspec.json.encode(_State(dict(self._aliases), last)), fsync=False)
+        except OSError as exc:  # aliases are rebound by every birth: losing them costs no data
+            self.log.warning("uplink %s: cannot save %s: %s", self.config.name, self.state_path, exc.strerror)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _metric(self, key: str, unit: str | None = None) -> Metric:
+        """The metric for a tag path, created (with a stable alias) on first sight."""
+        m = self._metrics.get(key)
+        if m is None:
+            alias = self._aliases.get(key)
+            if alias is None:
+                alias = self._next_alias
+                self._aliases[key] = alias
+            self._next_alias = max(self._next_alias, alias + 1)
+            name = GAP_METRIC if key == _GAP_KEY else split_tag(key)[1]
+            m = Metric(name, alias, pb.Int64 if key == _GAP_KEY else pb.Double, unit)
+            self._metrics[key] = m
+        return m
+
+    def _build_metrics(self, state: _State) -> None:
+        """Births list every configured tag (that the uplink's `tags` patterns keep), with last values."""
+        self._aliases = dict(state.aliases)
+        self._next_alias = max(self._aliases.values(), default=0) + 1
+        self._metric(_GAP_KEY)
+        cfg = self.daemon_config
+        for dev in cfg.devices if cfg is not None else []:
+            if dev.enabled:
+                for tag in dev.tags:
+                    path = dev.tag_path(tag)
+                    if self._keep(path):
+                        self._metric(path, tag.unit)
+        for s in state.last:
+            # a tag dropped from the config is not born again; without a config, all known ones are
+            if s.tag in self._metrics or (cfg is None and self._keep(s.tag)):
+                m = self._metric(s.tag, s.unit)
+                m.retype(s.value)
+                self._remember(m, s)
+
+    @staticmethod
+    def _remember(m: Metric, s: Sample) -> None:
+        """Keep the newest sample (a historical batch does not replace a newer value)."""
+        if m.last is None or s.ts_ns >= m.last.ts_ns:
+            m.last = s
+            m.unit = s.unit or m.unit
+
+    def _absorb(self, samples: Iterable[Sample]) -> bool:
+        """Register the batch's tags and types; True when a rebirth must announce a change first."""
+        changed = False
+        for s in samples:
+            m = self._metrics.get(s.tag)
+            if m is None:
+                m = self._metric(s.tag, s.unit)
+                m.retype(s.value)
+                changed = True
+            elif not m.fits(s.value):
+                m.retype(s.value)
+                m.last = None  # the old value does not fit the new type: the birth says null
+                changed = True
+            elif not m.typed and s.value is not None:
+                m.typed = True  # a configured tag's first value fits the Double default: keep it
+        return changed
+
+    def _properties(self, ps: pb.Payload.PropertySet, status: int | None, unit: str | None) -> None:
+        if status is not None:
+            ps.keys.append("Quality")
+            ps.values.add(type=pb.Int32, int_value=self._codes[severity(status)] & _U32)
+            ps.keys.append("OpcUaStatusCode")
+            ps.values.add(type=pb.UInt32, int_value=status & _U32)
+        if unit:
+            ps.keys.append("engUnit")
+            ps.values.add(type=pb.String, string_value=unit)
+
+    def _birth_metric(self, p: pb.Payload, m: Metric) -> None:
+        pm = p.metrics.add(name=m.name, alias=m.alias, datatype=m.datatype)
+        s = m.last
+        if s is not None:
+            pm.timestamp = _ms(s.ts_ns)
+            _set_value(pm, m.datatype, s.value)
+            self._properties(pm.properties, s.status, m.unit)
+        else:
+            pm.timestamp = p.timestamp
+            if m.name == GAP_METRIC:
+                pm.long_value = 0
+            else:
+                pm.is_null = True
+                self._properties(pm.properties, None, m.unit)
+        if not pm.properties.keys:
+            pm.ClearField("properties")
+
+    # ------------------------------------------------------------------ payloads
+
+    def _ndeath(self) -> bytes:
+        p = pb.Payload(timestamp=_now_ms())
+        p.metrics.add(name=BDSEQ, datatype=pb.Int64, long_value=self.bdseq, timestamp=p.timestamp)
+        data: bytes = p.SerializeToString()
+        return data
+
+    def _data(self, samples: list[Sample], historical: bool) -> pb.Payload:
+        p = pb.Payload(timestamp=_now_ms())
+        for s in samples:
+            m = self._metrics[s.tag]
+            pm = p.metrics.add(alias=m.alias, timestamp=_ms(s.ts_ns))
+            if historical:
+                pm.is_historical = True
+            _set_value(pm, m.datatype, s.value)
+            self._properties(pm.properties, s.status, None)
+        return p
+
+    def _gaps(self, gaps: list[Gap]) -> pb.Payload:
+        p = pb.Payload(timestamp=_now_ms())
+        alias = self._metrics[_GAP_KEY].alias
+        for g in gaps:
+            pm = p.metrics.add(alias=alias, timestamp=p.timestamp, long_value=g.count)
+            props = (("lo_seq", pb.UInt64, g.lo_seq), ("hi_seq", pb.UInt64, g.hi_seq),
+                     ("lo_ts", pb.DateTime, _ms(g.lo_ts_ns)), ("hi_ts", pb.DateTime, _ms(g.hi_ts_ns)))  # fmt: skip
+            for key, typ, value in props:
+                pm.properties.keys.append(key)
+                pm.properties.values.add(type=typ, long_value=value & _U64)
+        return p
+
+    # ------------------------------------------------------------------ publishing
+
+    async def _publish(self, topic: str, payload: pb.Payload, qos: int) -> None:
+        """Stamp the session's next seq and publish; called with the lock held."""
+        client = self._client
+        if client is None or self._dead is not None:
+            raise Transient(self._dead or "not connected")
+        payload.seq = self.seq
+        self.seq = (self.seq + 1) % 256
+        try:
+            await client.publish(topic, payload.SerializeToString(), qos=qos, retain=False)
+        except (aiomqtt.MqttError, OSError) as exc:
+            self._kill(f"publish failed: {exc}")
+            raise Transient(f"publish to {self.config.host} failed: {exc}") from exc
+        self.published += 1
+
+    async def _birth(self) -> None:
+        """NBIRTH (seq 0, bdSeq, rebirth control) and a DBIRTH per device; called with the lock held."""
+        self.seq = 0
+        devices: dict[str | None, list[Metric]] = {None: []}
+        for key, m in self._metrics.items():
+            devices.setdefault(None if key == _GAP_KEY else split_tag(key)[0], []).append(m)
+        nb = pb.Payload(timestamp=_now_ms())
+        nb.metrics.add(name=BDSEQ, datatype=pb.Int64, long_value=self.bdseq, timestamp=nb.timestamp)
+        nb.metrics.add(name=REBIRTH, datatype=pb.Boolean, boolean_value=False, timestamp=nb.timestamp)
+        for m in devices.pop(None):
+            self._birth_metric(nb, m)
+        await self._publish(self._topic["NBIRTH"], nb, 0)
+        for device, metrics in devices.items():
+            assert device is not None
+            db = pb.Payload(timestamp=_now_ms())
+            for m in metrics:
+                self._birth_metric(db, m)
+            await self._publish(self._device_topic("DBIRTH", device), db, 0)
+        self._born = True
+        self.log.info("uplink %s: Sparkplug session born (bdSeq %d, %d devices, %d metrics)", self.config.name,
+                      self.bdseq, len(devices), len(self._metrics))  # fmt: skip
+
+    def _kill(self, reason: str) -> None:
+        if self._dead is None:
+            self._dead = reason
+        self._changed.set()
+
+    # ------------------------------------------------------------------ session
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        c = self.config
+        if not c.tls:
+            return None
+        try:
+            ctx = ssl.create_default_context(cafile=c.ca_file)
+            if c.cert_file and c.key_file:
+                ctx.load_cert_chain(c.cert_file, c.key_file, c.key_password.reveal() if c.key_password else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise Permanent(f"TLS setup failed: {exc}") from exc
+        if c.tls_insecure_skip_verify:
+            self.log.warning("uplink %s: TLS certificate verification is OFF (tls_insecure_skip_verify)", c.name)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def __aenter__(self) -> Self:
+        stack = contextlib.AsyncExitStack()
+        try:
+            await self._start(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            # Unwinds listener, NDEATH + state, DISCONNECT. The caller's exception is not passed in: the
+            # TaskGroup would wrap it in an ExceptionGroup, and it propagates by itself anyway.
+            await stack.aclose()
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        c = self.config
+        self._build_metrics(await asyncio.to_thread(self._load_state))
+        self.bdseq = await asyncio.to_thread(self._advance_bdseq)
+        client = aiomqtt.Client(
+            c.host,
+            c.port or (8883 if c.tls else 1883),
+            username=c.username,
+            password=c.password.reveal() if c.password else None,
+            identifier=c.client_id or f"edged-{self.gateway}-{c.name}",
+            keepalive=int(c.keepalive),
+            timeout=float(c.timeout),
+            tls_context=self._tls_context(),
+            will=aiomqtt.Will(self._topic["NDEATH"], self._ndeath(), qos=1, retain=False),
+            clean_session=True,  # required by Sparkplug
+            logger=logging.getLogger("aiomqtt"),
+        )
+        client.pending_calls_threshold = 10_000
+        try:
+            await stack.enter_async_context(client)
+        except (aiomqtt.MqttError, OSError) as exc:
+            raise _mqtt_error(exc, c.host) from exc
+        self._client = client
+        stack.push_async_callback(self._end_session)
+        tg = await stack.enter_async_context(asyncio.TaskGroup())
+        try:
+            await client.subscribe(self._topic["NCMD"], qos=1)
+            if self._state_topic:
+                await client.subscribe(self._state_topic, qos=1)
+        except (aiomqtt.MqttError, OSError) as exc:
+            raise _mqtt_error(exc, c.host) from exc
+        listener = tg.create_task(self._listen(client), name=f"sparkplug:{c.name}:listen")
+        stack.callback(listener.cancel)
+        if not self._host_online:
+            self.log.info("uplink %s: waiting for primary host %s to be online", c.name, c.primary_host_id)
+        while not self._host_online:
+            if self._dead is not None:
+                raise Transient(self._dead)
+            self._changed.clear()
+            await self._changed.wait()
+        async with self._lock:
+            await self._birth()
+        await asyncio.to_thread(self._save_state)  # aliases handed out by this birth
+
+    async def _end_session(self) -> None:
+        """Intentional disconnect: NDEATH first (Sparkplug requires it), then DISCONNECT follows.
+
+        Also after a failed publish: a clean DISCONNECT makes the broker drop the Will, so without this
+        NDEATH a host would keep the node online. Never born: nothing to retract, no NDEATH.
+        """
+        self._kill("session closed")
+        if self._client is not None and self._born:
+            await self._send_ndeath(self._client)
+        await asyncio.to_thread(self._save_state)
+
+    async def _send_ndeath(self, client: aiomqtt.Client) -> None:
+        if self._ndeath_sent:
+            return
+        self._ndeath_sent = True
+        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):  # a lost connection sent the Will
+            async with asyncio.timeout(2.0):
+                await client.publish(self._topic["NDEATH"], self._ndeath(), qos=1, retain=False)
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        """NCMD and STATE; ends, marking the session dead, when the connection is lost."""
+        try:
+            async for msg in client.messages:
+                raw = msg.payload
+                payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+                try:
+                    if msg.topic.matches(self._topic["NCMD"]):
+                        await self._on_ncmd(payload)
+                    elif self._state_topic and msg.topic.matches(self._state_topic):
+                        await self._on_state(client, payload)
+                except (aiomqtt.MqttError, OSError, Transient) as exc:
+                    self._kill(f"connection lost: {exc}")
+                    return
+                except Exception:  # a malformed command must never take the uplink down
+                    self.log.exception("uplink %s: cannot handle a message on %s", self.config.name, msg.topic)
+                if self._dead is not None:
+                    return
+        except aiomqtt.MqttError as exc:
+            self._kill(f"connection lost: {exc}")
+
+    async def _on_ncmd(self, payload: bytes) -> None:
+        try:
+            cmd = pb.Payload.FromString(payload)
+        except Exception as exc:  # protobuf's DecodeError, whose module differs between runtimes
+            self.log.warning("uplink %s: undecodable NCMD ignored: %s", self.config.name, exc)
+            return
+        for m in cmd.metrics:
+            if m.name == REBIRTH and m.WhichOneof("value") == "boolean_value" and m.boolean_value:
+                if not self._born:
+                    return  # the birth that is about to happen answers it
+                self.log.info("uplink %s: rebirth requested by NCMD", self.config.name)
+                async with self._lock:
+                    await self._birth()
+                return
+            self.log.warning("uplink %s: NCMD metric %r not supported, ignored", self.config.name, m.name)
+
+    async def _on_state(self, client: aiomqtt.Client, payload: bytes) -> None:
+        text = payload.strip()
+        if text in (b"ONLINE", b"OFFLINE"):  # a Sparkplug 2.x host
+            state = _HostState(online=text == b"ONLINE")
+        else:
+            try:
+                state = msgspec.json.decode(payload, type=_HostState)
+            except msgspec.DecodeError as exc:
+                self.log.warning("uplink %s: malformed STATE ignored: %s", self.config.name, exc)
+                return
+        if state.timestamp is not None and self._host_ts is not None and state.timestamp < self._host_ts:
+            return  # older than what we already know: an out-of-order retained message
+        self._host_ts = state.timestamp if state.timestamp is not None else self._host_ts
+        was, self._host_online = self._host_online, state.online
+        self._changed.set()
+        if was and not state.online and self._born:
+            # Sparkplug 3.0: publish NDEATH, disconnect, and start the session over.
+            self.log.warning("uplink %s: primary host %s went offline; ending the session",
+                             self.config.name, self.config.primary_host_id)  # fmt: skip
+            async with self._lock:
+                self._kill(f"primary host {self.config.primary_host_id} is offline")
+                await self._send_ndeath(client)
+                await client.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------------ Uplink protocol
+
+    async def send(self, batch: Batch) -> None:
+        if self._dead is not None:
+            raise Transient(self._dead)
+        if not self._host_online:
+            raise Transient(f"primary host {self.config.primary_host_id} is offline")
+        groups: dict[str | None, list[Sample]] = {}
+        for s in batch.samples:
+            groups.setdefault(split_tag(s.tag)[0], []).append(s)
+        qos = self.config.data_qos
+        async with self._lock:
+            if self._absorb(batch.samples):
+                self.log.info("uplink %s: new tags or types: rebirth", self.config.name)
+                await self._birth()
+                await asyncio.to_thread(self._save_state)
+            for device, samples in groups.items():
+                payload = self._data(samples, batch.historical)
+                topic = self._topic["NDATA"] if device is None else self._device_topic("DDATA", device)
+                await self._publish(topic, payload, qos)
+            if batch.gaps:
+                await self._publish(self._topic["NDATA"], self._gaps(batch.gaps), qos)
+            for s in batch.samples:
+                self._remember(self._metrics[s.tag], s)
