@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from buffer import Buffer
 from edged.config import UplinkBase
-from edged.errors import Partial, Permanent, Transient
+from edged.errors import Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample
 from edged.plugin import Backoff, Uplink
 
@@ -71,14 +71,21 @@ class Sender:
         self.log = log
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self.stats = SenderStats()
+        self._retry: tuple[int, int, bool] | None = None  # the window a failed send covered
         self._keep = _tag_filter(config.tags)
         self._ratio = config.backfill_share / (1.0 - config.backfill_share)
 
     async def run(self) -> None:
-        """Connect, deliver until the peer fails, back off, repeat; until cancelled."""
+        """Connect, deliver until the peer fails, back off, repeat; until cancelled.
+
+        Optional uplink hooks, looked up by name: `is_closed() -> bool` (checked while idle, so a
+        dead connection is replaced before data waits on it) and `counters() -> dict[str, float]`
+        (the plugin's own figures, shown in status and metrics).
+        """
         await self.buffer.call(self.buffer.store.register_uplink, self.name, self.config.start_from)
         while True:
             self.stats.state = "connecting"
+            failure: BaseException = Transient("the uplink closed")
             try:
                 async with self.factory() as uplink:
                     self.stats.state = "connected"
@@ -86,12 +93,23 @@ class Sender:
                     self.log.info("uplink connected", extra={"uplink": self.name})
                     await self._deliver(uplink)
             except (Transient, Permanent, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                failure = exc
             except Exception as exc:  # a plugin bug must not stop the other uplinks
                 self.log.exception("uplink %s failed unexpectedly", self.name, extra={"uplink": self.name})
-                self._failed(exc)
+                failure = exc
+            self._failed(failure)
             self.stats.state = "backoff"
-            await asyncio.sleep(self.backoff.next_delay())
+            await asyncio.sleep(self._delay_after(failure))
+
+    def _delay_after(self, exc: BaseException) -> float:
+        """Backoff before reconnecting: at least what the peer asked for; a refused connect (bad
+        credentials, untrusted certificate) waits the cap, since retrying soon cannot help."""
+        delay = self.backoff.next_delay()
+        if isinstance(exc, RetryAfter):
+            delay = max(delay, exc.delay)
+        elif isinstance(exc, Permanent):
+            delay = max(delay, self.backoff.cap)
+        return delay
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -105,6 +123,15 @@ class Sender:
         live_pos = buf.head  # live after this; anything owed at or below it is backlog
         credit = 0.0
         first_ack = True
+        if self._retry is not None:
+            # The same window first, with the same bounds: a peer that deduplicates by batch
+            # (HTTP Idempotency-Key from gateway, lo, hi) recognises it even if it did arrive.
+            lo, hi, historical = self._retry
+            owed = await buf.call(store.unacked, self.name, hi, limit=1)
+            if owed and owed[0][0] <= lo:
+                samples, _ = await buf.call(store.read, lo, hi, hi - lo + 1)
+                await self._send(uplink, samples, lo, hi, historical=historical)
+            self._retry = None
         while True:
             gaps = await buf.call(store.pending_gaps, self.name)
             if gaps:
@@ -125,6 +152,10 @@ class Sender:
                 credit = max(0.0, credit - 1.0)
             else:
                 await buf.wait_beyond(live_pos, timeout=1.0)
+                is_closed = getattr(uplink, "is_closed", None)
+                if is_closed is not None and is_closed():
+                    # an idle connection that died: reconnect now, not when the next sample comes
+                    raise Transient("connection lost while idle")
                 continue
             if first_ack:
                 self.backoff.reset()  # reset only once the peer really accepted something
@@ -139,6 +170,9 @@ class Sender:
         if samples:
             try:
                 await uplink.send(batch)
+            except Transient:
+                self._retry = (lo, hi, historical)
+                raise
             except Partial as exc:
                 self._rejected(len(exc.rejected), exc)
                 sent = len(exc.accepted)
@@ -147,6 +181,9 @@ class Sender:
                 sent = 0
         await self.buffer.call(self.buffer.store.ack, self.name, lo, hi, sent=sent)
         self.stats.batches += 1
+        report = getattr(uplink, "counters", None)
+        if callable(report):
+            self.stats.extra = dict(report())
         now = time.time_ns()
         self.stats.last_ack_ns = now
         if historical:
@@ -168,7 +205,7 @@ class Sender:
         batch = Batch(self.gateway_id, items[0].lo_seq, items[-1].hi_seq, True, [], items)
         try:
             await uplink.send(batch)
-        except Permanent as exc:
+        except (Permanent, Partial) as exc:
             self._rejected(0, exc)
         await self.buffer.call(self.buffer.store.ack, self.name, 1, 0, gap_ids=[i for i, _ in gaps])
         self.stats.gaps_sent += len(items)

@@ -28,6 +28,14 @@ class Transient(EdgedError):
     """Worth retrying: the peer is down, slow or busy. Nothing was accepted."""
 
 
+class RetryAfter(Transient):
+    """The peer asked us to come back later (HTTP 429/503 Retry-After, a broker's quota)."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
 class Permanent(EdgedError):
     """Retrying the same thing will fail again: bad credentials, rejected payload, missing node."""
 

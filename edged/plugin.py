@@ -49,6 +49,10 @@ class Uplink(Protocol):
     async def send(self, batch: Batch) -> None: ...
 
 
+# Optional uplink methods the Sender uses when present (not part of the Protocol, so plugins stay
+# minimal): `is_closed() -> bool` and `counters() -> dict[str, float]`; see edged.delivery.Sender.
+
+
 @dataclass(slots=True)
 class Backoff:
     """Capped exponential backoff with full jitter, so a hundred gateways do not retry in step."""

@@ -363,3 +363,26 @@ def test_sample_config_parses(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = tomllib.loads((Path(__file__).parents[2] / "uplink/http/sample.toml").read_text())
     cfg = parse(raw, base_dir=Path("/tmp"))
     assert [u.type for u in cfg.uplinks] == ["http"]
+
+
+async def test_window_resent_with_the_same_key_after_a_reconnect(tmp_path: Path, peer: HttpPeer) -> None:
+    """The uplink gives up in place (retry_for = 0): the Sender reconnects and re-sends exactly the
+    window that failed, so its Idempotency-Key still matches what the server stored."""
+    n = [0]
+
+    def once(doc: dict[str, Any] | None, key: str | None) -> Reply | None:
+        n[0] += 1
+        return Reply(hangup=True, store=True) if n[0] == 1 else None  # stored, but no answer
+
+    peer.policy = once
+    cfg = http_config(peer.url, batch_size=1000, retry_for=0.0)
+    async with running(tmp_path, cfg) as (buf, sender):
+        buf.put([Sample(f"dev/t{k}", time.time_ns(), k, Status.GOOD, 100) for k in range(5)])
+        await wait_for(lambda: sender.stats.errors >= 1, 10, "the failed attempt")
+        buf.put([Sample("dev/late", time.time_ns(), 1, Status.GOOD, 100)])  # would widen a re-read window
+        await wait_for(lambda: all_delivered(buf, peer), 10, "delivery after the reconnect")
+        seqs = rel(buf, peer.seqs())
+    first_key = peer.requests[0].key
+    assert [r.key for r in peer.requests].count(first_key) == 2, "the same window went again"
+    assert any(r.duplicate for r in peer.requests if r.key == first_key)
+    assert seqs == list(range(1, 7)), "each sample stored exactly once"
