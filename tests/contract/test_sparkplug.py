@@ -410,6 +410,15 @@ async def test_broker_restart_new_session_and_no_loss(tmp_path: Path, broker: Mo
         assert set(got[t]) == {float(i) for i in range(counter[0])}, f"{t}: every value arrived"
 
 
+async def test_idle_node_rebirths_after_a_broker_restart(tmp_path: Path, broker: Mosquitto) -> None:
+    """No data flowing: the Sender notices the dead session on its own and the node is born again."""
+    async with host_and_node(tmp_path, broker.port) as (host, _buf, sender, _tg):
+        await wait_for(lambda: len(host.of("NBIRTH")) == 1, 5, "the first birth")
+        broker.restart()
+        await wait_for(lambda: len(host.of("NBIRTH")) >= 2, 10, "a new birth without any new sample")
+        assert sender.stats.connects >= 2
+
+
 # ----------------------------------------------------------------------------------------- primary host
 
 

@@ -606,6 +606,11 @@ class Uplink:
 
     # ------------------------------------------------------------------ Uplink protocol
 
+    def is_closed(self) -> bool:
+        """The session ended (connection lost, primary host offline). The Sender asks while idle,
+        so a node re-births after a broker restart without waiting for the next sample."""
+        return self._dead is not None
+
     async def send(self, batch: Batch) -> None:
         if self._dead is not None:
             raise Transient(self._dead)
