@@ -30,6 +30,7 @@ from edged.config import Duration, Secret, UplinkBase
 from edged.errors import EdgedError, Partial, Permanent, Transient
 from edged.model import Batch, Gap, Sample, Value, severity
 from edged.plugin import Backoff, PluginContext
+from edged.tls import client_context
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
@@ -255,20 +256,7 @@ class Uplink:
         return h
 
     def _tls(self) -> ssl.SSLContext | bool:
-        c = self.config
-        if not c.url.startswith("https:"):
-            return True
-        try:
-            ctx = ssl.create_default_context(cafile=c.ca_file)
-            if c.cert_file and c.key_file:
-                ctx.load_cert_chain(c.cert_file, c.key_file, c.key_password.reveal() if c.key_password else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise Permanent(f"TLS setup failed: {exc}") from exc
-        if c.tls_insecure_skip_verify:
-            self.log.warning("uplink %s: TLS certificate verification is OFF (tls_insecure_skip_verify)", c.name)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return client_context(self.config, self.log) if self.config.url.startswith("https:") else True
 
     async def __aenter__(self) -> Self:
         c = self.config

@@ -32,6 +32,7 @@ from edged.config import Duration, Secret, UplinkBase
 from edged.errors import EdgedError, Permanent, Transient
 from edged.model import Batch, Gap, Sample, Value, severity
 from edged.plugin import PluginContext
+from edged.tls import client_context
 from uplink.sparkplug import sparkplug_b_pb2 as pb
 
 NAMESPACE = "spBv1.0"
@@ -448,20 +449,7 @@ class Uplink:
     # ------------------------------------------------------------------ session
 
     def _tls_context(self) -> ssl.SSLContext | None:
-        c = self.config
-        if not c.tls:
-            return None
-        try:
-            ctx = ssl.create_default_context(cafile=c.ca_file)
-            if c.cert_file and c.key_file:
-                ctx.load_cert_chain(c.cert_file, c.key_file, c.key_password.reveal() if c.key_password else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise Permanent(f"TLS setup failed: {exc}") from exc
-        if c.tls_insecure_skip_verify:
-            self.log.warning("uplink %s: TLS certificate verification is OFF (tls_insecure_skip_verify)", c.name)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return client_context(self.config, self.log) if self.config.tls else None
 
     async def __aenter__(self) -> Self:
         stack = contextlib.AsyncExitStack()
