@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Set up everything edged needs on a fresh Debian/Ubuntu machine, idempotently:
 # system packages (mosquitto and socat for the tests, libsystemd-dev + pkg-config + gcc for the
-# journald extra) and a private virtual environment in .venv with edged and all its extras.
+# journald extra, buildah + debootstrap to build the container image, systemd-analyze, strace and
+# shellcheck for the unit checks) and a private virtual environment in .venv with edged and all
+# its extras.
 #
 # edged lives in its own virtual environment on purpose: its top-level packages `drivers`, `buffer`
 # and `uplink` share names with unrelated PyPI projects, which must never be installed beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto socat libsystemd-dev pkg-config gcc python3-venv python3-dev)
+APT_PACKAGES=(mosquitto socat libsystemd-dev pkg-config gcc python3-venv python3-dev openssl
+    buildah debootstrap strace shellcheck systemd)  # the last five: image build and unit checks
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
