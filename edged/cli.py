@@ -213,6 +213,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     db = Path(args.data_dir) / "buffer.db" if args.data_dir else _config_for(args).buffer_path
     since = replay.parse_time(args.since) if args.since else None
     until = replay.parse_time(args.until) if args.until else None
+    if args.audit:
+        return _export_audit(args, db, since, until)
     with Store(db, create=False, readonly=True) as store:
         samples = replay.iter_samples(store, since, until, args.tags or [])
         if args.output in (None, "-"):
@@ -222,6 +224,56 @@ def cmd_export(args: argparse.Namespace) -> int:
                 n = replay.export(samples, fh, args.format)
     print(f"exported {n:,} samples", file=sys.stderr)
     return EXIT_OK
+
+
+def _export_audit(args: argparse.Namespace, db: Path, since: int | None, until: int | None) -> int:
+    import fnmatch
+
+    from buffer import Store
+    from edged.commands import export_audit
+
+    with Store(db, create=False, readonly=True) as store:
+        rows = store.audit_rows(since, until)
+    if args.tags:
+        rows = [r for r in rows if r.tag and any(fnmatch.fnmatchcase(r.tag, p) for p in args.tags)]
+    if args.output in (None, "-"):
+        n = export_audit(rows, sys.stdout, args.format)
+    else:
+        with open(args.output, "w", newline="") as fh:
+            n = export_audit(rows, fh, args.format)
+    print(f"exported {n:,} audit rows", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    """One setpoint write through the command gate, as source "cli" (docs/commands.md)."""
+    import getpass
+
+    from buffer import Store
+    from edged import commands, replay
+
+    cfg = _config_for(args)
+    logs.setup("warning", "text")
+    pid = replay.daemon_pid(cfg.data_dir)
+    with Store(cfg.buffer_path, create=pid is None) as store:
+        gate = commands.CommandGate(cfg, commands.AuditTrail.for_store(store), _no_driver)
+        try:
+            value = commands.parse_value(args.value, gate.kind(args.tag))
+        except ValueError:
+            value = args.value  # the gate refuses it with the reason, and audits it
+        user = args.user or getpass.getuser()
+        cmd = commands.Command(commands.new_id(), config.COMMAND_SOURCE_CLI, user, args.tag, value, time.time_ns())
+        if pid is not None:
+            print(f"the daemon (pid {pid}) runs on this buffer: it executes the command", file=sys.stderr)
+            result = commands.write_via_daemon(store, cmd, cfg.commands)
+        else:
+            result = asyncio.run(commands.write_standalone(cfg, store, cmd))
+    print(commands.describe(result))
+    return EXIT_OK if result.ok else EXIT_FAIL
+
+
+async def _no_driver(device: str) -> None:
+    return None
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -268,7 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tags", nargs="*", help="glob patterns, e.g. 'boiler/*'")
     ex.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     ex.add_argument("--output", "-o", help="file (default: standard output)")
+    ex.add_argument("--audit", action="store_true", help="export the command audit trail instead of samples")
     ex.set_defaults(func=cmd_export)
+
+    wr = sub.add_parser("write", help="write a setpoint through the command gate (source 'cli'; see docs/commands.md)")
+    wr.add_argument("tag", help="device/tag, listed under [commands] with 'cli' in its sources")
+    wr.add_argument("value", help="a number, true/false, or text")
+    wr.add_argument("--config", "-c")
+    wr.add_argument("--user", help="who asks, for the audit trail (default: the login name)")
+    wr.set_defaults(func=cmd_write)
     return p
 
 

@@ -357,6 +357,130 @@ class BufferConfig(Base):
             raise ValueError("flush_rows must be between 1 and 1000000")
 
 
+# ----------------------------------------------------------------------------------------- commands
+# Setpoint writes from SCADA/cloud down to devices (edged.commands, docs/commands.md). Closed by
+# default: without a [commands] section, or with enabled = false, every command is refused.
+
+COMMAND_SOURCE_CLI = "cli"  # `edged write`; every other source is an uplink name
+
+CommandValue = bool | int | float | str
+
+
+class CommandTag(Base):
+    """One tag commands may write, and the limits checked before anything reaches the wire."""
+
+    tag: str  # "device/tag"
+    sources: list[str]  # uplink names allowed to write it, plus "cli" for `edged write`
+    min: float | None = None
+    max: float | None = None
+    allowed: list[CommandValue] | None = None  # the only values accepted (e.g. modes 0, 1, 2)
+    max_step: float | None = None  # largest change from the last known value in one write
+    min_interval: Duration | None = None  # at least this long between two writes to the tag
+
+    def __post_init__(self) -> None:
+        if not TAG_RE.match(self.tag) or "/" not in self.tag:
+            raise ValueError(f"invalid tag {self.tag!r}: write the full path, device/tag")
+        if not self.sources:
+            raise ValueError("sources must list who may write this tag (uplink names, or 'cli')")
+        for src in self.sources:
+            if not NAME_RE.match(src):
+                raise ValueError(f"invalid source {src!r}: an uplink name or 'cli'")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError("sources lists a name twice")
+        for bound, value in (("min", self.min), ("max", self.max)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{bound} must be a finite number")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not be above max ({self.max})")
+        if self.allowed is not None:
+            if not self.allowed:
+                raise ValueError("allowed must list at least one value (leave it out to allow any)")
+            for v in self.allowed:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ValueError("allowed values must be finite")
+                if not isinstance(v, bool | str) and not (
+                    (self.min is None or v >= self.min) and (self.max is None or v <= self.max)
+                ):
+                    raise ValueError(f"allowed value {v} is outside min..max: it could never be written")
+        if self.max_step is not None and not 0.0 < self.max_step < math.inf:
+            raise ValueError("max_step must be a positive number (largest change in one write)")
+        if self.min_interval is not None and self.min_interval <= 0:
+            raise ValueError("min_interval must be a positive duration, e.g. '5s'")
+
+
+class CommandsConfig(Base):
+    enabled: bool = False
+    max_age: Duration = Duration(30.0)  # older commands (e.g. queued while offline) are refused
+    audit_retention: Duration = Duration(365 * 86400.0)  # audit rows are kept this long
+    timeout: Duration = Duration(10.0)  # a driver write with read-back taking longer: failed
+    tags: list[CommandTag] = []
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.max_age <= 86400:
+            raise ValueError("max_age must be between 100ms and 24h")
+        if self.audit_retention < 86400:
+            raise ValueError("audit_retention must be at least 1d")
+        if not 0.1 <= self.timeout <= 300:
+            raise ValueError("timeout must be between 100ms and 5m")
+
+
+def command_value_kind(tag: Any) -> Literal["number", "bool", "string"] | None:
+    """What a driver tag holds, where its config says (Modbus `table`/`type`/`bit`); None = unknown
+    until the device is asked (OPC UA reads the node's DataType at the first write)."""
+    dtype = getattr(tag, "type", None)
+    if getattr(tag, "table", None) in ("coil", "discrete_input") or getattr(tag, "bit", None) is not None:
+        return "bool"
+    if dtype == "bool":
+        return "bool"
+    if dtype == "string":
+        return "string"
+    return "number" if isinstance(dtype, str) and dtype else None
+
+
+def _check_commands(cmds: CommandsConfig, devices: list[Any], uplinks: list[Any], file: str) -> None:
+    """Every listed tag exists and its driver can write it; every source is an uplink or 'cli'."""
+    from edged import registry  # local: registry imports this module
+
+    tags = {dev.tag_path(t): (dev, t) for dev in devices for t in dev.tags}
+    sources = {u.name for u in uplinks} | {COMMAND_SOURCE_CLI}
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(cmds.tags):
+        label = f"commands.tags[{i}] ({entry.tag})"
+        if entry.tag in seen:
+            raise ConfigError(f"tag listed twice (also commands.tags[{seen[entry.tag]}])", file=file, path=label)
+        seen[entry.tag] = i
+        found = tags.get(entry.tag)
+        if found is None:
+            raise ConfigError(f"unknown tag {entry.tag!r}: no [[devices]] entry has it", file=file, path=f"{label}.tag")
+        dev, tag = found
+        if not callable(getattr(registry.driver_module(dev.type).Driver, "write", None)):
+            raise ConfigError(f"the {dev.type} driver of device {dev.name!r} cannot write", file=file, path=label)
+        if getattr(tag, "writable", True) is not True:
+            raise ConfigError(
+                f"device {dev.name!r} tag {tag.name!r} is not writable: set writable = true on the tag",
+                file=file,
+                path=label,
+            )
+        if tag.source_unit is not None or tag.calibration is not None:
+            raise ConfigError(
+                "a tag with source_unit or calibration cannot be commanded: the value would be written in "
+                "the device's units, not the units shown",
+                file=file,
+                path=label,
+            )
+        kind = command_value_kind(tag)
+        if kind in ("bool", "string") and (entry.min, entry.max, entry.max_step) != (None, None, None):
+            raise ConfigError(f"min, max and max_step apply to numbers; this tag holds a {kind}", file=file, path=label)
+        for src in entry.sources:
+            if src not in sources:
+                known = ", ".join(sorted(sources))
+                raise ConfigError(
+                    f"unknown source {src!r}: a source is an uplink name or 'cli' (known: {known})",
+                    file=file,
+                    path=f"{label}.sources",
+                )
+
+
 class Config(msgspec.Struct, kw_only=True):
     """The whole validated config. `source` is the file it came from (None for the demo)."""
 
@@ -365,6 +489,7 @@ class Config(msgspec.Struct, kw_only=True):
     devices: list[DeviceBase]
     uplinks: list[UplinkBase]
     source: str | None = None
+    commands: CommandsConfig = msgspec.field(default_factory=CommandsConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -378,7 +503,7 @@ class Config(msgspec.Struct, kw_only=True):
 
 # ----------------------------------------------------------------------------------------- loading
 
-_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks"}
+_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands"}
 
 
 def _dec_hook_for(base_dir: Path) -> Callable[[type, Any], Any]:
@@ -471,7 +596,9 @@ def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | No
                     path=f"devices[{di}] ({dev.name}).tags[{ti}].name",
                 )
             tags_seen[full] = f"devices[{di}].tags[{ti}]"
-    return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file)
+    commands = _convert(raw.get("commands", {}), CommandsConfig, file=file, path="commands", base_dir=base)
+    _check_commands(commands, devices, uplinks, file)
+    return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file, commands=commands)
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -23,6 +23,7 @@ import msgspec
 
 from buffer import Buffer
 from edged import registry
+from edged.commands import AuditTrail, CommandGate, Writer
 from edged.config import Config, DeviceBase, UplinkBase
 from edged.config import load as load_config
 from edged.delivery import Sender
@@ -68,6 +69,7 @@ class DeviceRunner:
         self.backoff = Backoff(initial=1.0, cap=60.0)
         self.stats = DeviceStats()
         self._down = False
+        self.driver: Any | None = None  # the connected driver, for the command gate; None while down
 
     async def run(self) -> None:
         extra = {"device": self.name}
@@ -77,9 +79,13 @@ class DeviceRunner:
                 async with self.module.Driver(self.config, self.ctx) as drv:
                     self.stats.connects += 1
                     self.stats.state = "running"
-                    async with contextlib.aclosing(drv.samples()) as stream:
-                        async for batch in stream:
-                            self._accept(batch)
+                    self.driver = drv
+                    try:
+                        async with contextlib.aclosing(drv.samples()) as stream:
+                            async for batch in stream:
+                                self._accept(batch)
+                    finally:
+                        self.driver = None
             except (Transient, Permanent, OSError, TimeoutError) as exc:
                 self._failed(exc)
             except Exception as exc:  # a driver bug: log the traceback, keep the daemon up
@@ -132,13 +138,20 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self.reloads = 0
         self.backlog: dict[str, tuple[int, int | None]] = {}  # uplink -> (samples owed, oldest owed ts)
+        # Setpoint writes (edged.commands): one gate for every source, audited in the buffer database.
+        self.commands = CommandGate(config, AuditTrail(lambda: self.buffer.store, self.buffer.call), self._writer)
+        self._listeners: dict[str, asyncio.Task[None]] = {}  # uplink -> its command listener task
+
+    async def _writer(self, device: str) -> Writer | None:
+        entry = self._devices.get(device)
+        return entry[0].driver if entry is not None else None
 
     def _ctx(self, kind: str, name: str) -> PluginContext:
         return PluginContext(
             gateway_id=self.config.gateway.id,
             data_dir=self.config.data_dir,
             log=logging.getLogger(f"edged.{kind}.{name}"),
-            extra={"config": self.config},
+            extra={"config": self.config, "commands": self.commands},
         )
 
     def _runner(self, dev: DeviceBase) -> DeviceRunner:
@@ -170,6 +183,11 @@ class Daemon:
     def _start_uplink(self, tg: asyncio.TaskGroup, up: UplinkBase) -> None:
         sender = self._sender(up)
         self._uplinks[up.name] = (sender, tg.create_task(sender.run(), name=f"uplink:{up.name}"))
+        # An uplink that receives commands on a connection of its own exports serve_commands().
+        serve = getattr(registry.uplink_module(up.type), "serve_commands", None)
+        if serve is not None and getattr(up, "commands", False):
+            listener = serve(up, self._ctx("uplink", up.name), self.commands)
+            self._listeners[up.name] = tg.create_task(listener, name=f"commands:{up.name}")
 
     def request_reload(self) -> None:
         self._reload_requested.set()
@@ -214,6 +232,7 @@ class Daemon:
                     tg.create_task(self._watchdog(), name="watchdog")
                     tg.create_task(self._status_writer(), name="status-writer")
                     tg.create_task(self._reloader(tg), name="reloader")
+                    inbox = tg.create_task(self.commands.serve_inbox(), name="commands-inbox")
                     if self.config.gateway.metrics_listen:
                         from edged.metrics import serve
 
@@ -226,6 +245,8 @@ class Daemon:
                     await self.stop_event.wait()
                     log.info("stopping: draining drivers and flushing the buffer")
                     self.notifier.stopping()
+                    for t in [inbox, *self._listeners.values()]:
+                        t.cancel()  # no new writes while the drivers stop
                     drivers = [t for _, t in self._devices.values()]
                     for t in drivers:
                         t.cancel()
@@ -271,12 +292,16 @@ class Daemon:
         dev_stop = [n for n in old_dev if new_dev.get(n) != old_dev[n]]
         up_stop = [n for n in old_up if new_up.get(n) != old_up[n]]
         stopping = [self._devices.pop(n)[1] for n in dev_stop] + [self._uplinks.pop(n)[1] for n in up_stop]
+        stopping += [self._listeners.pop(n) for n in up_stop if n in self._listeners]
         for t in stopping:
             t.cancel()
         if stopping:
             await asyncio.wait(stopping)
         # gateway and buffer stay as started
-        self.config = msgspec.structs.replace(self.config, devices=new.devices, uplinks=new.uplinks)
+        self.config = msgspec.structs.replace(
+            self.config, devices=new.devices, uplinks=new.uplinks, commands=new.commands
+        )
+        self.commands.configure(self.config)
         for n, up in new_up.items():
             if n not in self._uplinks:
                 self._start_uplink(tg, up)

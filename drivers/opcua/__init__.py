@@ -10,6 +10,10 @@ A lost session is not repaired here: asyncua's own reconnect is off, the loss su
 `Transient`, and the daemon's supervisor backs off and re-enters, which re-creates the session and
 the subscription from scratch. Exceptions of asyncua and the socket layer are mapped to
 Transient/Permanent in `map_error` and nowhere else.
+
+`Driver.write` (used by the command gate, edged.commands) writes one tag's variable with the node's
+own DataType and reads it back: a refusal by the server is a `WriteError` (nothing was written), a
+different read-back a `ReadbackMismatch`, anything else on the wire `Transient`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -31,6 +36,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
 from asyncua.common.subscription import DataChangeNotif
+from asyncua.common.ua_utils import data_type_to_variant_type
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
@@ -40,6 +46,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
 from drivers.opcua import certs
+from edged.commands import ReadbackMismatch
 from edged.config import DeviceBase, Duration, Secret, TagBase
 from edged.errors import Permanent, Transient
 from edged.model import Sample, Severity, Status, Value, severity
@@ -102,6 +109,31 @@ _FILTER_REFUSED: Final = frozenset(
     }
 )
 _NO_SUBSCRIPTIONS: Final = frozenset({StatusCodes.BadServiceUnsupported, StatusCodes.BadNotSupported})
+# A write the server refuses for what it is (nothing was written): answered as "rejected".
+_WRITE_REFUSED: Final = frozenset(
+    {
+        StatusCodes.BadUserAccessDenied,
+        StatusCodes.BadNotWritable,
+        StatusCodes.BadWriteNotSupported,
+        StatusCodes.BadTypeMismatch,
+        StatusCodes.BadOutOfRange,
+        StatusCodes.BadIndexRangeInvalid,
+        StatusCodes.BadNodeIdUnknown,
+        StatusCodes.BadNodeIdInvalid,
+        StatusCodes.BadAttributeIdInvalid,
+    }
+)
+_INT_RANGES: Final[dict[ua.VariantType, range]] = {
+    ua.VariantType.SByte: range(-(2**7), 2**7),
+    ua.VariantType.Byte: range(2**8),
+    ua.VariantType.Int16: range(-(2**15), 2**15),
+    ua.VariantType.UInt16: range(2**16),
+    ua.VariantType.Int32: range(-(2**31), 2**31),
+    ua.VariantType.UInt32: range(2**32),
+    ua.VariantType.Int64: range(-(2**63), 2**63),
+    ua.VariantType.UInt64: range(2**64),
+}
+_FLOAT32_MAX: Final = 3.4028234663852886e38
 _HIERARCHICAL: Final = ua_struct(ua.NodeId, Identifier=ObjectIds.HierarchicalReferences)
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INT64 = range(-(2**63), 2**63)
@@ -337,6 +369,47 @@ class _Tag:
         return f"node {self.cfg.node}" if self.cfg.node is not None else f"browse_path {self.cfg.browse_path}"
 
 
+def to_variant(value: Value, vtype: ua.VariantType) -> ua.Variant:
+    """A command value as a Variant of the node's type; WriteError when it does not fit."""
+    what = f"{value!r} does not fit a {vtype.name} variable"
+    if vtype == ua.VariantType.Boolean:
+        if isinstance(value, bool):
+            return ua.Variant(value, vtype)
+    elif vtype == ua.VariantType.String:
+        if isinstance(value, str):
+            return ua.Variant(value, vtype)
+    elif vtype in _INT_RANGES:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise WriteError(f"{what}: not a whole number", StatusCodes.BadTypeMismatch)
+            if int(value) not in _INT_RANGES[vtype]:
+                raise WriteError(f"{what}: outside its range", StatusCodes.BadOutOfRange)
+            return ua.Variant(int(value), vtype)
+    elif vtype in (ua.VariantType.Float, ua.VariantType.Double):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if vtype == ua.VariantType.Float and abs(value) > _FLOAT32_MAX:
+                raise WriteError(f"{what}: outside its range", StatusCodes.BadOutOfRange)
+            return ua.Variant(float(value), vtype)
+    else:
+        raise WriteError(f"a {vtype.name} variable cannot be written by edged", StatusCodes.BadTypeMismatch)
+    raise WriteError(what, StatusCodes.BadTypeMismatch)
+
+
+def _as_written(v: ua.Variant) -> object:
+    """What the server stores for a written Variant: a Float is rounded to 32 bits on the wire."""
+    if v.VariantType == ua.VariantType.Float and isinstance(v.Value, float):
+        return struct.unpack("<f", struct.pack("<f", v.Value))[0]
+    return v.Value
+
+
+class WriteError(Permanent):
+    """The server refused a write (nothing was written); `status` is its StatusCode."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 # ----------------------------------------------------------------------------------------- driver
 
 
@@ -376,6 +449,8 @@ class Driver:
         self._client: Client | None = None
         self._connected = False  # asyncua's session tasks run and need closing
         self.mode: Literal["subscribe", "poll"] = config.mode  # may fall back to "poll"
+        self._vtypes: dict[str, ua.VariantType] = {}  # tag path -> its node's type, read at the first write
+        self._write_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -729,6 +804,94 @@ class Driver:
                 keep.append(tag)
                 batch.append(self._sample(tag, dv, now))
         return batch, keep
+
+    # ------------------------------------------------------------------ writing
+
+    async def write(self, tag: str, value: Value) -> Sample:
+        """Write one tag (`name` or `device/name`) with its node's DataType and read it back.
+
+        Returns the read-back sample. Raises WriteError (with the server's status) when the tag is
+        unknown, the value does not fit the node's type or the server refuses the write
+        (BadUserAccessDenied, BadNotWritable, ...): nothing was written. ReadbackMismatch when the
+        server reads back another value; Transient for anything else on the wire.
+        """
+        c = self.config
+        name = tag.removeprefix(c.name + "/")
+        t = next((x for x in self._tags if x.cfg.name == name), None)
+        if t is None:
+            raise WriteError(f"{c.name} has no tag {tag!r}", StatusCodes.BadNodeIdUnknown)
+        if t.node is None:
+            raise WriteError(f"{t.path} ({t.address}) does not exist on the server", StatusCodes.BadNodeIdUnknown)
+        client = self._client
+        if client is None or not self._connected:
+            raise Transient(f"{c.name}: not connected")
+        async with self._write_lock:
+            vtype = self._vtypes.get(t.path)
+            if vtype is None:
+                vtype = self._vtypes[t.path] = await self._variant_type(client, t.node)
+            variant = to_variant(value, vtype)
+            request = ua_struct(
+                ua.WriteParameters,
+                NodesToWrite=[
+                    ua_struct(ua.WriteValue, NodeId=t.node, AttributeId=AttributeIds.Value, Value=ua.DataValue(variant))
+                ],
+            )
+            try:
+                (code,) = await client.uaclient.write(request)
+            except UaStatusCodeError as exc:  # the whole service refused, e.g. no Write for this user
+                if exc.code in _WRITE_REFUSED:
+                    raise WriteError(
+                        f"{t.path}: the server refused the write: {status_text(exc.code)}", exc.code
+                    ) from exc
+                raise map_error(exc, f"write {t.path}") from exc
+            except (UaError, ServiceError, OSError, TimeoutError) as exc:
+                raise map_error(exc, f"write {t.path}") from exc
+            if not code.is_good():
+                if code.value in _WRITE_REFUSED:
+                    raise WriteError(f"{t.path}: the server refused the write: {status_text(code.value)}", code.value)
+                raise Transient(f"{t.path}: write answered {status_text(code.value)}")
+            read = ua_struct(
+                ua.ReadParameters,
+                MaxAge=0,
+                TimestampsToReturn=ua.TimestampsToReturn.Both,
+                NodesToRead=[ua_struct(ua.ReadValueId, NodeId=t.node, AttributeId=AttributeIds.Value)],
+            )
+            with mapped_errors(f"read back {t.path} (the write was acknowledged)"):
+                (dv,) = await client.uaclient.read(read)
+        sample = self._sample(t, dv, time.time_ns())
+        back = dv.Value.Value if dv.Value is not None else None
+        if severity(sample.status) == Severity.BAD:
+            raise Transient(f"{t.path}: the write was acknowledged but the read-back is {status_text(sample.status)}")
+        if type(back) is not type(_as_written(variant)) or back != _as_written(variant):
+            raise ReadbackMismatch(f"{t.path}: wrote {value!r} but read back {sample.value!r}", sample.value)
+        return sample
+
+    async def _variant_type(self, client: Client, node: ua.NodeId) -> ua.VariantType:
+        """The node's DataType as a VariantType (read once per session); an abstract DataType
+        (BaseDataType, Number) takes the type of the value the variable holds now."""
+        with mapped_errors(f"read the DataType of {node.to_string()}"):
+            (dtype,) = await client.uaclient.read_attributes([node], AttributeIds.DataType)
+            good = dtype.StatusCode is None or dtype.StatusCode.is_good()
+            if not good or dtype.Value is None or not isinstance(dtype.Value.Value, ua.NodeId):
+                code = dtype.StatusCode.value if dtype.StatusCode is not None else StatusCodes.BadNodeIdUnknown
+                raise WriteError(f"cannot read the DataType of {node.to_string()}: {status_text(code)}", code)
+            try:
+                vtype = await data_type_to_variant_type(client.get_node(dtype.Value.Value))
+            except ValueError:  # a DataType with no Variant encoding (structures, custom types)
+                raise WriteError(
+                    f"{node.to_string()} has an unsupported DataType", StatusCodes.BadTypeMismatch
+                ) from None
+            if vtype == ua.VariantType.Variant:
+                (current,) = await client.uaclient.read_attributes([node], AttributeIds.Value)
+                if current.Value is None or current.Value.VariantType == ua.VariantType.Null:
+                    raise WriteError(
+                        f"{node.to_string()} has an abstract DataType and no value to take the type from",
+                        StatusCodes.BadTypeMismatch,
+                    )
+                vtype = current.Value.VariantType
+        if not isinstance(vtype, ua.VariantType):
+            raise WriteError(f"{node.to_string()} has an unsupported DataType", StatusCodes.BadTypeMismatch)
+        return vtype
 
 
 def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:

@@ -65,6 +65,7 @@ class PlantServer:
     server: Server | None = None
     ns: int = 2
     nodes: dict[str, ua.NodeId] = field(default_factory=dict)
+    writable: frozenset[str] = frozenset()  # VARIABLES clients may write (the others answer BadUserAccessDenied)
 
     def __post_init__(self) -> None:
         self.url = f"opc.tcp://127.0.0.1:{self.port}/plant/"
@@ -102,6 +103,8 @@ class PlantServer:
                 ua.NodeId(ident, self.ns), ua.QualifiedName(name, self.ns), ua.Variant(value, vtype)
             )
             self.nodes[name] = var.nodeid
+            if name in self.writable:
+                await var.set_writable()
         await server.start()
         self.server = server
 
@@ -126,3 +129,9 @@ class PlantServer:
         )
         await self.server.write_attribute_value(self.nodes[name], dv)
         return ts
+
+    def get(self, name: str) -> Any:
+        """The value in the server's address space right now."""
+        assert self.server is not None
+        dv = self.server.read_attribute_value(self.nodes[name])
+        return dv.Value.Value if dv.Value is not None else None

@@ -1,26 +1,32 @@
 """MQTT uplink (aiomqtt): JSON batches, QoS 1 by default; a batch counts as delivered at PUBACK.
 
+With `commands = true` it also receives setpoint commands (JSON on `command_topic`) and answers each
+on its reply topic: see `serve_commands` and docs/commands.md.
+
 Exceptions from aiomqtt/paho and the socket layer are mapped to Transient (retry) or Permanent
 (bad credentials, TLS misconfiguration) here and nowhere else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import logging
+import socket
 import ssl
 import zlib
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import aiomqtt
 import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
+from edged.commands import Command, CommandGate, CommandResult, timestamp_ns
 from edged.config import Duration, Secret, UplinkBase
 from edged.errors import Permanent, Transient
 from edged.model import Batch
-from edged.plugin import PluginContext
+from edged.plugin import Backoff, PluginContext
 
 # CONNACK codes that retrying will not fix: MQTT 3.1.1 (1 protocol version, 2 identifier rejected,
 # 4 bad credentials, 5 not authorised) and the MQTT 5 reason codes paho maps them to (0x84-0x8A, 0x8C).
@@ -45,6 +51,10 @@ class Config(UplinkBase):
     compression: Literal["none", "gzip", "zlib"] = "none"
     keepalive: Duration = Duration(30.0)
     timeout: Duration = Duration(10.0)  # connect and PUBACK wait
+    # Setpoint commands (docs/commands.md): received on a connection of their own, QoS 1.
+    commands: bool = False
+    command_topic: str = "edged/{gateway}/cmd"  # {gateway}, {uplink}
+    reply_topic: str = "edged/{gateway}/cmd/reply"  # where results go when a command has no reply_to
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,6 +68,76 @@ class Config(UplinkBase):
             self.topic.format(gateway="g", uplink="u", kind="k")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"topic template {self.topic!r}: unknown placeholder {exc}") from None
+        for key in ("command_topic", "reply_topic"):
+            template = getattr(self, key)
+            try:
+                topic = template.format(gateway="g", uplink="u")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"{key} {template!r}: unknown placeholder {exc} (use {{gateway}}, {{uplink}})"
+                ) from None
+            if not topic or "+" in topic or "#" in topic:
+                raise ValueError(f"{key} {template!r} must be a topic without wildcards")
+        if self.command_topic == self.reply_topic:
+            raise ValueError("command_topic and reply_topic must differ (replies would come back as commands)")
+
+
+def _tls_context(c: Config, log: logging.Logger) -> ssl.SSLContext | None:
+    if not c.tls:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=c.ca_file)
+        if c.cert_file and c.key_file:
+            ctx.load_cert_chain(c.cert_file, c.key_file, c.key_password.reveal() if c.key_password else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise Permanent(f"TLS setup failed: {exc}") from exc
+    if c.tls_insecure_skip_verify:
+        log.warning("uplink %s: TLS certificate verification is OFF (tls_insecure_skip_verify)", c.name)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _connect(
+    c: Config, log: logging.Logger, identifier: str, *, clean_session: bool | None = None, nodelay: bool = False
+) -> aiomqtt.Client:
+    """A connected client; connection errors mapped to Transient/Permanent. `nodelay` turns Nagle off
+    for small request/reply traffic (commands): with it on, each small packet can wait ~40 ms for
+    the peer's delayed ACK."""
+    client = aiomqtt.Client(
+        c.host,
+        c.port or (8883 if c.tls else 1883),
+        username=c.username,
+        password=c.password.reveal() if c.password else None,
+        identifier=identifier,
+        clean_session=clean_session,
+        keepalive=int(c.keepalive),
+        timeout=float(c.timeout),
+        tls_context=_tls_context(c, log),
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if nodelay else None,
+        logger=logging.getLogger("aiomqtt"),
+    )
+    client.pending_calls_threshold = 10_000
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttCodeError as exc:
+        code = getattr(exc.rc, "value", exc.rc)
+        if isinstance(exc, MqttConnectError) and code in _PERMANENT_CONNACK:
+            raise Permanent(f"broker {c.host} refused the connection: {exc}") from exc
+        raise Transient(f"cannot connect to {c.host}: {exc}") from exc
+    except (aiomqtt.MqttError, OSError) as exc:
+        # aiomqtt re-raises connect errors as MqttError "from None": the original is the __context__
+        if any(isinstance(e, ssl.SSLCertVerificationError) for e in (exc, exc.__cause__, exc.__context__)):
+            # an untrusted or mismatched broker certificate stays that way until someone acts
+            raise Permanent(f"broker {c.host}: TLS certificate rejected: {exc}") from exc
+        raise Transient(f"cannot connect to {c.host}: {exc}") from exc
+    return client
+
+
+async def _disconnect(client: aiomqtt.Client) -> None:
+    # a connection already gone is fine: nothing owed is lost, the buffer (or the audit trail) has it
+    with contextlib.suppress(aiomqtt.MqttError, OSError):
+        await client.__aexit__(None, None, None)
 
 
 class Uplink:
@@ -68,58 +148,15 @@ class Uplink:
         self._client: aiomqtt.Client | None = None
         self._enc = msgspec.json.Encoder()
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        c = self.config
-        if not c.tls:
-            return None
-        try:
-            ctx = ssl.create_default_context(cafile=c.ca_file)
-            if c.cert_file and c.key_file:
-                ctx.load_cert_chain(c.cert_file, c.key_file, c.key_password.reveal() if c.key_password else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise Permanent(f"TLS setup failed: {exc}") from exc
-        if c.tls_insecure_skip_verify:
-            self.log.warning("uplink %s: TLS certificate verification is OFF (tls_insecure_skip_verify)", c.name)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     async def __aenter__(self) -> Self:
         c = self.config
-        client = aiomqtt.Client(
-            c.host,
-            c.port or (8883 if c.tls else 1883),
-            username=c.username,
-            password=c.password.reveal() if c.password else None,
-            identifier=c.client_id or f"edged-{self.gateway}-{c.name}",
-            keepalive=int(c.keepalive),
-            timeout=float(c.timeout),
-            tls_context=self._tls_context(),
-            logger=logging.getLogger("aiomqtt"),
-        )
-        client.pending_calls_threshold = 10_000
-        try:
-            await client.__aenter__()
-        except aiomqtt.MqttCodeError as exc:
-            code = getattr(exc.rc, "value", exc.rc)
-            if isinstance(exc, MqttConnectError) and code in _PERMANENT_CONNACK:
-                raise Permanent(f"broker {c.host} refused the connection: {exc}") from exc
-            raise Transient(f"cannot connect to {c.host}: {exc}") from exc
-        except (aiomqtt.MqttError, OSError) as exc:
-            # aiomqtt re-raises connect errors as MqttError "from None": the original is the __context__
-            if any(isinstance(e, ssl.SSLCertVerificationError) for e in (exc, exc.__cause__, exc.__context__)):
-                # an untrusted or mismatched broker certificate stays that way until someone acts
-                raise Permanent(f"broker {c.host}: TLS certificate rejected: {exc}") from exc
-            raise Transient(f"cannot connect to {c.host}: {exc}") from exc
-        self._client = client
+        self._client = await _connect(c, self.log, c.client_id or f"edged-{self.gateway}-{c.name}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         client, self._client = self._client, None
         if client is not None:
-            # a connection already gone is fine: nothing owed is lost, the buffer still has it
-            with contextlib.suppress(aiomqtt.MqttError, OSError):
-                await client.__aexit__(None, None, None)
+            await _disconnect(client)
 
     def encode(self, batch: Batch) -> bytes:
         data = self._enc.encode(batch)
@@ -138,3 +175,170 @@ class Uplink:
             await self._client.publish(topic, self.encode(batch), qos=self.config.qos, retain=self.config.retain)
         except (aiomqtt.MqttError, OSError) as exc:
             raise Transient(f"publish failed: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+_MAX_COMMAND_BYTES = 64 * 1024
+_MAX_IN_FLIGHT = 16  # commands handled at once (the gate serialises the writes per device)
+
+
+class WireCommand(msgspec.Struct, forbid_unknown_fields=True):
+    """A command as published on the command topic (JSON)."""
+
+    id: str
+    tag: str
+    value: bool | int | float | str
+    ts: int | float | str  # unix milliseconds, or ISO 8601 with a time zone
+    user: str | None = None
+    reply_to: str | None = None
+
+
+class WireReply(msgspec.Struct):
+    """The answer published on the reply topic (QoS 1)."""
+
+    id: str | None
+    tag: str | None
+    result: str
+    code: str
+    reason: str
+    old: Any
+    new: Any
+    readback: Any
+    ts: int  # unix milliseconds of the outcome
+
+
+def reply_payload(r: CommandResult) -> bytes:
+    return msgspec.json.encode(
+        WireReply(r.id, r.tag, r.result.value, r.code, r.reason, r.old, r.new, r.readback, r.ts_ns // 1_000_000)
+    )
+
+
+def _bad_reply_to(topic: str, command_topic: str) -> bool:
+    return not 0 < len(topic) <= 256 or "+" in topic or "#" in topic or topic.startswith("$") or topic == command_topic
+
+
+def decode_command(payload: bytes, source: str, command_topic: str) -> tuple[Command, str | None, str | None]:
+    """(command, reply_to, problem). A malformed payload still yields what could be read of it
+    (id, tag, user, reply_to), so the refusal is answered and audited under the sender's id."""
+    partial: dict[str, str] = {}
+    problem: str | None = None
+    wire: WireCommand | None = None
+    ts_ns = 0
+    if len(payload) > _MAX_COMMAND_BYTES:
+        problem = f"malformed command: {len(payload)} bytes (at most {_MAX_COMMAND_BYTES})"
+    else:
+        try:
+            doc = msgspec.json.decode(payload)
+        except msgspec.DecodeError as exc:
+            problem = f"malformed JSON: {exc}"
+        else:
+            if not isinstance(doc, dict):
+                problem = "malformed command: expected a JSON object"
+            else:
+                keys = ("id", "tag", "user", "reply_to")
+                partial = {k: v for k, v in doc.items() if k in keys and isinstance(v, str)}
+                try:
+                    wire = msgspec.convert(doc, WireCommand)
+                    ts_ns = timestamp_ns(wire.ts)
+                except (msgspec.ValidationError, ValueError) as exc:
+                    problem = f"malformed command: {exc}"
+    reply_to = partial.get("reply_to")
+    if reply_to is not None and _bad_reply_to(reply_to, command_topic):
+        problem = problem or f"malformed command: reply_to {reply_to!r} is not a topic edged answers on"
+        reply_to = None
+    if wire is not None and problem is None:
+        for key, text, limit in (("id", wire.id, 128), ("tag", wire.tag, 256), ("user", wire.user or "-", 128)):
+            if not 0 < len(text) <= limit:
+                problem = f"malformed command: {key} must be 1 to {limit} characters"
+    if wire is None or problem is not None:
+        cmd = Command(
+            partial.get("id", "")[:128], source, partial.get("user"), partial.get("tag", "")[:256], None, ts_ns
+        )
+        return cmd, reply_to, problem or "malformed command"
+    return Command(wire.id, source, wire.user, wire.tag, wire.value, ts_ns), reply_to, None
+
+
+async def serve_commands(config: Config, ctx: PluginContext, gate: CommandGate) -> None:
+    """Receive commands for as long as the daemon runs: a task of its own, beside the sender.
+
+    It uses a connection of its own (client id `<client_id>-cmd`, persistent session, QoS 1), so
+    commands never queue behind a data backlog, a slow device write never holds up publishing, and
+    the sender's reconnects do not drop the subscription. Commands the broker kept while the gateway
+    was away arrive on reconnect and are refused as stale, each with a reply and an audit row.
+    Never raises but cancellation: a broker problem is retried with capped, jittered backoff.
+    """
+    await _CommandListener(config, ctx, gate).run()
+
+
+class _CommandListener:
+    def __init__(self, config: Config, ctx: PluginContext, gate: CommandGate) -> None:
+        self.config = config
+        self.gate = gate
+        self.log = ctx.log
+        self.topic = config.command_topic.format(gateway=ctx.gateway_id, uplink=config.name)
+        self.reply_topic = config.reply_topic.format(gateway=ctx.gateway_id, uplink=config.name)
+        self.identifier = f"{config.client_id or f'edged-{ctx.gateway_id}-{config.name}'}-cmd"
+        self._client: aiomqtt.Client | None = None
+        self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
+
+    async def run(self) -> None:
+        backoff = Backoff(initial=0.5, cap=30.0)
+        last_error: str | None = None
+        # Handlers outlive a lost connection: a write in progress finishes and its reply goes out on
+        # the next connection, or is logged as lost (the audit trail has the outcome either way).
+        async with asyncio.TaskGroup() as handlers:
+            while True:
+                try:
+                    client = await _connect(self.config, self.log, self.identifier, clean_session=False, nodelay=True)
+                    try:
+                        await client.subscribe(self.topic, qos=1)
+                        self._client = client
+                        self.log.info("uplink %s: listening for commands on %s", self.config.name, self.topic)
+                        backoff.reset()
+                        last_error = None
+                        async for msg in client.messages:
+                            await self._slots.acquire()
+                            handlers.create_task(self._handle(msg), name=f"commands:{self.config.name}:message")
+                    finally:
+                        self._client = None
+                        await _disconnect(client)
+                except (Transient, Permanent, aiomqtt.MqttError, OSError) as exc:
+                    text = f"{type(exc).__name__}: {exc}"
+                    if text != last_error:
+                        self.log.warning("uplink %s: command connection: %s", self.config.name, text)
+                    last_error = text
+                except Exception:  # a bug here must not take the daemon down: log it, retry
+                    self.log.exception("uplink %s: command listener failed unexpectedly", self.config.name)
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _handle(self, msg: aiomqtt.Message) -> None:
+        """One command, from payload to reply; never raises (a bad message must not stop the listener)."""
+        try:
+            raw = msg.payload
+            payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+            cmd, reply_to, problem = decode_command(payload, self.config.name, self.topic)
+            if msg.retain:
+                why = "retained message refused: a command must not be retained (it would repeat on every subscribe)"
+                result = await self.gate.refuse(cmd, "malformed", why)
+            elif problem is not None:
+                result = await self.gate.refuse(cmd, "malformed", problem)
+            else:
+                result = await self.gate.submit(cmd)
+            await self._reply(reply_to or self.reply_topic, result)
+        except Exception:
+            self.log.exception("uplink %s: cannot handle a command on %s", self.config.name, msg.topic)
+        finally:
+            self._slots.release()
+
+    async def _reply(self, topic: str, result: CommandResult) -> None:
+        client = self._client
+        try:
+            if client is None:
+                raise Transient("not connected")
+            await client.publish(topic, reply_payload(result), qos=1)
+        except (Transient, aiomqtt.MqttError, OSError) as exc:
+            self.log.warning(
+                "uplink %s: the reply to command %s was lost (%s); its outcome (%s) is in the audit trail",
+                self.config.name, result.id, exc, result.result.value,
+            )  # fmt: skip

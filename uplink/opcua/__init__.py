@@ -6,8 +6,13 @@ tag carrying the sample's value, StatusCode and source timestamp. NodeIds are de
 working. A batch counts as delivered once its values are in the address space; a variable only
 moves forward in time, so a replayed (historical) sample never hides a newer value.
 
-Access: username/password users (and anonymous only when allowed) may browse, read and subscribe;
-nobody may write, call methods or change the address space.
+Access: username/password users (and anonymous only when allowed) may browse, read and subscribe.
+Nobody may call methods or change the address space. Writes are refused (BadUserAccessDenied), except
+the Value of a tag the command gate lets this uplink write ([[commands.tags]] with this uplink in
+`sources`), by a user listed in `command_users`: such a write never touches the address space. It
+goes through the gate (edged.commands: checks, device write, read-back, audit) and the client gets
+the gate's answer as its StatusCode: Good once the device read the value back, else e.g.
+BadOutOfRange, BadUserAccessDenied, BadTypeMismatch, BadNotConnected, BadCommunicationError.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import fnmatch
 import hmac
 import logging
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Self
@@ -29,6 +35,7 @@ from asyncua import ua
 from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
+from asyncua.server.address_space import AddressSpace, AttributeService
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
@@ -37,11 +44,12 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 
-from drivers.opcua import certs, map_error, ua_struct
+from drivers.opcua import certs, datetime_ns, map_error, ua_struct
+from edged.commands import Command, CommandGate, new_id
 from edged.config import Config as EdgedConfig
 from edged.config import DeviceBase, Secret, UplinkBase
 from edged.errors import Permanent, Transient
-from edged.model import Batch, Sample, Severity, Status, severity
+from edged.model import Batch, Sample, Severity, Status, Value, severity
 from edged.plugin import PluginContext
 
 PolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
@@ -88,6 +96,14 @@ _VARIANT_DATATYPES: Final[dict[ua.VariantType, int]] = {
     ua.VariantType.Double: ObjectIds.Double,
     ua.VariantType.String: ObjectIds.String,
 }
+_WRITE_SERVICE: Final = ua_struct(ua.NodeId, Identifier=ObjectIds.WriteRequest_Encoding_DefaultBinary)
+_NUMERIC_VARIANTS: Final = frozenset(
+    {
+        ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
+        ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
+        ua.VariantType.Float, ua.VariantType.Double,
+    }
+)  # fmt: skip
 _BAD_TYPE_MISMATCH: Final = StatusCodes.BadTypeMismatch
 _UNITS_NAMESPACE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
 _GATEWAY_NODE: Final = 1  # numeric, so it can never collide with a device folder's string NodeId
@@ -107,6 +123,7 @@ class Config(UplinkBase):
     private_key_password: Secret | None = None
     trusted_client_certificates: list[str] = []  # files or directories; empty: any client certificate
     users: dict[str, Secret] = {}  # username -> password; read-only access
+    command_users: list[str] = []  # of `users`: who may write the tags [commands] lets this uplink write
     allow_anonymous: bool = False  # anonymous sessions, read-only
     namespace: str | None = None  # namespace URI; default urn:edged:<gateway>
     application_uri: str | None = None  # default: the certificate's URI, else urn:edged:<gateway>:opcua-server
@@ -134,6 +151,9 @@ class Config(UplinkBase):
         for name in self.users:
             if not name or name != name.strip():
                 raise ValueError(f"invalid username {name!r}")
+        for name in self.command_users:
+            if name not in self.users:
+                raise ValueError(f"command_users: {name!r} is not one of `users` (anonymous sessions never write)")
         if self.namespace is not None and not self.namespace.strip():
             raise ValueError("namespace must not be empty")
 
@@ -162,14 +182,60 @@ class _Users(UserManager):
 
 
 class _ReadOnly(SimpleRoleRuleset):
-    """Every session may use the read-side services only, whatever its role. (A subclass only
-    because asyncua's server is typed to take this class; the parent's role table is not used.)"""
+    """Every session may use the read-side services only, whatever its role; plus the Write service
+    when some tag takes commands here (`_GatedWrites` then decides per node and user). (A subclass
+    only because asyncua's server is typed to take this class; the parent's role table is not used.)"""
 
-    def __init__(self) -> None:
-        pass
+    def __init__(self, writes: bool = False) -> None:
+        self._writes = writes
 
     def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
-        return action_type_id in _READ_ONLY_SERVICES
+        return action_type_id in _READ_ONLY_SERVICES or (self._writes and action_type_id == _WRITE_SERVICE)
+
+
+WriteHandler = Callable[[User, ua.WriteValue], Awaitable[ua.StatusCode]]
+_ADMIN: Final = User(role=UserRole.Admin)  # the server's own writes (asyncua's default user)
+
+
+class _GatedWrites(AttributeService):
+    """The server's attribute service with client writes replaced: the Value of a commandable tag
+    goes to the command gate (never into the address space), everything else is refused. The
+    server's own writes (admin, e.g. publishing values) pass as before."""
+
+    def __init__(self, aspace: AddressSpace, targets: Mapping[ua.NodeId, str], handler: WriteHandler) -> None:
+        super().__init__(aspace)
+        self._targets = targets
+        self._handler = handler
+
+    async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
+        out: list[ua.StatusCode] = []
+        for wv in params.NodesToWrite:
+            if user.role == UserRole.Admin:
+                out.extend(await super().write(ua_struct(ua.WriteParameters, NodesToWrite=[wv]), user))
+            elif wv.AttributeId == AttributeIds.Value and wv.NodeId in self._targets:
+                out.append(await self._handler(user, wv))
+            else:
+                out.append(ua_struct(ua.StatusCode, value=StatusCodes.BadUserAccessDenied))
+        return out
+
+
+def _written_value(wv: ua.WriteValue) -> tuple[Value, str | None]:
+    """A client's written Variant as a command value, or why it cannot be one."""
+    if wv.IndexRange:
+        return None, "writing an index range is not supported"
+    dv = wv.Value
+    if dv.StatusCode is not None and not dv.StatusCode.is_good():
+        return None, "a write with a non-Good status carries no value"
+    v = dv.Value
+    if v is None or v.VariantType == ua.VariantType.Null or v.is_array or isinstance(v.Value, list):
+        return None, "the value must be a scalar (a number, a boolean or a string)"
+    if v.VariantType == ua.VariantType.Boolean and isinstance(v.Value, bool):
+        return v.Value, None
+    if v.VariantType == ua.VariantType.String and isinstance(v.Value, str):
+        return v.Value, None
+    if v.VariantType in _NUMERIC_VARIANTS and isinstance(v.Value, int | float):
+        return v.Value, None
+    return None, f"a {v.VariantType.name} value cannot be written (use a number, a boolean or a string)"
 
 
 @dataclass(slots=True)
@@ -207,6 +273,9 @@ class Uplink:
         self._root: Node | None = None
         self._folders: dict[str, Node] = {}
         self._vars: dict[str, _Var] = {}
+        gate = ctx.extra.get("commands")
+        self._gate: CommandGate | None = gate if isinstance(gate, CommandGate) else None
+        self._commandable: dict[ua.NodeId, str] = {}  # variable -> tag path, for writes through the gate
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,7 +293,8 @@ class Uplink:
             cert = await self._load_certificate(server)
             app_uri = c.application_uri or (cert and certs.application_uri(cert)) or self._default_app_uri()
             await server.set_application_uri(app_uri)
-            server.set_security_policy(self._policy_types(), permission_ruleset=_ReadOnly())
+            writable = self._writable_tags()
+            server.set_security_policy(self._policy_types(), permission_ruleset=_ReadOnly(writes=bool(writable)))
             tokens: list[type] = [ua.UserNameIdentityToken] if c.users else []
             if c.allow_anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
@@ -233,6 +303,8 @@ class Uplink:
                 server.set_certificate_validator(self._client_validator())
             self.ns = await server.register_namespace(self.namespace)
             await self._build(server)
+            if writable:
+                await self._open_for_commands(server, writable)
             await server.start()
         except (UaError, ServiceError) as exc:
             raise map_error(exc, f"OPC UA server at {c.endpoint}") from exc
@@ -257,6 +329,58 @@ class Uplink:
 
     def _default_app_uri(self) -> str:
         return f"urn:edged:{self.gateway}:opcua-server"
+
+    # ------------------------------------------------------------------ commands
+
+    def _writable_tags(self) -> set[str]:
+        """Tags clients may write here: listed for this uplink by the gate, and someone to write them."""
+        c = self.config
+        tags = set(self._gate.tags_for(c.name)) if self._gate is not None else set()
+        if tags and not c.command_users:
+            self.log.warning(
+                "uplink %s: %d tags take commands from this uplink but command_users is empty: writes stay refused",
+                c.name, len(tags),
+            )  # fmt: skip
+            return set()
+        return tags
+
+    async def _open_for_commands(self, server: Server, tags: set[str]) -> None:
+        """Mark the commandable variables writable (so SCADA shows them so) and route client writes
+        through the gate instead of the address space."""
+        for path in sorted(tags):
+            var = self._vars.get(path)
+            if var is None:  # filtered out by this uplink's `tags` patterns, or its device disabled
+                continue
+            await server.get_node(var.nodeid).set_writable()
+            self._commandable[var.nodeid] = path
+        gated = _GatedWrites(server.iserver.aspace, self._commandable, self._on_write)
+        server.iserver.attribute_service = gated
+        self.log.info(
+            "uplink %s: %d tags writable through the command gate by %s",
+            self.config.name, len(self._commandable), ", ".join(self.config.command_users),
+        )  # fmt: skip
+
+    async def _on_write(self, user: User, wv: ua.WriteValue) -> ua.StatusCode:
+        """A client wrote a commandable tag's Value: the gate decides, the device is written, the
+        client gets the outcome as the StatusCode. The address space is left to the data path."""
+        gate, c = self._gate, self.config
+        assert gate is not None
+        path = self._commandable[wv.NodeId]
+        name = user.name if user.role == UserRole.User else None
+        ts = wv.Value.SourceTimestamp
+        ts_ns = datetime_ns(ts) if ts is not None and ts.year > 1601 else time.time_ns()
+        value, problem = _written_value(wv)
+        cmd = Command(new_id(), c.name, name, path, value, ts_ns)
+        if name is None or name not in c.command_users:
+            who = f"user {name!r}" if name else "an anonymous session"
+            result = await gate.refuse(
+                cmd, "unauthorised", f"{who} may not write through uplink {c.name} (command_users)"
+            )
+        elif problem is not None:
+            result = await gate.refuse(cmd, "type", problem)
+        else:
+            result = await gate.submit(cmd)
+        return ua_struct(ua.StatusCode, value=result.status)
 
     def _path(self, p: str) -> Path:
         path = Path(p)
