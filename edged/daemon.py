@@ -116,9 +116,9 @@ class DeviceRunner:
         self.stats.last_error = msg
         if not self._down:
             # One Bad sample per tag per outage: a receiver sees the device is gone, not a frozen value.
+            # Recorded through the processor, so the first value after the outage passes the deadband.
             status = Status.BAD_CONFIGURATION_ERROR if isinstance(exc, Permanent) else Status.BAD_NO_COMMUNICATION
-            now = time.time_ns()
-            self.buffer.put([Sample(self.config.tag_path(t), now, None, status, 0, t.unit) for t in self.config.tags])
+            self.buffer.put(self.processor.outage(status))
             self._down = True
 
 
@@ -231,6 +231,7 @@ class Daemon:
                             self._start_device(tg, dev)
                     tg.create_task(self._watchdog(), name="watchdog")
                     tg.create_task(self._status_writer(), name="status-writer")
+                    tg.create_task(self._stale_sweeper(), name="stale-sweeper")
                     tg.create_task(self._reloader(tg), name="reloader")
                     inbox = tg.create_task(self.commands.serve_inbox(), name="commands-inbox")
                     if self.config.gateway.metrics_listen:
@@ -360,6 +361,16 @@ class Daemon:
             os.replace(tmp, path)
         except OSError as exc:
             log.debug("cannot write %s: %s", path, exc)
+
+    async def _stale_sweeper(self) -> None:
+        """Once a second, mark tags whose device went quiet without an error (no batches at all)
+        as stale; tags that still arrive are handled inside `process` without this timer."""
+        while True:
+            await asyncio.sleep(1.0)
+            for runner in self.devices:
+                stale = runner.processor.sweep()
+                if stale:
+                    self.buffer.put(stale)
 
     async def _status_writer(self) -> None:
         """Refresh per-uplink backlog figures (on the buffer thread) and the status file every 2 s."""
