@@ -27,6 +27,7 @@ from edged.config import Duration, Secret, UplinkBase
 from edged.errors import Permanent, Transient
 from edged.model import Batch
 from edged.plugin import Backoff, PluginContext
+from edged.tls import client_context
 
 # CONNACK codes that retrying will not fix: MQTT 3.1.1 (1 protocol version, 2 identifier rejected,
 # 4 bad credentials, 5 not authorised) and the MQTT 5 reason codes paho maps them to (0x84-0x8A, 0x8C).
@@ -82,22 +83,6 @@ class Config(UplinkBase):
             raise ValueError("command_topic and reply_topic must differ (replies would come back as commands)")
 
 
-def _tls_context(c: Config, log: logging.Logger) -> ssl.SSLContext | None:
-    if not c.tls:
-        return None
-    try:
-        ctx = ssl.create_default_context(cafile=c.ca_file)
-        if c.cert_file and c.key_file:
-            ctx.load_cert_chain(c.cert_file, c.key_file, c.key_password.reveal() if c.key_password else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise Permanent(f"TLS setup failed: {exc}") from exc
-    if c.tls_insecure_skip_verify:
-        log.warning("uplink %s: TLS certificate verification is OFF (tls_insecure_skip_verify)", c.name)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 async def _connect(
     c: Config, log: logging.Logger, identifier: str, *, clean_session: bool | None = None, nodelay: bool = False
 ) -> aiomqtt.Client:
@@ -113,7 +98,7 @@ async def _connect(
         clean_session=clean_session,
         keepalive=int(c.keepalive),
         timeout=float(c.timeout),
-        tls_context=_tls_context(c, log),
+        tls_context=client_context(c, log) if c.tls else None,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if nodelay else None,
         logger=logging.getLogger("aiomqtt"),
     )
