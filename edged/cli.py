@@ -45,8 +45,10 @@ def _has_inline_secret(path: Path) -> bool:
         text = path.read_text()
     except OSError:
         return False
+    # `password = "..."` is inline; `password = { env = "..." }` and friends are references
     return any(
-        line.split("=", 1)[0].strip() in ("password", "token", "key_password") and '"' in line.split("=", 1)[1]
+        line.split("=", 1)[0].strip() in ("password", "token", "key_password", "private_key_password")
+        and line.split("=", 1)[1].strip()[:1] in ('"', "'")
         for line in text.splitlines()
         if "=" in line and not line.lstrip().startswith("#")
     )
@@ -103,6 +105,70 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"  device {d.name} ({d.type}){'' if d.enabled else ' disabled'}: {len(d.tags)} tags")
         for u in cfg.uplinks:
             print(f"  uplink {u.name} ({u.type}){'' if u.enabled else ' disabled'}")
+        cmds = cfg.commands
+        if not cmds.enabled:
+            print("  commands disabled: every write is refused")
+        else:
+            print(
+                f"  commands enabled: {len(cmds.tags)} writable tags, refused when older than {float(cmds.max_age):g}s"
+            )
+            for t in cmds.tags:
+                limits = ", ".join(
+                    f"{k} {v}" for k, v in (("min", t.min), ("max", t.max), ("max_step", t.max_step)) if v is not None
+                )
+                print(f"    {t.tag} by {', '.join(t.sources)}{f' ({limits})' if limits else ''}")
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when a daemon runs on this data dir, is fresh and has no alarm: for HEALTHCHECKs,
+    monitoring scripts and a quick look after an upgrade."""
+    from edged.daemon import read_status
+
+    data_dir = Path(args.data_dir) if args.data_dir else _config_for(args).data_dir
+    st = read_status(data_dir)
+    problems: list[str] = []
+    if st is None:
+        problems.append(f"no status in {data_dir}: the daemon has not run here")
+    else:
+        age = (time.time_ns() - int(st.get("updated_ns", 0))) / 1e9
+        if st.get("stopped"):
+            problems.append("the daemon stopped")
+        elif age > args.max_age:
+            problems.append(f"the daemon's status is {age:.0f}s old: not running, or its event loop is stuck")
+        if st.get("buffer", {}).get("alarm"):
+            problems.append(str(st["buffer"]["alarm"]))
+        down = [n for n, d in st.get("devices", {}).items() if d.get("state") != "running"]
+        if down and not args.quiet:
+            print(f"devices not running (not a health failure): {', '.join(down)}")
+    if problems:
+        for p in problems:
+            print(f"unhealthy: {p}", file=sys.stderr)
+        return EXIT_FAIL
+    if not args.quiet:
+        print("healthy")
+    return EXIT_OK
+
+
+def cmd_opcua_cert(args: argparse.Namespace) -> int:
+    """First OPC UA setup: a self-signed client certificate for the server's admin to trust."""
+    import socket
+
+    from drivers.opcua.certs import create_client_certificate
+
+    data_dir = Path(args.data_dir) if args.data_dir else _config_for(args).data_dir
+    cert = Path(args.cert) if args.cert else data_dir / "opcua" / "client_cert.der"
+    key = Path(args.key) if args.key else data_dir / "opcua" / "client_key.pem"
+    host = args.hostname or socket.gethostname()
+    uri = args.app_uri or f"urn:edged:{host}:opcua-client"
+    try:
+        made = create_client_certificate(cert, key, uri, host, days=args.days, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        print(f"edged: {exc} (use --overwrite to replace it)", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"certificate {cert}\nprivate key {key} (mode 0600)\napplication URI {uri}")
+    print(f"thumbprint {made.thumbprint}, valid until {made.not_after:%Y-%m-%d}")
+    print("next: let the server's administrator trust the certificate; set certificate/private_key in the device entry")
     return EXIT_OK
 
 
@@ -300,6 +366,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--data-dir", help="read the buffer in this directory instead of the config's")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    hp = sub.add_parser("health", help="exit 0 when the daemon runs, is fresh and has no alarm")
+    hp.add_argument("--config", "-c")
+    hp.add_argument("--data-dir")
+    hp.add_argument("--max-age", type=float, default=30.0, help="seconds a status may be old (default 30)")
+    hp.add_argument("--quiet", "-q", action="store_true")
+    hp.set_defaults(func=cmd_health)
+
+    oc = sub.add_parser("opcua-cert", help="create a self-signed OPC UA client certificate for first setup")
+    oc.add_argument("--config", "-c")
+    oc.add_argument("--data-dir")
+    oc.add_argument("--cert", help="default <data_dir>/opcua/client_cert.der")
+    oc.add_argument("--key", help="default <data_dir>/opcua/client_key.pem")
+    oc.add_argument("--app-uri", help="default urn:edged:<hostname>:opcua-client")
+    oc.add_argument("--hostname")
+    oc.add_argument("--days", type=int, default=730)
+    oc.add_argument("--overwrite", action="store_true")
+    oc.set_defaults(func=cmd_opcua_cert)
 
     rp = sub.add_parser("replay", help="re-send stored samples to one uplink after an outage")
     rp.add_argument("--config", "-c")

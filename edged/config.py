@@ -8,6 +8,7 @@ engineer at a terminal, not a Python developer. Plugins contribute their own str
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import os
 import re
@@ -115,6 +116,8 @@ def _resolve_secret(obj: Any, base_dir: Path) -> Secret:
         return Secret(os.environ[ref], f"env {ref}")
     if kind == "file":
         path = (base_dir / ref) if not os.path.isabs(ref) else Path(ref)
+        if world_readable(path):
+            logging.getLogger("edged.config").warning("secret file %s is readable by everyone: chmod 600 it", path)
         try:
             return Secret(path.read_text().rstrip("\r\n"), f"file {path}")
         except OSError as exc:
