@@ -33,6 +33,7 @@ something else).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -314,6 +315,7 @@ class CommandGate:
         self._locks: dict[str, asyncio.Lock] = {}
         self._written: dict[str, int] = {}  # tag -> when a write last went to the wire (this process)
         self._readback: dict[str, tuple[int, Value]] = {}  # tag -> (when, value) of the last accepted write
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()  # (source, result) -> n
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -551,8 +553,8 @@ class CommandGate:
             device_status=device_status,
         )
 
-    @staticmethod
-    def _log(cmd: Command, res: CommandResult) -> None:
+    def _log(self, cmd: Command, res: CommandResult) -> None:
+        self.outcomes[(cmd.source, res.result.value)] += 1
         level = logging.INFO if res.ok else logging.WARNING
         log.log(
             level,

@@ -95,6 +95,10 @@ class _Collector:
             oldest.add_metric([s.name], (now - ts) / 1e9 if ts else 0.0)
         yield from (sent, rejected, uerr, conn, backlog, oldest)
         yield GaugeMetricFamily("edged_event_loop_lag_seconds", "Event loop lag, last second", value=d.loop_lag_s)
+        cmds = CounterMetricFamily("edged_commands", "Write commands by source and result", labels=["source", "result"])
+        for (source, result), n in sorted(d.commands.outcomes.items()):
+            cmds.add_metric([source, result], n)
+        yield cmds
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:

@@ -106,6 +106,7 @@ def test_metrics_and_health_endpoints(tmp_path: Path) -> None:
             'edged_uplink_connected{uplink="archive"} 1.0',
             'edged_uplink_backlog_samples{uplink="archive"}',
             "edged_event_loop_lag_seconds",
+            "# TYPE edged_commands_total counter",
         ):
             assert needle in body, needle
         code, body = get(f"http://127.0.0.1:{port}/health")

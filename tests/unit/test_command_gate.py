@@ -515,3 +515,12 @@ def test_mqtt_command_payload_ok_and_partial_ids() -> None:
     assert cmd == Command("j1", "cloud", "opt", "p/s", 120.0, T0)
     cmd, reply_to, problem = decode_command(b'{"id": "j2", "tag": "p/s", "reply_to": "r/2"}', "cloud", "x")
     assert (cmd.id, cmd.tag, reply_to) == ("j2", "p/s", "r/2") and problem is not None
+
+
+async def test_outcomes_are_counted_for_metrics(rig: Rig) -> None:
+    await rig.send("press/setpoint", 100.0)
+    await rig.send("press/setpoint", 10_000.0)
+    await rig.send("press/setpoint", 100.0, source="intruder")
+    assert rig.gate.outcomes[("cloud", "accepted")] == 1
+    assert rig.gate.outcomes[("cloud", "rejected")] == 1
+    assert rig.gate.outcomes[("intruder", "rejected")] == 1
