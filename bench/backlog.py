@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from throughput import machine
+from machine import machine
 
 from buffer import Buffer
 from edged.config import BufferConfig

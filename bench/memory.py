@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import machine
+from machine import machine
 
 
 def proc_kb(pid: int, key: str) -> int:

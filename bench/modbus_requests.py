@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import platform
 import random
 import subprocess
 import sys
@@ -27,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pymodbus  # noqa: E402
+from machine import machine  # noqa: E402
 
 from drivers.modbus import Config, Driver  # noqa: E402
 from drivers.modbus.plan import Item, Limits, optimal_request_count, plan, registers_read  # noqa: E402
@@ -57,22 +56,6 @@ def sample_map(seed: int = 7) -> list[dict[str, Any]]:
 
 def items_of(tags: list[dict[str, Any]]) -> list[Item]:
     return [Item(i, t["table"], t["address"], SIZES.get(t.get("type", "uint16"), 1)) for i, t in enumerate(tags)]
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"nproc {nproc}, {model}; Python {platform.python_version()}, pymodbus {pymodbus.__version__},"
-        f" {platform.system()} {platform.release()}"
-    )
 
 
 def planning_report(tags: list[dict[str, Any]]) -> None:
@@ -136,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine(f'pymodbus {pymodbus.__version__}')}")
     tags = sample_map()
     planning_report(tags)
     server = subprocess.Popen(

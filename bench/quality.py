@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import bisect
 import datetime
-import os
-import platform
 import random
 import statistics
 import time
 import timeit
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from machine import machine
 
 from drivers.sim import Config as SimConfig
 from drivers.sim import SimTag
@@ -31,18 +30,6 @@ from edged.quality import TagProcessor
 
 N_TAGS = 100
 BATCH = 100  # one poll of 100 tags
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cpus ({cpu}), Python {platform.python_version()} on {platform.system()}"
 
 
 def device(**tag_fields: Any) -> SimConfig:

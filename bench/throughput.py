@@ -11,15 +11,14 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import platform
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from machine import machine
 
 from buffer import Buffer, Store
 from edged.config import BufferConfig
@@ -29,18 +28,6 @@ from edged.plugin import Backoff, PluginContext
 from peers.mosquitto import Mosquitto
 from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import Uplink as MqttUplink
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
 
 
 def batch(n: int, i0: int, n_tags: int = 500) -> list[Sample]:
