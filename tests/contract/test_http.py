@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from buffer import Buffer
-from edged.config import BufferConfig, Secret, parse
+from edged.config import Secret, parse
 from edged.delivery import Sender
 from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Batch, Gap, Sample, Status
 from edged.plugin import Backoff, PluginContext
+from peers.delivery import sender_running
 from peers.http_server import HttpPeer, Reply, make_pki
+from peers.waiting import eventually
 from uplink.http import Config as HttpConfig
 from uplink.http import Uplink as HttpUplink
 
@@ -46,19 +48,10 @@ def ctx() -> PluginContext:
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, cfg: HttpConfig) -> AsyncIterator[tuple[Buffer, Sender]]:
-    buf = Buffer(tmp_path / "buffer.db", BufferConfig(flush_interval=0.02))  # type: ignore[arg-type]
-    async with buf:
-        sender = Sender(
-            buf, cfg, lambda: HttpUplink(cfg, ctx()), gateway_id=GW, log=logging.getLogger("test"),
-            backoff=Backoff(initial=0.1, cap=0.3),
-        )  # fmt: skip
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(buf.run_writer(), name="writer"), tg.create_task(sender.run(), name="sender")]
-            try:
-                yield buf, sender
-            finally:
-                for t in tasks:
-                    t.cancel()
+    async with sender_running(
+        tmp_path, cfg, lambda: HttpUplink(cfg, ctx()), gateway=GW, backoff=Backoff(initial=0.1, cap=0.3)
+    ) as running:
+        yield running
 
 
 async def produce(buf: Buffer, n_tags: int, rate_hz: float, seconds: float) -> int:
@@ -72,14 +65,6 @@ async def produce(buf: Buffer, n_tags: int, rate_hz: float, seconds: float) -> i
         await asyncio.sleep(1 / rate_hz)
     await buf.flush()
     return produced
-
-
-async def wait_for(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def check_order(docs: list[dict[str, Any]], historical: bool) -> None:
@@ -125,7 +110,7 @@ async def test_every_sample_arrives_exactly_once_through_failures(tmp_path: Path
     cfg = http_config(peer.url, timeout=0.25, batch_size=40, retry_for=60.0)
     async with running(tmp_path, cfg) as (buf, sender):
         produced = await produce(buf, 10, 50, 1.5)
-        await wait_for(lambda: all_delivered(buf, peer), 30, "all samples stored by the server")
+        await eventually(lambda: all_delivered(buf, peer), 30, "all samples stored by the server")
         assert n[0] > max(faults), "every fault was served"
         seqs = rel(buf, peer.seqs())
     assert buf.stored == produced
@@ -149,7 +134,7 @@ async def test_retry_after_is_honoured_in_place(tmp_path: Path, peer: HttpPeer) 
     cfg = http_config(peer.url, retry_for=30.0)
     async with running(tmp_path, cfg) as (buf, sender):
         buf.put([Sample(f"dev/t{k}", time.time_ns(), k) for k in range(5)])
-        await wait_for(lambda: len(peer.seqs()) == 5, 15, "the batch")
+        await eventually(lambda: len(peer.seqs()) == 5, 15, "the batch")
         first = buf.store.first_seq() or 0
     (key,) = {r.key for r in peer.requests}
     assert key == f"{GW}-{first}-{first + 4}"
@@ -175,14 +160,14 @@ async def test_rejected_batch_skip_or_halt(
     cfg = http_config(peer.url, on_reject=on_reject)
     async with running(tmp_path, cfg) as (buf, sender):
         buf.put([Sample("dev/a", time.time_ns(), i) for i in range(3)])
-        await wait_for(lambda: len(peer.seqs()) == 3, 5, "first batch")
+        await eventually(lambda: len(peer.seqs()) == 3, 5, "first batch")
         buf.put([Sample("dev/poison", time.time_ns(), 1), Sample("dev/a", time.time_ns(), 3)])
         await buf.flush()
-        await wait_for(lambda: len([r for r in peer.requests if r.reply.status == 422]) >= 1, 5, "the refusal")
+        await eventually(lambda: len([r for r in peer.requests if r.reply.status == 422]) >= 1, 5, "the refusal")
         buf.put([Sample("dev/a", time.time_ns(), i) for i in range(4, 7)])
         await buf.flush()
         if on_reject == "skip":
-            await wait_for(lambda: len(peer.seqs()) == 6 and not buf.store.unacked("erp", buf.head), 5, "the rest")
+            await eventually(lambda: len(peer.seqs()) == 6 and not buf.store.unacked("erp", buf.head), 5, "the rest")
             assert sender.stats.rejected == 2
             assert rel(buf, peer.seqs()) == [1, 2, 3, 6, 7, 8], "the refused window is skipped, nothing else"
         else:
@@ -191,7 +176,7 @@ async def test_rejected_batch_skip_or_halt(
             assert buf.store.unacked("erp", buf.head), "the refused batch is still owed"
             assert sender.stats.errors >= 1 and sender.stats.rejected == 0
             poisoned[0] = False  # the receiver is fixed
-            await wait_for(lambda: all_delivered(buf, peer), 10, "delivery after the fix")
+            await eventually(lambda: all_delivered(buf, peer), 10, "delivery after the fix")
             assert rel(buf, peer.seqs()) == list(range(1, 9))
     assert "unknown tag dev/poison" in caplog.text, "the response body is logged"
     assert "422" in caplog.text
@@ -202,13 +187,13 @@ async def test_endpoint_down_then_back(tmp_path: Path, peer: HttpPeer) -> None:
     cfg = http_config(peer.url, retry_for=0.3, batch_size=50)
     async with running(tmp_path, cfg) as (buf, sender):
         buf.put([Sample("dev/a", time.time_ns(), i) for i in range(10)])
-        await wait_for(lambda: len(peer.seqs()) == 10, 5, "first batch")
+        await eventually(lambda: len(peer.seqs()) == 10, 5, "first batch")
         peer.stop()
         produced = 10 + await produce(buf, 5, 50, 1.0)
-        await wait_for(lambda: sender.stats.errors >= 1, 5, "the Sender notices the outage")
+        await eventually(lambda: sender.stats.errors >= 1, 5, "the Sender notices the outage")
         assert "ConnectError" in (sender.stats.last_error or "")
         peer.start()
-        await wait_for(lambda: all_delivered(buf, peer), 15, "catch-up")
+        await eventually(lambda: all_delivered(buf, peer), 15, "catch-up")
         assert rel(buf, peer.seqs()) == list(range(1, produced + 1))
     assert any(d["historical"] for d in peer.docs()), "the outage was replayed as historical"
     check_order(peer.docs(), historical=False)
@@ -219,7 +204,7 @@ async def test_per_item_rejections_are_partial(tmp_path: Path, peer: HttpPeer) -
     peer.policy = lambda doc, key: Reply(200, b'{"rejected": [0, 2], "message": "tags unknown to the ERP"}')
     async with running(tmp_path, http_config(peer.url)) as (buf, sender):
         buf.put([Sample(f"dev/t{k}", time.time_ns(), k) for k in range(5)])
-        await wait_for(lambda: sender.stats.batches >= 1, 5, "the batch")
+        await eventually(lambda: sender.stats.batches >= 1, 5, "the batch")
     assert sender.stats.rejected == 2
     assert sender.stats.sent_live == 3
 
@@ -378,9 +363,9 @@ async def test_window_resent_with_the_same_key_after_a_reconnect(tmp_path: Path,
     cfg = http_config(peer.url, batch_size=1000, retry_for=0.0)
     async with running(tmp_path, cfg) as (buf, sender):
         buf.put([Sample(f"dev/t{k}", time.time_ns(), k, Status.GOOD, 100) for k in range(5)])
-        await wait_for(lambda: sender.stats.errors >= 1, 10, "the failed attempt")
+        await eventually(lambda: sender.stats.errors >= 1, 10, "the failed attempt")
         buf.put([Sample("dev/late", time.time_ns(), 1, Status.GOOD, 100)])  # would widen a re-read window
-        await wait_for(lambda: all_delivered(buf, peer), 10, "delivery after the reconnect")
+        await eventually(lambda: all_delivered(buf, peer), 10, "delivery after the reconnect")
         seqs = rel(buf, peer.seqs())
     first_key = peer.requests[0].key
     assert [r.key for r in peer.requests].count(first_key) == 2, "the same window went again"

@@ -23,7 +23,9 @@ from edged.delivery import Sender
 from edged.errors import Permanent
 from edged.model import Sample, Status
 from edged.plugin import Backoff, PluginContext
+from peers.delivery import sender_running
 from peers.mosquitto import Mosquitto
+from peers.waiting import eventually
 from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import Uplink as MqttUplink
 
@@ -78,20 +80,11 @@ def ctx() -> PluginContext:
 async def running(
     tmp_path: Path, port: int, *, batch_size: int = 500, **kw: Any
 ) -> AsyncIterator[tuple[Buffer, Sender]]:
-    buf = Buffer(tmp_path / "buffer.db", BufferConfig(flush_interval=0.02))  # type: ignore[arg-type]
-    async with buf:
-        cfg = mqtt_config(port, batch_size=batch_size, **kw)
-        sender = Sender(
-            buf, cfg, lambda: MqttUplink(cfg, ctx()), gateway_id=GW, log=logging.getLogger("test"),
-            backoff=Backoff(initial=0.2, cap=0.5),
-        )  # fmt: skip
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(buf.run_writer(), name="writer"), tg.create_task(sender.run(), name="sender")]
-            try:
-                yield buf, sender
-            finally:
-                for t in tasks:
-                    t.cancel()
+    cfg = mqtt_config(port, batch_size=batch_size, **kw)
+    async with sender_running(
+        tmp_path, cfg, lambda: MqttUplink(cfg, ctx()), gateway=GW, backoff=Backoff(initial=0.2, cap=0.5)
+    ) as running:
+        yield running
 
 
 async def produce(buf: Buffer, n_tags: int, rate_hz: float, counter: list[int], stop: asyncio.Event) -> None:
@@ -103,14 +96,6 @@ async def produce(buf: Buffer, n_tags: int, rate_hz: float, counter: list[int], 
         counter[0] += n_tags
         i += 1
         await asyncio.sleep(1 / rate_hz)
-
-
-async def wait_for(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def check_order(messages: list[Received], kind: str) -> None:
@@ -133,7 +118,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, mosqu
         async with running(tmp_path, mosquitto.port, batch_size=200) as (buf, sender):
             stop, produced = asyncio.Event(), [0]
             prod = tg.create_task(produce(buf, 20, 50, produced, stop), name="producer")
-            await wait_for(lambda: len(col.seqs()) > 500, 10, "first live data")
+            await eventually(lambda: len(col.seqs()) > 500, 10, "first live data")
             mosquitto.stop()
             await asyncio.sleep(2.0)  # 2 s * 50 Hz * 20 tags = ~2000 samples produced while down
             assert sender.stats.state in ("backoff", "connecting")
@@ -143,7 +128,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, mosqu
             await prod
             await asyncio.sleep(0.2)  # last flush
             head = buf.head
-            await wait_for(
+            await eventually(
                 lambda: max(col.seqs(), default=0) >= head and not buf.store.unacked("broker", head), 20, "catch-up"
             )
         col_task.cancel()
@@ -176,14 +161,14 @@ async def test_live_data_flows_first_while_backlog_drains(tmp_path: Path, mosqui
         col_task = tg.create_task(col.run(), name="collector")
         await asyncio.wait_for(col.connected.wait(), 5)
         async with running(tmp_path, mosquitto.port, batch_size=1000, backfill_share=0.5) as (buf, sender):
-            await wait_for(lambda: sender.stats.connects >= 1, 5, "connect")
+            await eventually(lambda: sender.stats.connects >= 1, 5, "connect")
             connected_at = time.monotonic()
             stop, produced = asyncio.Event(), [0]
             prod = tg.create_task(produce(buf, 10, 20, produced, stop), name="producer")
-            await wait_for(lambda: col.seqs("live"), 5, "first live batch")
+            await eventually(lambda: col.seqs("live"), 5, "first live batch")
             first_live_at = min(m.at for m in col.messages if m.topic.endswith("live"))
             hist_before = len(col.seqs("historical"))
-            await wait_for(lambda: len(col.seqs("historical")) >= backlog, 60, "backlog drained")
+            await eventually(lambda: len(col.seqs("historical")) >= backlog, 60, "backlog drained")
             stop.set()
             await prod
         col_task.cancel()
@@ -203,7 +188,7 @@ async def test_compression_and_topic_template(tmp_path: Path, mosquitto: Mosquit
             tmp_path, mosquitto.port, compression="gzip", topic="edged/site1/{gateway}/{uplink}/{kind}"
         ) as (buf, _):
             buf.put([Sample("a/b", time.time_ns(), 1.25, Status.UNCERTAIN_SENSOR_NOT_ACCURATE, 55, "bar")])
-            await wait_for(lambda: col.messages, 5, "message")
+            await eventually(lambda: col.messages, 5, "message")
         col_task.cancel()
     m = col.messages[0]
     assert m.topic == f"edged/site1/{GW}/broker/live"

@@ -19,3 +19,14 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+async def eventually(pred: Callable[[], object], timeout: float, what: str, *, interval: float = 0.02) -> None:
+    """The asyncio twin of `wait_until`, for tests whose peers run on the same event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -125,7 +125,9 @@ async def test_broker_down_for_long_then_everything_in_order(tmp_path: Path, mos
     """A 20 s outage at 1k samples/s: all of it arrives afterwards, in order per tag per stream."""
     import asyncio
 
-    from contract.test_mqtt import Collector, check_order, produce, running, wait_for
+    from contract.test_mqtt import Collector, check_order, produce, running
+
+    from peers.waiting import eventually
 
     col = Collector(mosquitto.port)
     async with asyncio.TaskGroup() as tg:
@@ -134,7 +136,7 @@ async def test_broker_down_for_long_then_everything_in_order(tmp_path: Path, mos
         async with running(tmp_path, mosquitto.port, batch_size=1000) as (buf, _sender):
             stop, produced = asyncio.Event(), [0]
             prod = tg.create_task(produce(buf, 50, 20, produced, stop), name="producer")
-            await wait_for(lambda: col.seqs(), 10, "live data")
+            await eventually(lambda: col.seqs(), 10, "live data")
             mosquitto.stop()
             await asyncio.sleep(20)
             mosquitto.start()
@@ -143,7 +145,7 @@ async def test_broker_down_for_long_then_everything_in_order(tmp_path: Path, mos
             await prod
             await asyncio.sleep(0.2)
             head = buf.head
-            await wait_for(
+            await eventually(
                 lambda: max(col.seqs(), default=0) >= head and not buf.store.unacked("broker", head), 60, "all"
             )
         col_task.cancel()
