@@ -108,6 +108,16 @@ class Buffer:
             p.unlink(missing_ok=True)  # a partial reserve only wastes space
             return False
 
+    def _space_again(self) -> bool:
+        """The full-disk alarm ends when the reserve is back AND as much again is free: a WAL
+        truncation alone frees a little, which the next writes use up, and must not flap the alarm."""
+        if not self._ensure_reserve():
+            return False
+        try:
+            return self.store.free_bytes() >= 2 * self.RESERVE_BYTES
+        except OSError:
+            return False
+
     async def flush_at_exit(self) -> None:
         """The last flush on the way out: a failure is logged with what it costs, never raised."""
         try:
@@ -157,7 +167,7 @@ class Buffer:
                     await self._make_room()
                     await asyncio.sleep(backoff.next_delay())
                     continue
-                if self.alarm is not None and self._reserve_path.exists():
+                if self.alarm is not None and await self.call(self._space_again):
                     log.warning("buffer writes recovered; disk space is available again")
                     self.alarm = None
                 backoff.reset()
@@ -216,8 +226,7 @@ class Buffer:
             if self._trim_error is not None:
                 log.info("buffer trim works again")
                 self._trim_error = None
-            if not self._reserve_path.exists() and await self.call(self._ensure_reserve) and self.alarm:
-                # the reserve fits again: the disk has room, so the full-disk alarm is over
+            if self.alarm and await self.call(self._space_again):
                 log.warning("disk space is available again; buffer alarm cleared")
                 self.alarm = None
             total = TrimResult(

@@ -34,12 +34,12 @@ def health(port: int) -> tuple[int, dict]:  # type: ignore[type-arg]
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 12 MiB tmpfs: a real file system that really runs out of space."""
+    """A 16 MiB tmpfs: a real file system that really runs out of space."""
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("needs root to mount a size-limited tmpfs")
     mnt = tmp_path / "fs"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount tmpfs here")
     try:
         yield mnt
@@ -58,7 +58,7 @@ def test_disk_full_alarms_drops_oldest_and_recovers(tmp_path: Path, small_fs: Pa
         f'[[uplinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "archive.jsonl"}"\nfsync = false\n'
     )
     filler = small_fs / "filler"
-    filler.write_bytes(b"\0" * (7 * 1024 * 1024))  # leave ~5 MiB: 2 MiB reserve, ~3 MiB buffer
+    filler.write_bytes(b"\0" * (9 * 1024 * 1024))  # leave ~7 MiB: 2 MiB reserve, ~5 MiB buffer
     log = tmp_path / "daemon.log"
     proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)], stderr=log.open("wb"))
     try:
