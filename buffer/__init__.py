@@ -226,7 +226,7 @@ class Buffer:
             if self._trim_error is not None:
                 log.info("buffer trim works again")
                 self._trim_error = None
-            if self.alarm and await self.call(self._space_again):
+            if self.alarm is not None and await self.call(self._space_again):
                 log.warning("disk space is available again; buffer alarm cleared")
                 self.alarm = None
             total = TrimResult(
