@@ -24,6 +24,7 @@ from edged.errors import Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample
 from edged.plugin import Backoff, Uplink
 
+POISON_TRIES = 3  # a window that crashes the plugin this many times in a row is skipped
 UplinkFactory = Callable[[], AbstractAsyncContextManager[Uplink]]
 
 
@@ -72,6 +73,7 @@ class Sender:
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self.stats = SenderStats()
         self._retry: tuple[int, int, bool] | None = None  # the window a failed send covered
+        self._poison: tuple[int, int, int] | None = None  # (lo, hi, tries): a window that crashed the plugin
         self._keep = _tag_filter(config.tags)
         self._ratio = config.backfill_share / (1.0 - config.backfill_share)
 
@@ -179,6 +181,13 @@ class Sender:
             except Permanent as exc:
                 self._rejected(len(samples), exc)
                 sent = 0
+            except Exception as exc:  # a plugin bug triggered by this batch's content
+                if not self._poisoned(lo, hi, exc):
+                    self._retry = (lo, hi, historical)
+                    raise
+                sent = 0
+            else:
+                self._poison = None
         await self.buffer.call(self.buffer.store.ack, self.name, lo, hi, sent=sent)
         self.stats.batches += 1
         report = getattr(uplink, "counters", None)
@@ -192,6 +201,22 @@ class Sender:
             self.stats.sent_live += sent
             if samples:
                 self.stats.live_lag_s = (now - samples[-1].ts_ns) / 1e9
+
+    def _poisoned(self, lo: int, hi: int, exc: Exception) -> bool:
+        """True once the same window has crashed the plugin POISON_TRIES times in a row: it is then
+        skipped (counted, logged with the traceback) so one bad record cannot block an uplink
+        forever. Before that it is retried after a reconnect, in case the failure was transient."""
+        tries = self._poison[2] + 1 if self._poison and self._poison[:2] == (lo, hi) else 1
+        self._poison = (lo, hi, tries)
+        if tries < POISON_TRIES:
+            return False
+        self._poison = None
+        self.stats.rejected += hi - lo + 1
+        self.log.error(
+            "uplink %s: batch %d..%d failed %d times with %s: skipped (a plugin bug; please report it)",
+            self.name, lo, hi, tries, type(exc).__name__, exc_info=exc, extra={"uplink": self.name},
+        )  # fmt: skip
+        return True
 
     def _rejected(self, n: int, exc: Exception) -> None:
         """The peer refused these for good: skip them (counted, logged) or halt by reconnecting."""

@@ -126,7 +126,6 @@ async def test_broker_down_for_long_then_everything_in_order(tmp_path: Path, mos
     import asyncio
 
     from contract.test_mqtt import Collector, check_order, produce, running
-
     from peers.waiting import eventually
 
     col = Collector(mosquitto.port)

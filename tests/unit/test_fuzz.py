@@ -120,3 +120,23 @@ def test_store_round_trip(tmp_path: Path, batch: list[Sample]) -> None:
             (s.tag, s.ts_ns, s.value, s.status, s.score) for s in batch
         ]
         assert [type(s.value) for s in got] == [type(s.value) for s in batch]
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+@settings(max_examples=100, deadline=None)
+@given(batch=batches)
+def test_http_payload_round_trip(compression: str, batch: Batch) -> None:
+    from uplink.http import Config, Uplink, WireBatch
+
+    up = Uplink(
+        Config(name="h", type="http", url="http://127.0.0.1:1/ingest", compression=compression),  # type: ignore[arg-type]
+        PluginContext("gw", Path("."), logging.getLogger("fuzz")),
+    )
+    data = up.encode(batch)
+    doc = msgspec.json.decode(gzip.decompress(data) if compression == "gzip" else data, type=WireBatch)
+    assert (doc.gateway, doc.lo_seq, doc.hi_seq, doc.historical) == (batch.gateway, batch.lo_seq, batch.hi_seq,
+                                                                       batch.historical)  # fmt: skip
+    assert [(w.tag, w.ts_ns, w.value, w.status, w.score, w.unit, w.seq) for w in doc.samples] == [
+        (s.tag, s.ts_ns, s.value, s.status, s.score, s.unit, s.seq) for s in batch.samples
+    ]
+    assert [(g.lo_seq, g.hi_seq, g.count) for g in doc.gaps] == [(g.lo_seq, g.hi_seq, g.count) for g in batch.gaps]

@@ -136,7 +136,12 @@ class _Ack(msgspec.Struct):
 
 
 def _ts(ts_ns: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=ts_ns // 1000)
+    """RFC 3339 for people; a time outside years 1..9999 (a device's broken clock) is clamped, and
+    `ts_ns` beside it stays exact. Never an exception: one bad sample must not block a batch."""
+    try:
+        return _EPOCH + timedelta(microseconds=ts_ns // 1000)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC) if ts_ns > 0 else datetime.min.replace(tzinfo=UTC)
 
 
 def _wire_sample(s: Sample) -> WireSample:
