@@ -1,5 +1,6 @@
 """Sparkplug B edge node against a real mosquitto: payloads decoded with the protobuf definitions,
-sequence and session rules checked from a subscriber's point of view."""
+sequence and session rules checked from a subscriber's point of view. DCMD/NCMD writes go through a
+real command gate to a real pymodbus server, and every refusal is checked at the device's registers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -18,14 +20,19 @@ import aiomqtt
 import pytest
 
 from buffer import Buffer
+from buffer.store import Store
+from drivers.modbus import Driver as ModbusDriver
+from edged.commands import AuditTrail, CommandGate
 from edged.config import BufferConfig, Config, parse
 from edged.delivery import Sender
 from edged.errors import ConfigError
 from edged.model import Batch, Gap, Sample, Status
 from edged.plugin import Backoff, PluginContext
+from peers.modbus_server import ModbusPeer, Unit
 from peers.mosquitto import Mosquitto
 from uplink.sparkplug import Config as SpConfig
 from uplink.sparkplug import Uplink as SpUplink
+from uplink.sparkplug import command_value
 from uplink.sparkplug import sparkplug_b_pb2 as pb
 
 GW = "gw-test"
@@ -523,3 +530,273 @@ def test_sample_config_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     raw = tomllib.loads((Path(__file__).parents[2] / "uplink/sparkplug/sample.toml").read_text())
     assert [u.type for u in parse(raw, base_dir=Path("/tmp")).uplinks] == ["sparkplug"]
+
+
+# ----------------------------------------------------------------------------------------- commands (DCMD/NCMD)
+
+SP, MODE, PRESSURE = 0, 2, 3  # holding registers of the press
+DCMD = f"{NAMESPACE}/{GROUP}/DCMD/{GW}/press"
+NCMD = f"{NAMESPACE}/{GROUP}/NCMD/{GW}"
+
+
+def f32(value: float) -> list[int]:
+    """A float32 as two registers, most significant word first (written independently of the codec)."""
+    raw = struct.pack(">f", value)
+    return [int.from_bytes(raw[0:2], "big"), int.from_bytes(raw[2:4], "big")]
+
+
+@pytest.fixture
+async def press() -> AsyncIterator[ModbusPeer]:
+    unit = Unit(1, holding={SP: f32(110.0)[0], SP + 1: f32(110.0)[1], MODE: 1, PRESSURE: 77})
+    unit.coils = {0: False}
+    peer = ModbusPeer([unit])
+    await peer.start_tcp(0)
+    try:
+        yield peer
+    finally:
+        await peer.stop()
+
+
+def press_state(peer: ModbusPeer) -> tuple[list[int], list[int]]:
+    return peer.registers(1, "h", 0, 4), peer.registers(1, "c", 0)
+
+
+def command_config(tmp_path: Path, broker_port: int, modbus_port: int, device_timeout: str = "500ms") -> Config:
+    return parse(
+        {
+            "gateway": {"id": GW, "data_dir": str(tmp_path)},
+            "devices": [
+                {
+                    "name": "press", "type": "modbus", "host": "127.0.0.1", "port": modbus_port,
+                    "timeout": device_timeout, "retries": 0,
+                    "tags": [
+                        {"name": "setpoint", "address": SP, "type": "float32", "writable": True, "unit": "bar"},
+                        {"name": "mode", "address": MODE, "writable": True},
+                        {"name": "pressure", "address": PRESSURE},
+                        {"name": "pump", "address": 0, "table": "coil", "writable": True},
+                    ],
+                },
+            ],
+            "uplinks": [
+                {"name": "spb", "type": "sparkplug", "group_id": GROUP, "port": broker_port, "timeout": "2s",
+                 "primary_host_id": "scada"},
+                {"name": "cloud", "type": "mqtt", "port": broker_port},
+            ],
+            "commands": {
+                "enabled": True,
+                "max_age": "30s",
+                "timeout": "3s",
+                "tags": [
+                    {"tag": "press/setpoint", "sources": ["spb"], "min": 0.0, "max": 150.0},
+                    {"tag": "press/mode", "sources": ["cloud"], "allowed": [0, 1, 2]},  # not this uplink
+                    {"tag": "press/pump", "sources": ["spb"]},
+                ],
+            },
+        }
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def gated_node(
+    tmp_path: Path,
+    broker: Mosquitto,
+    peer: ModbusPeer,
+    *,
+    with_gate: bool = True,
+    retained: bytes | None = None,
+    device_timeout: str = "500ms",
+) -> AsyncIterator[tuple[Host, Store]]:
+    """A Sparkplug node (primary host "scada" online) whose writes go through a gate in front of a
+    really connected Modbus driver, auditing into a real buffer file; a host recording everything.
+    `retained`: a DCMD left retained on the broker, handed to the node when it subscribes."""
+    cfg = command_config(tmp_path, broker.port, peer.port, device_timeout)
+    up = cfg.uplinks[0]
+    assert isinstance(up, SpConfig)
+    host = Host(broker.port)
+    log = logging.getLogger("test.sparkplug.commands")
+    with Store(tmp_path / "buffer.db") as store:
+        async with ModbusDriver(cfg.devices[0], PluginContext(GW, tmp_path, log)) as drv:  # type: ignore[arg-type]
+
+            async def lookup(name: str) -> ModbusDriver | None:
+                return drv if name == "press" else None
+
+            extra: dict[str, Any] = {"config": cfg}
+            if with_gate:
+                extra["commands"] = CommandGate(cfg, AuditTrail.for_store(store), lookup)
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(host.run(), name="host")
+                await asyncio.wait_for(host.connected.wait(), 5)
+                await host.state(True, 1000)
+                if retained is not None:
+                    await host.publish(DCMD, retained, retain=True)
+                async with SpUplink(up, PluginContext(GW, tmp_path, log, extra)):
+                    await wait_for(lambda: host.of("DBIRTH"), 5, "births")
+                    yield host, store
+                task.cancel()
+
+
+def write_payload(
+    value: Any, *, name: str | None = None, alias: int | None = None, datatype: int = pb.Double,
+    age_s: float = 0.0, metric_ts: bool = True, payload_ts: bool = True,
+) -> bytes:  # fmt: skip
+    now_ms = int((time.time() - age_s) * 1000)
+    p = pb.Payload(timestamp=now_ms) if payload_ts else pb.Payload()
+    m = p.metrics.add(datatype=datatype)
+    if name is not None:
+        m.name = name
+    if alias is not None:
+        m.alias = alias
+    if metric_ts:
+        m.timestamp = now_ms
+    if value is None:
+        m.is_null = True
+    else:
+        field = {pb.Double: "double_value", pb.Float: "float_value", pb.Boolean: "boolean_value",
+                 pb.Int32: "int_value", pb.Int64: "long_value", pb.String: "string_value"}[datatype]  # fmt: skip
+        setattr(m, field, value)
+    return p.SerializeToString()
+
+
+async def audited(store: Store, n: int) -> None:
+    await wait_for(lambda: len(store.audit_rows()) >= n and all(r.result for r in store.audit_rows()), 5,
+                   f"{n} audit rows with an outcome")  # fmt: skip
+
+
+async def test_dcmd_write_lands_and_the_readback_follows_in_ddata(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer
+) -> None:
+    async with gated_node(tmp_path, broker, press) as (host, store):
+        names = check_session_rules(host.messages)
+        alias = {n: a for a, n in names.items()}
+        await host.publish(DCMD, write_payload(120.5, name="setpoint"))
+        await wait_for(lambda: host.of("DDATA"), 5, "the read-back DDATA")
+        assert press.registers(1, "h", SP, 2) == f32(120.5), "written to the device"
+        # by alias, a Float value with only the payload's timestamp
+        await host.publish(DCMD, write_payload(121.25, alias=alias["setpoint"], datatype=pb.Float, metric_ts=False))
+        await wait_for(lambda: len(host.of("DDATA")) == 2, 5, "the second read-back")
+        # a coil: written, but its metric was born Double (no value yet), so the poll's rebirth answers
+        await host.publish(DCMD, write_payload(True, name="pump", datatype=pb.Boolean))
+        await audited(store, 3)
+        await asyncio.sleep(0.2)
+        rows = store.audit_rows()
+    assert press.registers(1, "h", SP, 2) == f32(121.25)
+    assert press.registers(1, "c", 0) == [1]
+    first, second = (m.payload.metrics for m in host.of("DDATA"))
+    assert [(x.alias, x.double_value, x.is_historical) for x in [*first, *second]] == [
+        (alias["setpoint"], 120.5, False), (alias["setpoint"], 121.25, False),
+    ]  # fmt: skip
+    assert props(first[0]) == {"Quality": (pb.Int32, 192), "OpcUaStatusCode": (pb.UInt32, 0)}
+    assert len(host.of("DDATA")) == 2, "no DDATA for a value that does not fit the born datatype"
+    check_session_rules(host.messages)  # the read-back DDATA continues the session's seq
+    assert [(r.source, r.user, r.tag, r.value, r.result, r.readback) for r in rows] == [
+        ("spb", "scada", "press/setpoint", 120.5, "accepted", 120.5),
+        ("spb", "scada", "press/setpoint", 121.25, "accepted", 121.25),
+        ("spb", "scada", "press/pump", True, "accepted", True),
+    ]  # fmt: skip
+    assert len({r.cmd_id for r in rows}) == 3, "each write its own id (Sparkplug seq wraps at 256)"
+
+
+async def test_refused_writes_write_nothing_and_ncmd_rebirth_still_works(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer
+) -> None:
+    before = press_state(press)
+    cases: list[tuple[str, bytes, str, str]] = [
+        (DCMD, b"(retained before the node subscribed)", "malformed", "retained DCMD refused"),
+        (DCMD, write_payload(500.0, name="setpoint"), "out_of_range", "500.0 is above the maximum 150"),
+        (DCMD, write_payload(1.0, name="nope"), "unknown_tag", "'nope' is not a metric of device press"),
+        (DCMD, write_payload(1.0, alias=999), "unknown_tag", "alias 999 is not a metric of device press"),
+        (DCMD, write_payload(2, name="mode", datatype=pb.Int64), "unauthorised",
+         "source 'spb' may not write press/mode"),
+        (DCMD, write_payload(120.0, name="setpoint", age_s=60), "stale", "old (max_age 30s)"),
+        (DCMD, write_payload(None, name="setpoint"), "malformed", "'setpoint': the value is null"),
+        (DCMD, write_payload(120.0, name="setpoint", metric_ts=False, payload_ts=False), "malformed",
+         "no timestamp (neither the metric nor the payload)"),
+        (DCMD, b"\xff\x00 not protobuf", "malformed", "undecodable DCMD payload"),
+        (NCMD, write_payload(120.0, name="press/setpoint"), "unknown_tag",
+         "'press/setpoint' is not a node metric: write it with a DCMD to device press"),
+    ]  # fmt: skip
+    retained = write_payload(120.0, name="setpoint")
+    async with gated_node(tmp_path, broker, press, retained=retained) as (host, store):
+        await audited(store, 1)
+        await host.publish(DCMD, b"", retain=True)  # clear it from the broker
+        for i, (topic, payload, _, _) in enumerate(cases[1:], start=2):
+            await host.publish(topic, payload)
+            await audited(store, i)
+        # Node Control is handled first; a write beside it in the same NCMD is still judged
+        rebirth = pb.Payload(timestamp=int(time.time() * 1000))
+        rebirth.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
+        rebirth.metrics.add(name="edged/gap", datatype=pb.Int64, long_value=0, timestamp=rebirth.timestamp)
+        await host.publish(NCMD, rebirth.SerializeToString())
+        await wait_for(lambda: len(host.of("NBIRTH")) == 2, 5, "rebirth")
+        await audited(store, len(cases) + 1)
+        await asyncio.sleep(0.2)
+        rows = store.audit_rows()
+    assert press_state(press) == before, "nothing reached the device"
+    assert not host.of("DDATA"), "no read-back for a refused write"
+    for row, (_, _, code, reason) in zip(rows, cases, strict=False):
+        assert (row.source, row.result, row.code, row.written_ns) == ("spb", "rejected", code, None)
+        assert row.reason is not None and reason in row.reason, (code, row.reason)
+    assert (rows[-1].code, rows[-1].result) == ("not_writable", "rejected")
+    assert rows[-1].reason is not None and "'edged/gap' is a node metric" in rows[-1].reason
+    assert rows[-1].tag == "edged/gap"
+    assert [r.tag for r in rows[2:4]] == ["press/nope", None], "an unknown alias names no tag"
+    check_session_rules(host.messages)
+    assert len(host.of("DBIRTH")) == 2 and host.of("NBIRTH")[1].payload.seq == 0
+
+
+async def test_a_rebirth_does_not_wait_for_a_device_that_stopped_answering(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer
+) -> None:
+    """The write runs beside the listener, outside the publish lock: the NCMD is served meanwhile."""
+    async with gated_node(tmp_path, broker, press, device_timeout="2s") as (host, store):
+        press.fault = "mute"
+        await host.publish(DCMD, write_payload(120.0, name="setpoint"))
+        await wait_for(lambda: [r for r in store.audit_rows() if r.written_ns], 5, "the write on the wire")
+        rebirth = pb.Payload(timestamp=int(time.time() * 1000))
+        rebirth.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
+        await host.publish(NCMD, rebirth.SerializeToString())
+        await wait_for(lambda: len(host.of("NBIRTH")) == 2, 5, "the rebirth")
+        (row,) = store.audit_rows()
+        assert row.result is None, "reborn while the device had not answered yet"
+        await audited(store, 1)
+        press.fault = "ok"
+        (row,) = store.audit_rows()
+    assert (row.result, row.code) == ("failed", "wire")
+    assert not host.of("DDATA")
+
+
+async def test_without_a_gate_writes_are_refused_with_a_log_line(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = press_state(press)
+    async with gated_node(tmp_path, broker, press, with_gate=False) as (host, store):
+        with caplog.at_level(logging.WARNING, logger="test.sparkplug.commands"):
+            await host.publish(DCMD, write_payload(120.0, name="setpoint"))
+            await wait_for(lambda: "no command gate" in caplog.text, 5, "the refusal in the log")
+        await asyncio.sleep(0.2)
+        assert store.audit_rows() == []
+    assert "DCMD write to 'setpoint' refused: commands are not available here" in caplog.text
+    assert press_state(press) == before and not host.of("DDATA")
+
+
+@pytest.mark.parametrize(
+    ("fields", "datatype", "expected"),
+    [
+        ({"int_value": 2**32 - 5}, pb.Int32, (-5, None)),
+        ({"int_value": 2**32 - 5}, pb.UInt32, (2**32 - 5, None)),
+        ({"long_value": 2**64 - 1}, pb.Unknown, (-1, None)),
+        ({"long_value": 2**64 - 1}, pb.UInt64, (2**64 - 1, None)),
+        ({"float_value": 0.1}, pb.Float, (0.1, None)),
+        ({"double_value": 0.1}, pb.Double, (0.1, None)),
+        ({"boolean_value": True}, pb.Boolean, (True, None)),
+        ({"string_value": "auto"}, pb.String, ("auto", None)),
+        ({"is_null": True}, pb.Double, (None, "the value is null")),
+        ({}, pb.Double, (None, "the metric has no value")),
+        ({"bytes_value": b"x"}, pb.Bytes, (None, "bytes values are not supported (a number, a boolean or a string)")),
+    ],
+)
+def test_command_values(fields: dict[str, Any], datatype: int, expected: tuple[Any, str | None]) -> None:
+    """Integers are two's complement in unsigned fields; a Float is the decimal the sender meant."""
+    m = pb.Payload.Metric(**fields)
+    got = command_value(m, datatype)
+    assert got == expected and type(got[0]) is type(expected[0])

@@ -6,6 +6,12 @@ NBIRTH (seq 0) and one DBIRTH per device, then NDATA/DDATA by alias. `send` ackn
 its DATA messages are published. While the host is offline or the broker is gone the batch raises
 Transient and stays in the buffer; after the next birth it comes back as historical batches, sent
 with `is_historical = true` on every metric. Topics, metrics and persisted files: README.md.
+
+Writes: DCMD metrics (and NCMD metrics other than Node Control) are setpoint commands. Each goes
+through the daemon's command gate (edged.commands: allow-list, limits, staleness, audit), which is
+closed without one. The command handlers run beside the listener, never under the publish lock, so
+STATE and rebirth handling never wait on a device. Sparkplug has no reply channel: an accepted write
+is answered by a DDATA carrying the read-back value; every outcome is in the gate's log and audit.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import fnmatch
 import logging
 import os
 import re
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,10 +35,11 @@ import aiomqtt
 import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
+from edged.commands import Command, CommandGate, CommandResult, new_id
 from edged.config import Config as DaemonConfig
 from edged.config import Duration, Secret, UplinkBase
 from edged.errors import EdgedError, Permanent, Transient
-from edged.model import Batch, Gap, Sample, Value, severity
+from edged.model import Batch, Gap, Sample, Status, Value, severity
 from edged.plugin import PluginContext
 from edged.tls import client_context
 from uplink.sparkplug import sparkplug_b_pb2 as pb
@@ -49,6 +58,13 @@ _U32 = 0xFFFF_FFFF
 _QUALITY_CODES = {"opc_da": (192, 64, 0), "ignition8": (192, 0x40000100, 0x80000200)}
 # CONNACK codes that retrying will not fix (MQTT 3.1.1 and the MQTT 5 reason codes paho maps them to).
 _PERMANENT_CONNACK = {1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
+NODE_CONTROL = "Node Control/"
+_CMD_RUNNING = 4  # commands at the gate at once (it serialises the writes per device anyway)
+_CMD_WAITING = 64  # commands received and not finished; beyond it the listener waits (a flood)
+_CMD_DRAIN_S = 5.0  # a closing session waits this long at most for writes already at the gate
+_MAX_TS_MS = 10**14  # year 5138: a larger "timestamp" is not Unix milliseconds
+_SCALAR_VALUES = {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
+_UNSIGNED = {pb.UInt8, pb.UInt16, pb.UInt32, pb.UInt64}
 
 
 def _check_id(what: str, value: str) -> None:
@@ -173,6 +189,45 @@ def _set_value(m: pb.Payload.Metric, datatype: int, value: Value) -> None:
         m.string_value = str(value)
 
 
+def _float32(v: float) -> float:
+    """A Float metric's value as the shortest decimal with the same 32 bits: the 0.1 the operator
+    typed, not the 0.10000000149011612 that float32 holds."""
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        shorter = float(f"{v:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", shorter))[0] == v:
+            return shorter
+    return v
+
+
+def command_value(m: pb.Payload.Metric, datatype: int) -> tuple[Value, str | None]:
+    """(value, problem) of a CMD metric. Integers travel as unsigned protobuf fields holding two's
+    complement: the metric's datatype (else `datatype`, the birth's) says whether to read them signed."""
+    which = m.WhichOneof("value")
+    if m.is_null:
+        return None, "the value is null"
+    if which is None:
+        return None, "the metric has no value"
+    if which not in _SCALAR_VALUES:
+        return None, f"{which.removesuffix('_value')} values are not supported (a number, a boolean or a string)"
+    value: Value = getattr(m, which)
+    kind = m.datatype if m.HasField("datatype") else datatype
+    if which == "int_value" and kind not in _UNSIGNED:
+        assert isinstance(value, int)
+        value = value - 2**32 if value >= 2**31 else value
+    elif which == "long_value" and kind not in _UNSIGNED:
+        assert isinstance(value, int)
+        value = value - 2**64 if value >= 2**63 else value
+    elif which == "float_value":
+        assert isinstance(value, float)
+        value = _float32(value)
+    return value, None
+
+
+def _label(m: pb.Payload.Metric) -> str:
+    """How a CMD metric is named in log lines and refusals."""
+    return repr(m.name) if m.name else f"alias {m.alias}"
+
+
 def _ms(ts_ns: int) -> int:
     return ts_ns // 1_000_000
 
@@ -223,6 +278,7 @@ class Uplink:
         self.node_id = config.edge_node_id or ctx.gateway_id
         _check_id("edge_node_id", self.node_id)
         self.daemon_config: DaemonConfig | None = ctx.extra.get("config")
+        self._gate: CommandGate | None = ctx.extra.get("commands")  # None: every write is refused
         self.bdseq_path = ctx.data_dir / f"sparkplug-{config.name}.bdseq"
         self.state_path = ctx.data_dir / f"sparkplug-{config.name}.state.json"
         self.bdseq = 0
@@ -232,6 +288,7 @@ class Uplink:
         self._codes = _QUALITY_CODES[config.quality_codes]
         self._metrics: dict[str, Metric] = {}  # by tag path (or _GAP_KEY)
         self._aliases: dict[str, int] = {}
+        self._by_alias: dict[int, str] = {}  # alias -> tag path, of the metrics of this session
         self._next_alias = 1
         self._lock = asyncio.Lock()  # one publisher at a time, so seq order is publish order
         self._changed = asyncio.Event()  # host state or session state changed
@@ -242,8 +299,12 @@ class Uplink:
         self._dead: str | None = None  # why this session can no longer publish
         self._client: aiomqtt.Client | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._cmd_running = asyncio.Semaphore(_CMD_RUNNING)
+        self._cmd_waiting = asyncio.Semaphore(_CMD_WAITING)
+        self._commands: set[asyncio.Task[None]] = set()  # handlers not finished yet
         base = f"{NAMESPACE}/{config.group_id}"
         self._topic = {k: f"{base}/{k}/{self.node_id}" for k in ("NBIRTH", "NDEATH", "NDATA", "NCMD")}
+        self._topic["DCMD"] = f"{base}/DCMD/{self.node_id}/+"
         self._state_topic = f"{NAMESPACE}/STATE/{config.primary_host_id}" if config.primary_host_id else None
 
     def _device_topic(self, kind: str, device: str) -> str:
@@ -300,6 +361,7 @@ class Uplink:
             name = GAP_METRIC if key == _GAP_KEY else split_tag(key)[1]
             m = Metric(name, alias, pb.Int64 if key == _GAP_KEY else pb.Double, unit)
             self._metrics[key] = m
+            self._by_alias[alias] = key
         return m
 
     def _build_metrics(self, state: _State) -> None:
@@ -483,6 +545,9 @@ class Uplink:
             tls_context=self._tls_context(),
             will=aiomqtt.Will(self._topic["NDEATH"], self._ndeath(), qos=1, retain=False),
             clean_session=True,  # required by Sparkplug
+            # No Nagle: a DATA right after a small packet (the PUBACK of a DCMD) would otherwise wait ~40 ms
+            # for the broker's delayed ACK; our payloads are whole messages, so nothing is left to coalesce.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             logger=logging.getLogger("aiomqtt"),
         )
         client.pending_calls_threshold = 10_000
@@ -495,12 +560,14 @@ class Uplink:
         tg = await stack.enter_async_context(asyncio.TaskGroup())
         try:
             await client.subscribe(self._topic["NCMD"], qos=1)
+            await client.subscribe(self._topic["DCMD"], qos=1)
             if self._state_topic:
                 await client.subscribe(self._state_topic, qos=1)
         except (aiomqtt.MqttError, OSError) as exc:
             raise _mqtt_error(exc, c.host) from exc
         listener = tg.create_task(self._listen(client), name=f"sparkplug:{c.name}:listen")
         stack.callback(listener.cancel)
+        stack.push_async_callback(self._drain_commands)  # before the cancel (last in, first out)
         if not self._host_online:
             self.log.info("uplink %s: waiting for primary host %s to be online", c.name, c.primary_host_id)
         while not self._host_online:
@@ -532,41 +599,165 @@ class Uplink:
                 await client.publish(self._topic["NDEATH"], self._ndeath(), qos=1, retain=False)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
-        """NCMD and STATE; ends, marking the session dead, when the connection is lost."""
-        try:
-            async for msg in client.messages:
-                raw = msg.payload
-                payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
-                try:
-                    if msg.topic.matches(self._topic["NCMD"]):
-                        await self._on_ncmd(payload)
-                    elif self._state_topic and msg.topic.matches(self._state_topic):
-                        await self._on_state(client, payload)
-                except (aiomqtt.MqttError, OSError, Transient) as exc:
-                    self._kill(f"connection lost: {exc}")
-                    return
-                except Exception:  # a malformed command must never take the uplink down
-                    self.log.exception("uplink %s: cannot handle a message on %s", self.config.name, msg.topic)
-                if self._dead is not None:
-                    return
-        except aiomqtt.MqttError as exc:
-            self._kill(f"connection lost: {exc}")
+        """NCMD, DCMD and STATE; ends, marking the session dead, when the connection is lost.
 
-    async def _on_ncmd(self, payload: bytes) -> None:
+        Writes run as tasks of `commands`, so this loop goes on reading STATE and rebirth requests
+        while a device answers; a session that ends lets the writes already running finish.
+        """
+        async with asyncio.TaskGroup() as commands:
+            try:
+                async for msg in client.messages:
+                    raw = msg.payload
+                    payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+                    try:
+                        if msg.topic.matches(self._topic["NCMD"]):
+                            await self._on_cmd(commands, None, payload, msg.retain)
+                        elif msg.topic.matches(self._topic["DCMD"]):
+                            await self._on_cmd(commands, str(msg.topic).split("/")[4], payload, msg.retain)
+                        elif self._state_topic and msg.topic.matches(self._state_topic):
+                            await self._on_state(client, payload)
+                    except (aiomqtt.MqttError, OSError, Transient) as exc:
+                        self._kill(f"connection lost: {exc}")
+                        return
+                    except Exception:  # a malformed command must never take the uplink down
+                        self.log.exception("uplink %s: cannot handle a message on %s", self.config.name, msg.topic)
+                    if self._dead is not None:
+                        return
+            except aiomqtt.MqttError as exc:
+                self._kill(f"connection lost: {exc}")
+
+    async def _on_cmd(self, tg: asyncio.TaskGroup, device: str | None, payload: bytes, retained: bool) -> None:
+        """An NCMD (device None) or DCMD: Node Control first, then one gated write per other metric."""
+        kind = "DCMD" if device is not None else "NCMD"
         try:
-            cmd = pb.Payload.FromString(payload)
+            p = pb.Payload.FromString(payload)
         except Exception as exc:  # protobuf's DecodeError, whose module differs between runtimes
-            self.log.warning("uplink %s: undecodable NCMD ignored: %s", self.config.name, exc)
+            if self._gate is None:
+                self.log.warning("uplink %s: undecodable %s ignored: %s", self.config.name, kind, exc)
+            else:  # logged and recorded by the gate, like any malformed command
+                what = Command(new_id(), self.config.name, self.config.primary_host_id or None, "", None, 0)
+                await self._spawn(tg, self._gate, what, ("malformed", f"undecodable {kind} payload: {exc}"))
             return
-        for m in cmd.metrics:
-            if m.name == REBIRTH and m.WhichOneof("value") == "boolean_value" and m.boolean_value:
-                if not self._born:
-                    return  # the birth that is about to happen answers it
-                self.log.info("uplink %s: rebirth requested by NCMD", self.config.name)
-                async with self._lock:
-                    await self._birth()
-                return
-            self.log.warning("uplink %s: NCMD metric %r not supported, ignored", self.config.name, m.name)
+        metrics = list(p.metrics) if device is not None else await self._node_control(p.metrics)
+        if metrics and self._gate is None:
+            names = ", ".join(_label(m) for m in metrics)
+            self.log.warning("uplink %s: %s write to %s refused: commands are not available here (no command "
+                             "gate)", self.config.name, kind, names)  # fmt: skip
+            return
+        for m in metrics:
+            assert self._gate is not None
+            cmd, refusal = self._command(device, p, m)
+            if retained and refusal is None:
+                why = f"retained {kind} refused: a command must not be retained (it would repeat on every subscribe)"
+                refusal = ("malformed", why)
+            await self._spawn(tg, self._gate, cmd, refusal)
+
+    async def _node_control(self, metrics: Iterable[pb.Payload.Metric]) -> list[pb.Payload.Metric]:
+        """Handle `Node Control/Rebirth` (before anything else); the other metrics are writes."""
+        writes: list[pb.Payload.Metric] = []
+        rebirth = False
+        for m in metrics:
+            if m.name == REBIRTH:
+                rebirth = rebirth or (m.WhichOneof("value") == "boolean_value" and m.boolean_value)
+            elif m.name.startswith(NODE_CONTROL) or m.name == BDSEQ:
+                self.log.warning("uplink %s: NCMD metric %r not supported, ignored", self.config.name, m.name)
+            else:
+                writes.append(m)
+        if rebirth and self._born:  # not born yet: the birth that is about to happen answers it
+            self.log.info("uplink %s: rebirth requested by NCMD", self.config.name)
+            async with self._lock:
+                await self._birth()
+        return writes
+
+    def _command(
+        self, device: str | None, p: pb.Payload, m: pb.Payload.Metric
+    ) -> tuple[Command, tuple[str, str] | None]:
+        """The Command a CMD metric asks for, and (code, reason) when the uplink refuses it itself."""
+        c = self.config
+        path, refusal = self._resolve(device, m)
+        metric = self._metrics.get(path)
+        value, problem = command_value(m, metric.datatype if metric is not None else pb.Unknown)
+        ts_ms = m.timestamp if m.HasField("timestamp") and m.timestamp else p.timestamp
+        if refusal is None and problem is not None:
+            refusal = ("malformed", f"{_label(m)}: {problem}")
+        if refusal is None and not 0 < ts_ms < _MAX_TS_MS:
+            why = "no timestamp (neither the metric nor the payload)" if not ts_ms else f"timestamp {ts_ms}"
+            refusal = ("malformed", f"{why}: a command must carry when it was issued, in Unix milliseconds")
+        ts_ns = ts_ms * 1_000_000 if 0 < ts_ms < _MAX_TS_MS else 0
+        tag = GAP_METRIC if path == _GAP_KEY else path
+        return Command(new_id(), c.name, c.primary_host_id or None, tag, value, ts_ns), refusal
+
+    def _resolve(self, device: str | None, m: pb.Payload.Metric) -> tuple[str, tuple[str, str] | None]:
+        """The tag path a CMD metric names (by name, else by alias), and why it cannot be written.
+
+        Only metrics this node announced in its births are writable, and only device metrics: every
+        tag the command gate can write is `device/tag`, so a node metric (NCMD) never is.
+        """
+        where = f"device {device}" if device is not None else "the node"
+        label = _label(m)
+        if m.name:
+            path = f"{device}/{m.name}" if device is not None else _GAP_KEY if m.name == GAP_METRIC else m.name
+        elif m.HasField("alias"):
+            path = self._by_alias.get(m.alias, "")
+        else:
+            return "", ("malformed", "a metric without a name or an alias")
+        owner = None if path == _GAP_KEY else split_tag(path)[0]
+        if path not in self._metrics or owner != device:
+            if device is None and owner is not None and path in self._metrics:
+                return path, ("unknown_tag", f"{label} is not a node metric: write it with a DCMD to device {owner}")
+            return (path if m.name else ""), ("unknown_tag", f"{label} is not a metric of {where} in its birth")
+        if device is None:
+            return path, ("not_writable", f"{label} is a node metric: only device metrics take writes (DCMD)")
+        return path, None
+
+    async def _spawn(
+        self, tg: asyncio.TaskGroup, gate: CommandGate, cmd: Command, refusal: tuple[str, str] | None
+    ) -> None:
+        await self._cmd_waiting.acquire()  # waits only under a flood of commands
+        task = tg.create_task(self._run_command(gate, cmd, refusal), name=f"sparkplug:{self.config.name}:command")
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+
+    async def _run_command(self, gate: CommandGate, cmd: Command, refusal: tuple[str, str] | None) -> None:
+        """One write through the gate (which logs and audits it); never raises but cancellation."""
+        try:
+            async with self._cmd_running:
+                if refusal is not None:
+                    await gate.refuse(cmd, *refusal)
+                    return
+                result = await gate.submit(cmd)
+            if result.ok:
+                await self._publish_readback(cmd.tag, result)
+        except Exception:
+            self.log.exception("uplink %s: command %s for %s failed unexpectedly", self.config.name, cmd.id, cmd.tag)
+        finally:
+            self._cmd_waiting.release()
+
+    async def _publish_readback(self, path: str, result: CommandResult) -> None:
+        """The answer to an accepted write: a DDATA with the device's read-back value right away (the
+        next poll carries it too). Skipped while nothing can be published, or when the value does not
+        fit the born datatype (the data flow then announces the new type in a rebirth)."""
+        m = self._metrics.get(path)
+        device = split_tag(path)[0]
+        if m is None or device is None or result.readback is None or not m.fits(result.readback):
+            return
+        s = Sample(path, result.ts_ns, result.readback, Status.GOOD, 100, m.unit)
+        try:
+            async with self._lock:
+                if not self._born or self._dead is not None or not self._host_online:
+                    return
+                payload = self._data([s], historical=False)
+                await self._publish(self._device_topic("DDATA", device), payload, self.config.data_qos)
+                self._remember(m, s)
+        except Transient as exc:  # the session is dead now; the Sender starts a new one
+            self.log.warning("uplink %s: read-back of %s not published: %s", self.config.name, path, exc)
+
+    async def _drain_commands(self) -> None:
+        """Let writes already at the gate finish when the session ends (bounded), so the audit
+        records what the device did rather than an interrupted write."""
+        running = [t for t in self._commands if not t.done()]
+        if running and self._gate is not None:
+            await asyncio.wait(running, timeout=min(_CMD_DRAIN_S, float(self._gate.config.timeout)))
 
     async def _on_state(self, client: aiomqtt.Client, payload: bytes) -> None:
         text = payload.strip()
