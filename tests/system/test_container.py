@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import pytest
 import edged
 from edged import cli, config
 from peers.mosquitto import Mosquitto
+from peers.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"  # what `FROM debian:bookworm-slim` resolves to
@@ -365,16 +366,8 @@ def test_compose_example_config_delivers_to_a_broker(tmp_path: Path, mosquitto: 
             return False
 
     try:
-        wait(delivered, 30, "a batch acknowledged by mosquitto")
+        wait_until(delivered, 30, "a batch acknowledged by mosquitto")
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
-
-
-def wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)

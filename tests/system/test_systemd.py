@@ -18,13 +18,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edged import cli, config
 from peers.mosquitto import Mosquitto
+from peers.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "edged.service"
@@ -80,14 +81,6 @@ def daemon_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     env.pop("JOURNAL_STREAM", None)  # logs to stderr, where the test reads them
     return {**env, **extra}
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def tool(name: str) -> str:
@@ -180,7 +173,7 @@ def test_notify_ready_watchdog_stopping(tmp_path: Path, listener: NotifyListener
         assert "STATUS" in ready and "1 devices" in ready["STATUS"], ready
         # The buffer is open and the tasks run: samples reach the file uplink without further notice.
         samples = tmp_path / "data" / "samples.jsonl"
-        wait_for(lambda: samples.exists() and samples.stat().st_size > 0, 15, "samples after READY=1")
+        wait_until(lambda: samples.exists() and samples.stat().st_size > 0, 15, "samples after READY=1")
         t_ready = listener.times("READY")[0]
         time.sleep(3.2)  # the listener thread timestamps the pings meanwhile
         proc.send_signal(signal.SIGTERM)
@@ -462,9 +455,9 @@ def test_daemon_runs_inside_the_units_sandbox(tmp_path: Path, mosquitto: Mosquit
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stderr=err, stdout=subprocess.DEVNULL, env=daemon_env(), cwd=tmp_path)
     try:
-        wait_for(lambda: proc.poll() is not None or (samples.exists() and status.exists()), 90, "samples")
+        wait_until(lambda: proc.poll() is not None or (samples.exists() and status.exists()), 90, "samples")
         assert proc.poll() is None, log.read_text()
-        wait_for(lambda: json.loads(status.read_text())["uplinks"]["broker"]["sent_live"] > 0, 30, "MQTT delivery")
+        wait_until(lambda: json.loads(status.read_text())["uplinks"]["broker"]["sent_live"] > 0, 30, "MQTT delivery")
         os.kill(int(json.loads(status.read_text())["pid"]), signal.SIGTERM)  # python, not strace
         rc = proc.wait(30)
     finally:
