@@ -141,6 +141,7 @@ class Daemon:
         # Setpoint writes (edged.commands): one gate for every source, audited in the buffer database.
         self.commands = CommandGate(config, AuditTrail(lambda: self.buffer.store, self.buffer.call), self._writer)
         self._listeners: dict[str, asyncio.Task[None]] = {}  # uplink -> its command listener task
+        self._force_exit_timer: asyncio.TimerHandle | None = None
 
     async def _writer(self, device: str) -> Writer | None:
         entry = self._devices.get(device)
@@ -198,7 +199,7 @@ class Daemon:
         self.stop_event.set()
         # A stop that hangs (a plugin ignoring cancellation) must not keep the gateway from restarting:
         # committed data is safe in the buffer, so after the grace period exit hard, with the stacks.
-        asyncio.get_running_loop().call_later(STOP_GRACE_S, self._force_exit)
+        self._force_exit_timer = asyncio.get_running_loop().call_later(STOP_GRACE_S, self._force_exit)
 
     def _force_exit(self) -> None:
         stuck = [t for t in asyncio.all_tasks() if not t.done()]
@@ -260,6 +261,8 @@ class Daemon:
             finally:
                 self.stopped = True
                 self._write_status()
+        if self._force_exit_timer is not None:  # stopped in time (buffer closed too): no hard exit later
+            self._force_exit_timer.cancel()
         log.info("edged stopped")
 
     async def _reloader(self, tg: asyncio.TaskGroup) -> None:
