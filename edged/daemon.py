@@ -147,12 +147,16 @@ class Daemon:
         entry = self._devices.get(device)
         return entry[0].driver if entry is not None else None
 
+    async def _latest(self) -> list[Sample]:
+        """Each tag's newest stored sample, for uplinks that show current values (OPC UA server)."""
+        return await self.buffer.call(self.buffer.store.latest)
+
     def _ctx(self, kind: str, name: str) -> PluginContext:
         return PluginContext(
             gateway_id=self.config.gateway.id,
             data_dir=self.config.data_dir,
             log=logging.getLogger(f"edged.{kind}.{name}"),
-            extra={"config": self.config, "commands": self.commands},
+            extra={"config": self.config, "commands": self.commands, "latest": self._latest},
         )
 
     def _runner(self, dev: DeviceBase) -> DeviceRunner:

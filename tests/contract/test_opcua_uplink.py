@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
-from asyncua.ua.uaerrors import BadIdentityTokenRejected, BadUserAccessDenied
+from asyncua.ua.uaerrors import BadIdentityTokenRejected, BadNoMatch, BadUserAccessDenied
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
@@ -265,6 +265,35 @@ async def test_anonymous_read_only_when_allowed(tmp_path: Path, caplog: pytest.L
                 await pressure.write_value(ua.DataValue(ua.Variant(1.0, ua.VariantType.Double)))
     assert "unencrypted, unsigned" in caplog.text
     assert not (tmp_path / "opcua").exists()  # no certificate needed without a security policy
+
+
+@module_loop
+async def test_a_restarted_server_shows_the_last_stored_values_at_once(tmp_path: Path) -> None:
+    """Seeded from the buffer: SCADA sees each tag's last value right after a gateway restart."""
+    from buffer import Store
+
+    with Store(tmp_path / "buffer.db") as store:
+        t0 = time.time_ns() - 60 * 10**9
+        store.append([sample("boiler/pressure", t0, 7.0), sample("pump/speed", t0, 900.0),
+                      sample("boiler/pressure", t0 + 10**9, 7.25, Status.UNCERTAIN_SENSOR_NOT_ACCURATE),
+                      sample("gone/tag", t0, 1.0)])  # fmt: skip
+
+        async def latest() -> list[Sample]:
+            return await asyncio.to_thread(store.latest)
+
+        endpoint = f"opc.tcp://127.0.0.1:{free_port()}/edged/"
+        cfg = parse(tmp_path, {"endpoint": endpoint, "security_policies": ["None"], "allow_anonymous": True})
+        up_cfg = cfg.uplinks[0]
+        assert isinstance(up_cfg, Config)
+        ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("t"), extra={"config": cfg, "latest": latest})
+        async with Uplink(up_cfg, ctx), Client(endpoint, timeout=5) as c:
+            dv = await (await tag_node(c, "boiler", "pressure")).read_data_value(raise_on_bad_status=False)
+            assert dv.Value.Value == 7.25
+            assert dv.StatusCode.value == Status.UNCERTAIN_SENSOR_NOT_ACCURATE
+            assert dv.SourceTimestamp.timestamp() == pytest.approx((t0 + 10**9) / 1e9, abs=1e-3)
+            assert await (await tag_node(c, "pump", "speed")).read_value() == 900.0
+            with pytest.raises(BadNoMatch):
+                await tag_node(c, "gone", "tag")  # a tag no longer configured is not resurrected
 
 
 def test_config_validation(tmp_path: Path) -> None:

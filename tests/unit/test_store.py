@@ -188,3 +188,13 @@ def test_subtract_is_exact_complement(raw: list[tuple[int, int]], lo: int, width
     in_holes = [x for a, b in holes for x in range(a, b + 1)]
     assert in_holes == sorted(in_holes) and len(in_holes) == len(set(in_holes))
     assert set(in_holes) == {x for x in range(lo, hi + 1) if x not in covered}
+
+
+def test_latest_per_tag_within_a_window(store: Store) -> None:
+    store.append([Sample("a/x", 1, 1.0), Sample("a/y", 2, True), Sample("a/x", 3, 2.0)])
+    store.append([Sample(f"b/t{i}", 10 + i, float(i)) for i in range(100)])
+    got = {s.tag: s.value for s in store.latest()}
+    assert got["a/x"] == 2.0 and got["a/y"] is True and got["b/t99"] == 99.0
+    assert len(got) == 102
+    recent = {s.tag for s in store.latest(window=50)}
+    assert "a/x" not in recent and "b/t99" in recent, "a tag silent for longer than the window is left out"

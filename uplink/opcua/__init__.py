@@ -311,6 +311,7 @@ class Uplink:
         except OSError as exc:
             raise Transient(f"cannot listen on {c.endpoint}: {exc.strerror or exc}") from exc
         self._server = server
+        await self._seed()
         self.log.info(
             "uplink %s: OPC UA server at %s (namespace %s = ns %d, %d variables)",
             c.name, c.endpoint, self.namespace, self.ns, len(self._vars),
@@ -555,6 +556,21 @@ class Uplink:
         return await self._add_variable(s.tag, device, name, unit=s.unit, vtype=vtype)
 
     # ------------------------------------------------------------------ data
+
+    async def _seed(self) -> None:
+        """Show each tag's last stored value right away after a (re)start, rather than
+        BadWaitingForInitialData until its next sample; the buffer has it (ctx.extra["latest"])."""
+        latest = self.ctx.extra.get("latest")
+        if not callable(latest):
+            return
+        try:
+            samples = await latest()
+        except Exception as exc:  # a buffer problem must not keep the SCADA server down
+            self.log.warning("uplink %s: no last values to show: %s", self.config.name, exc)
+            return
+        keep = [s for s in samples if s.tag in self._vars]  # configured (and filtered-in) tags only
+        if keep:
+            await self.send(Batch(self.ctx.gateway_id, 0, 0, True, keep))
 
     async def send(self, batch: Batch) -> None:
         """Write the newest sample of each tag into the address space (gaps mean nothing to a
