@@ -15,7 +15,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,21 +149,26 @@ async def test_modbus_allowed_write_lands_and_reads_back(tmp_path: Path, peer: M
 
 
 @pytest.mark.parametrize(
-    ("command", "code", "reason"),
+    ("make", "code", "reason"),
     [
-        (cmd("press/setpoint", 150.5), "out_of_range", "150.5 is above the maximum 150"),
-        (cmd("press/setpoint", -1.0), "out_of_range", "below the minimum 0"),
-        (cmd("press/nope", 1.0), "unknown_tag", "unknown tag 'press/nope'"),
-        (cmd("press/pressure", 1), "not_writable", "press/pressure is not writable by commands"),
-        (cmd("press/setpoint", 120.0, source="scada"), "unauthorised", "source 'scada' may not write press/setpoint"),
-        (cmd("press/setpoint", 120.0, age_s=45), "stale", "old (max_age 30s): refused, never replayed late"),
-        (cmd("press/mode", 5), "not_allowed", "5 is not one of the allowed values (0, 1, 2)"),
-        (cmd("press/setpoint", "fast"), "type", "press/setpoint takes a number, not 'fast'"),
+        (lambda: cmd("press/setpoint", 150.5), "out_of_range", "150.5 is above the maximum 150"),
+        (lambda: cmd("press/setpoint", -1.0), "out_of_range", "below the minimum 0"),
+        (lambda: cmd("press/nope", 1.0), "unknown_tag", "unknown tag 'press/nope'"),
+        (lambda: cmd("press/pressure", 1), "not_writable", "press/pressure is not writable by commands"),
+        (
+            lambda: cmd("press/setpoint", 120.0, source="scada"),
+            "unauthorised",
+            "source 'scada' may not write press/setpoint",
+        ),
+        (lambda: cmd("press/setpoint", 120.0, age_s=45), "stale", "old (max_age 30s): refused, never replayed late"),
+        (lambda: cmd("press/mode", 5), "not_allowed", "5 is not one of the allowed values (0, 1, 2)"),
+        (lambda: cmd("press/setpoint", "fast"), "type", "press/setpoint takes a number, not 'fast'"),
     ],
 )
 async def test_modbus_refusals_write_nothing(
-    tmp_path: Path, peer: ModbusPeer, command: Command, code: str, reason: str
+    tmp_path: Path, peer: ModbusPeer, make: Callable[[], Command], code: str, reason: str
 ) -> None:
+    command = make()  # stamped now, not at collection: a command older than max_age is refused as stale
     before, coils = registers(peer), peer.registers(1, "c", 0, 2)
     async with modbus_gate(tmp_path, peer, ["cloud"]) as (gate, store, _):
         res = await gate.submit(command)
