@@ -293,15 +293,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_audit(args: argparse.Namespace, db: Path, since: int | None, until: int | None) -> int:
-    import fnmatch
-
     from buffer import Store
     from edged.commands import export_audit
 
     with Store(db, create=False, readonly=True) as store:
         rows = store.audit_rows(since, until)
     if args.tags:
-        rows = [r for r in rows if r.tag and any(fnmatch.fnmatchcase(r.tag, p) for p in args.tags)]
+        keep = config.tag_matcher(args.tags)
+        rows = [r for r in rows if r.tag and keep(r.tag)]
     if args.output in (None, "-"):
         n = export_audit(rows, sys.stdout, args.format)
     else:

@@ -8,6 +8,7 @@ engineer at a terminal, not a Python developer. Plugins contribute their own str
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import logging
 import math
 import os
@@ -138,6 +139,14 @@ def _resolve_secret(obj: Any, base_dir: Path) -> Secret:
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+
+
+def tag_matcher(patterns: list[str]) -> Callable[[str], bool]:
+    """A predicate for an uplink's `tags` globs (case-sensitive, `*` spans `/`); no pattern = all."""
+    if not patterns:
+        return lambda tag: True
+    rx = re.compile("|".join(fnmatch.translate(p) for p in patterns))
+    return lambda tag: rx.match(tag) is not None
 
 
 class Base(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -10,16 +10,14 @@ buffer in one transaction, so a crash or a lost connection resumes exactly at wh
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
-import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from buffer import Buffer
-from edged.config import UplinkBase
+from edged.config import UplinkBase, tag_matcher
 from edged.errors import Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample
 from edged.plugin import Backoff, Uplink
@@ -42,13 +40,6 @@ class SenderStats:
     last_ack_ns: int | None = None
     live_lag_s: float = 0.0  # age of the newest live sample at its acknowledgement
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def _tag_filter(patterns: list[str]) -> Callable[[str], bool] | None:
-    if not patterns:
-        return None
-    rx = re.compile("|".join(fnmatch.translate(p) for p in patterns))
-    return lambda tag: rx.match(tag) is not None
 
 
 class Sender:
@@ -74,7 +65,7 @@ class Sender:
         self.stats = SenderStats()
         self._retry: tuple[int, int, bool] | None = None  # the window a failed send covered
         self._poison: tuple[int, int, int] | None = None  # (lo, hi, tries): a window that crashed the plugin
-        self._keep = _tag_filter(config.tags)
+        self._keep = tag_matcher(config.tags) if config.tags else None  # None: no filtering work
         self._ratio = config.backfill_share / (1.0 - config.backfill_share)
 
     async def run(self) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime as dt
-import fnmatch
 import io
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -27,7 +26,7 @@ import msgspec
 
 from buffer import Store
 from edged import registry
-from edged.config import Config, Duration, UplinkBase
+from edged.config import Config, Duration, UplinkBase, tag_matcher
 from edged.daemon import read_status
 from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Batch, Sample, status_name
@@ -90,7 +89,7 @@ def make_plan(
         lo, hi = span
     if hi < lo:
         return None
-    pending = sum(min(b, hi) - max(a, lo) + 1 for a, b in store.unacked(uplink, hi, limit=1_000_000) if b >= lo)
+    pending = sum(b - a + 1 for a, b in owed_in(store, uplink, lo, hi))
     return Plan(uplink, lo, hi, store.count(lo, hi), pending)
 
 
@@ -156,9 +155,7 @@ async def send_standalone(
     ctx = PluginContext(
         config.gateway.id, config.data_dir, logging.getLogger(f"edged.replay.{uplink_cfg.name}"), {"config": config}
     )
-    keep: Callable[[str], bool] = (
-        (lambda t: any(fnmatch.fnmatchcase(t, p) for p in uplink_cfg.tags)) if uplink_cfg.tags else (lambda t: True)
-    )
+    keep = tag_matcher(uplink_cfg.tags)
     backoff = Backoff(initial=0.5, cap=10.0)
     sent = 0
     span = plan.hi - plan.lo + 1
@@ -208,13 +205,14 @@ class ExportRow(msgspec.Struct):
 def iter_samples(
     store: Store, since_ns: int | None, until_ns: int | None, patterns: list[str], page: int = 10_000
 ) -> Iterator[Sample]:
+    keep = tag_matcher(patterns)
     after = -(2**63)
     while True:
         rows = store.read_time(since_ns, until_ns, after, page)
         if not rows:
             return
         for s in rows:
-            if not patterns or any(fnmatch.fnmatchcase(s.tag, p) for p in patterns):
+            if keep(s.tag):
                 yield s
         after = rows[-1].seq or after
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import fnmatch
 import hmac
 import logging
 import socket
@@ -47,7 +46,7 @@ from cryptography import x509
 from drivers.opcua import certs, datetime_ns, map_error, ua_struct
 from edged.commands import Command, CommandGate, new_id
 from edged.config import Config as EdgedConfig
-from edged.config import DeviceBase, Secret, UplinkBase
+from edged.config import DeviceBase, Secret, UplinkBase, tag_matcher
 from edged.errors import Permanent, Transient
 from edged.model import Batch, Sample, Severity, Status, Value, severity
 from edged.plugin import PluginContext
@@ -466,13 +465,13 @@ class Uplink:
         self._root = await server.nodes.objects.add_folder(gw_id, self._qname(self.gateway))
         full = self.ctx.extra.get("config")
         devices: list[DeviceBase] = full.devices if isinstance(full, EdgedConfig) else []
-        patterns = self.config.tags
+        wanted = tag_matcher(self.config.tags)
         for dev in devices:
             if not dev.enabled:
                 continue
             for tag in dev.tags:
                 path = dev.tag_path(tag)
-                if patterns and not any(fnmatch.fnmatchcase(path, p) for p in patterns):
+                if not wanted(path):
                     continue  # the Sender never forwards it either
                 await self._add_variable(
                     path,

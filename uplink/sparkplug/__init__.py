@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
@@ -37,7 +36,7 @@ from aiomqtt.exceptions import MqttConnectError
 
 from edged.commands import Command, CommandGate, CommandResult, new_id
 from edged.config import Config as DaemonConfig
-from edged.config import Duration, Secret, UplinkBase
+from edged.config import Duration, Secret, UplinkBase, tag_matcher
 from edged.errors import EdgedError, Permanent, Transient
 from edged.model import Batch, Gap, Sample, Status, Value, severity
 from edged.plugin import PluginContext
@@ -236,13 +235,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _tag_filter(patterns: list[str]) -> Callable[[str], bool]:
-    if not patterns:
-        return lambda tag: True
-    rx = re.compile("|".join(fnmatch.translate(p) for p in patterns))
-    return lambda tag: rx.match(tag) is not None
-
-
 def _write_atomic(path: Path, data: bytes, *, fsync: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -284,7 +276,7 @@ class Uplink:
         self.bdseq = 0
         self.seq = 0  # of the next message in this session
         self.published = 0  # messages published in this session (births included)
-        self._keep = _tag_filter(config.tags)
+        self._keep = tag_matcher(config.tags)
         self._codes = _QUALITY_CODES[config.quality_codes]
         self._metrics: dict[str, Metric] = {}  # by tag path (or _GAP_KEY)
         self._aliases: dict[str, int] = {}
