@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -36,6 +37,7 @@ class SenderStats:
     rejected: int = 0
     gaps_sent: int = 0
     errors: int = 0
+    ack_errors: int = 0  # acknowledgements that could not be recorded at once (disk full, locked)
     last_error: str | None = None
     last_ack_ns: int | None = None
     live_lag_s: float = 0.0  # age of the newest live sample at its acknowledgement
@@ -119,11 +121,13 @@ class Sender:
         if self._retry is not None:
             # The same window first, with the same bounds: a peer that deduplicates by batch
             # (HTTP Idempotency-Key from gateway, lo, hi) recognises it even if it did arrive.
+            # It is older than the new live position, so it goes out as historical even if it was
+            # live when first sent: a receiver must not take minutes-old values for current ones.
             lo, hi, historical = self._retry
             owed = await buf.call(store.unacked, self.name, hi, limit=1)
             if owed and owed[0][0] <= lo:
                 samples, _ = await buf.call(store.read, lo, hi, hi - lo + 1)
-                await self._send(uplink, samples, lo, hi, historical=historical)
+                await self._send(uplink, samples, lo, hi, historical=historical or hi <= live_pos)
             self._retry = None
         while True:
             gaps = await buf.call(store.pending_gaps, self.name)
@@ -179,7 +183,7 @@ class Sender:
                 sent = 0
             else:
                 self._poison = None
-        await self.buffer.call(self.buffer.store.ack, self.name, lo, hi, sent=sent)
+        await self._record_ack(lo, hi, sent=sent)
         self.stats.batches += 1
         report = getattr(uplink, "counters", None)
         if callable(report):
@@ -192,6 +196,33 @@ class Sender:
             self.stats.sent_live += sent
             if samples:
                 self.stats.live_lag_s = (now - samples[-1].ts_ns) / 1e9
+
+    async def _record_ack(self, lo: int, hi: int, *, sent: int = 0, gap_ids: list[int] | None = None) -> None:
+        """Record the peer's acknowledgement, retrying quietly while the buffer refuses the write.
+
+        A failed acknowledgement write (disk full, a lock held by another process) is a storage
+        problem, not an uplink failure: reconnecting would re-send the batch and every one after it.
+        The samples stay in the buffer meanwhile, so a crash during the wait costs one duplicate
+        batch, never data. The writer's disk-full handling makes the room this write needs.
+        """
+        backoff = Backoff(initial=0.1, cap=5.0)
+        problem: str | None = None
+        while True:
+            try:
+                await self.buffer.call(self.buffer.store.ack, self.name, lo, hi, sent=sent, gap_ids=gap_ids or ())
+            except (sqlite3.Error, OSError) as exc:
+                self.stats.ack_errors += 1
+                if str(exc) != problem:
+                    problem = str(exc)
+                    self.log.warning(
+                        "uplink %s: cannot record the acknowledgement of %d..%d yet, retrying: %s",
+                        self.name, lo, hi, exc, extra={"uplink": self.name},
+                    )  # fmt: skip
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if problem is not None:
+                self.log.info("uplink %s: acknowledgements recorded again", self.name, extra={"uplink": self.name})
+            return
 
     def _poisoned(self, lo: int, hi: int, exc: Exception) -> bool:
         """True once the same window has crashed the plugin POISON_TRIES times in a row: it is then
@@ -223,7 +254,7 @@ class Sender:
             await uplink.send(batch)
         except (Permanent, Partial) as exc:
             self._rejected(0, exc)
-        await self.buffer.call(self.buffer.store.ack, self.name, 1, 0, gap_ids=[i for i, _ in gaps])
+        await self._record_ack(1, 0, gap_ids=[i for i, _ in gaps])
         self.stats.gaps_sent += len(items)
         self.log.warning(
             "uplink %s told of %d gap(s), %d samples dropped before delivery",

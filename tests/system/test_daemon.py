@@ -169,20 +169,35 @@ def test_bad_config_exits_2_with_precise_message(tmp_path: Path) -> None:
 
 def test_demo_runs_without_config(tmp_path: Path) -> None:
     env = {**os.environ, "EDGED_DEMO_DIR": str(tmp_path / "demo")}
+    out = tmp_path / "demo" / "samples.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "edged", "run", "--demo"], env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path
     )
-    time.sleep(2.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
+    try:
+        wait_until(lambda: len(out.read_text().splitlines()) >= 4, 30, "the demo's first samples in its file")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "embedded demo plant" in err and str(tmp_path / "demo") in err
-    lines = (tmp_path / "demo" / "samples.jsonl").read_text().splitlines()
-    assert len(lines) >= 4
+    lines = out.read_text().splitlines()
     rec = json.loads(lines[0])
     assert rec["gateway"] == "demo-gateway" and rec["quality"] in ("Good", "Uncertain", "Bad")
     status = subprocess.run(
         [sys.executable, "-m", "edged", "status", "--data-dir", str(tmp_path / "demo")], capture_output=True, text=True
     )
     assert status.returncode == 0, status.stderr
-    assert "local-file" in status.stdout and "backlog 0 samples" in status.stdout
+    assert "local-file" in status.stdout
+    # The final flush on the way out may store samples after the file uplink stopped, so the backlog
+    # need not be 0; but everything not owed was received (a batch written but not yet acknowledged
+    # at the stop is in the file and still owed: at-least-once).
+    doc = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "edged", "status", "--data-dir", str(tmp_path / "demo"), "--json"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    (up,) = [u for u in doc["buffer"]["uplinks"] if u["name"] == "local-file"]
+    delivered = {json.loads(line).get("seq") for line in lines} - {None}
+    assert doc["buffer"]["samples"] - up["backlog"] <= len(delivered) <= doc["buffer"]["samples"]
+    assert f"backlog {up['backlog']} samples" in status.stdout
