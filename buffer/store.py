@@ -379,9 +379,11 @@ class Store:
     def acked(self, uplink: str) -> list[Range]:
         return [(a, b) for a, b in self.db.execute("SELECT lo, hi FROM acks WHERE uplink=? ORDER BY lo", (uplink,))]
 
-    def unacked(self, uplink: str, upto: int, *, limit: int = 100) -> list[Range]:
-        """Seq ranges at or below `upto` still owed to the uplink, oldest first."""
+    def unacked(self, uplink: str, upto: int, *, limit: int = 100, from_seq: int | None = None) -> list[Range]:
+        """Seq ranges at or below `upto` (and from `from_seq` on) still owed to the uplink, oldest first."""
         first = self.first_seq()
+        if first is not None and from_seq is not None:
+            first = max(first, from_seq)
         if first is None or first > upto:
             return []
         return subtract(first, upto, self.acked(uplink))[:limit]

@@ -261,14 +261,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return EXIT_OK
         print("no daemon running on this buffer: sending directly")
         try:
-            sent = asyncio.run(replay.send_standalone(store, cfg, uplinks[args.uplink], plan, progress))
+            stats = asyncio.run(replay.send_standalone(store, cfg, uplinks[args.uplink], plan, progress))
         except Transient as exc:
             print(
                 f"edged: replay stopped: {exc}; the rest stays owed and goes out when the daemon runs", file=sys.stderr
             )
             return EXIT_FAIL
         took = time.monotonic() - t0
+        sent = stats.sent_historical
         print(f"done: {sent:,} samples sent in {took:.1f}s ({sent / max(took, 1e-9):,.0f}/s)")
+        if stats.rejected:
+            print(f"  {stats.rejected:,} samples refused by the peer and skipped (on_reject = 'skip'); see the log")
     return EXIT_OK
 
 

@@ -23,6 +23,11 @@ from edged.errors import Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample
 from edged.plugin import Backoff, Uplink
 
+
+class Halted(Transient):
+    """The peer refused a batch for good and the uplink has `on_reject = "halt"`: keep it owed."""
+
+
 POISON_TRIES = 3  # a window that crashes the plugin this many times in a row is skipped
 UplinkFactory = Callable[[], AbstractAsyncContextManager[Uplink]]
 
@@ -69,6 +74,7 @@ class Sender:
         self._poison: tuple[int, int, int] | None = None  # (lo, hi, tries): a window that crashed the plugin
         self._keep = tag_matcher(config.tags) if config.tags else None  # None: no filtering work
         self._ratio = config.backfill_share / (1.0 - config.backfill_share)
+        self._range: tuple[int, int] | None = None  # a bounded replay: only this seq range, then return
 
     async def run(self) -> None:
         """Connect, deliver until the peer fails, back off, repeat; until cancelled.
@@ -78,21 +84,39 @@ class Sender:
         (the plugin's own figures, shown in status and metrics).
         """
         await self.buffer.call(self.buffer.store.register_uplink, self.name, self.config.start_from)
+        await self._supervise(attempts=None)
+
+    async def replay(self, lo: int, hi: int, *, attempts: int = 8) -> None:
+        """Deliver what is owed in lo..hi and return once nothing in it is owed: `edged replay`
+        with no daemon running. The same code as `run`, so Partial, Permanent, `on_reject`, gap
+        records, poisoned windows and the same-window resend behave exactly as in the daemon; it
+        raises Transient after `attempts` sessions in a row that acknowledged nothing, and at once
+        when a rejected batch halts the uplink (`on_reject = "halt"`: the daemon would retry it)."""
+        self._range = (lo, hi)
+        await self._supervise(attempts=attempts)
+
+    async def _supervise(self, *, attempts: int | None) -> None:
+        failures = 0
         while True:
             self.stats.state = "connecting"
             failure: BaseException = Transient("the uplink closed")
+            acked_before = self.stats.batches
             try:
                 async with self.factory() as uplink:
                     self.stats.state = "connected"
                     self.stats.connects += 1
                     self.log.info("uplink connected", extra={"uplink": self.name})
                     await self._deliver(uplink)
+                    return  # only a bounded replay returns: its range is delivered
             except (Transient, Permanent, OSError, TimeoutError) as exc:
                 failure = exc
             except Exception as exc:  # a plugin bug must not stop the other uplinks
                 self.log.exception("uplink %s failed unexpectedly", self.name, extra={"uplink": self.name})
                 failure = exc
             self._failed(failure)
+            failures = 0 if self.stats.batches > acked_before else failures + 1
+            if attempts is not None and (failures >= attempts or isinstance(failure, Halted)):
+                raise Transient(f"uplink {self.name}: nothing delivered in {attempts} attempts: {failure}") from failure
             self.stats.state = "backoff"
             await asyncio.sleep(self._delay_after(failure))
 
@@ -116,6 +140,9 @@ class Sender:
     async def _deliver(self, uplink: Uplink) -> None:
         buf, store, size = self.buffer, self.buffer.store, self.config.batch_size
         live_pos = buf.head  # live after this; anything owed at or below it is backlog
+        since = None
+        if self._range is not None:  # a bounded replay: all of it is backlog, nothing is live
+            since, live_pos = self._range
         credit = 0.0
         first_ack = True
         if self._retry is not None:
@@ -135,8 +162,8 @@ class Sender:
                 await self._send_gaps(uplink, gaps)
                 continue
             # below the live position: the backlog at connect, plus ranges `edged replay` re-opened
-            holes = await buf.call(store.unacked, self.name, live_pos, limit=1)
-            have_live = buf.head > live_pos
+            holes = await buf.call(store.unacked, self.name, live_pos, limit=1, from_seq=since)
+            have_live = since is None and buf.head > live_pos
             if have_live and (not holes or credit < 1.0):
                 samples, covered = await buf.call(store.read, live_pos + 1, buf.head, size)
                 await self._send(uplink, samples, live_pos + 1, covered, historical=False)
@@ -147,6 +174,8 @@ class Sender:
                 samples, covered = await buf.call(store.read, lo, hi, size)
                 await self._send(uplink, samples, lo, covered, historical=True)
                 credit = max(0.0, credit - 1.0)
+            elif since is not None:
+                return  # the replayed range is delivered
             else:
                 await buf.wait_beyond(live_pos, timeout=1.0)
                 is_closed = getattr(uplink, "is_closed", None)
@@ -243,7 +272,7 @@ class Sender:
     def _rejected(self, n: int, exc: Exception) -> None:
         """The peer refused these for good: skip them (counted, logged) or halt by reconnecting."""
         if self.config.on_reject == "halt":
-            raise Transient(f"peer rejected a batch and on_reject = 'halt': {exc}") from exc
+            raise Halted(f"peer rejected a batch and on_reject = 'halt': {exc}") from exc
         self.stats.rejected += n
         self.log.error("uplink %s rejected %d samples, skipped: %s", self.name, n, exc, extra={"uplink": self.name})
 

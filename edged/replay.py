@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import io
 import logging
+import math
 import os
 import re
 import sys
@@ -28,8 +29,9 @@ from buffer import Store
 from edged import registry
 from edged.config import Config, Duration, UplinkBase, tag_matcher
 from edged.daemon import read_status
-from edged.errors import ConfigError, Permanent, Transient
-from edged.model import Batch, Sample, status_name
+from edged.delivery import Sender, SenderStats
+from edged.errors import ConfigError, Transient
+from edged.model import Sample, status_name
 from edged.plugin import Backoff, PluginContext
 
 
@@ -94,7 +96,7 @@ def make_plan(
 
 
 def owed_in(store: Store, uplink: str, lo: int, hi: int) -> list[tuple[int, int]]:
-    return [(max(a, lo), min(b, hi)) for a, b in store.unacked(uplink, hi, limit=1_000_000) if b >= lo]
+    return store.unacked(uplink, hi, limit=1_000_000, from_seq=lo)
 
 
 def daemon_pid(data_dir: Path) -> int | None:
@@ -149,42 +151,32 @@ async def watch(store: Store, plan: Plan, progress: Progress, *, timeout_s: floa
 
 async def send_standalone(
     store: Store, config: Config, uplink_cfg: UplinkBase, plan: Plan, progress: Progress, *, attempts: int = 8
-) -> int:
-    """No daemon running: send the owed part of the range through the uplink plugin ourselves."""
+) -> SenderStats:
+    """No daemon running: deliver the owed part of the range through the daemon's own Sender, so a
+    rejected batch, `on_reject`, gap records and a plugin bug are handled exactly as in the daemon.
+    Returns the Sender's figures; raises Transient when the uplink cannot be reached or halts."""
+    from buffer import Buffer  # the async buffer runs its own connection on its own thread
+
     module = registry.uplink_module(uplink_cfg.type)
-    ctx = PluginContext(
-        config.gateway.id, config.data_dir, logging.getLogger(f"edged.replay.{uplink_cfg.name}"), {"config": config}
-    )
-    keep = tag_matcher(uplink_cfg.tags)
-    backoff = Backoff(initial=0.5, cap=10.0)
-    sent = 0
-    span = plan.hi - plan.lo + 1
-    failures = 0
-    while True:
-        try:
-            async with module.Uplink(uplink_cfg, ctx) as up:
-                while holes := owed_in(store, plan.uplink, plan.lo, plan.hi):
-                    a, b = holes[0]
-                    samples, covered = store.read(a, b, uplink_cfg.batch_size)
-                    samples = [s for s in samples if keep(s.tag)]
-                    if samples:
-                        try:
-                            await up.send(Batch(config.gateway.id, a, covered, True, samples))
-                        except Permanent as exc:
-                            logging.getLogger("edged.replay").error("batch %d..%d rejected: %s", a, covered, exc)
-                    store.ack(plan.uplink, a, covered, sent=len(samples))
-                    sent += len(samples)
-                    owed = sum(y - x + 1 for x, y in owed_in(store, plan.uplink, plan.lo, plan.hi))
-                    progress.update(span - owed)
-                    backoff.reset()
-                    failures = 0
-            progress.update(span, final=True)
-            return sent
-        except (Transient, OSError, TimeoutError) as exc:
-            failures += 1
-            if failures >= attempts:
-                raise Transient(f"uplink {plan.uplink} unreachable after {attempts} attempts: {exc}") from exc
-            await asyncio.sleep(backoff.next_delay())
+    log = logging.getLogger(f"edged.replay.{uplink_cfg.name}")
+    ctx = PluginContext(config.gateway.id, config.data_dir, log, {"config": config})
+    failure: Transient | None = None
+    async with Buffer(config.buffer_path, config.buffer) as buf:
+        sender = Sender(
+            buf, uplink_cfg, lambda: module.Uplink(uplink_cfg, ctx), gateway_id=config.gateway.id, log=log,
+            backoff=Backoff(initial=0.5, cap=10.0),
+        )  # fmt: skip
+        async with asyncio.TaskGroup() as tg:
+            watcher = tg.create_task(watch(store, plan, progress, timeout_s=math.inf), name="replay-progress")
+            try:
+                await sender.replay(plan.lo, plan.hi, attempts=attempts)
+            except Transient as exc:
+                failure = exc
+            watcher.cancel()
+    if failure is not None:
+        raise failure
+    progress.update(plan.hi - plan.lo + 1, final=True)
+    return sender.stats
 
 
 # ----------------------------------------------------------------------------------------- export

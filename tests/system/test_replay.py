@@ -129,3 +129,41 @@ def test_export_csv_and_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert cli.main([*args, "--format", "jsonl"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 10 and json.loads(lines[0])["ts_ns"] == T0 + 10 * NS
+
+
+@pytest.mark.parametrize("on_reject", ["skip", "halt"])
+def test_replay_standalone_handles_refusals_as_the_daemon_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], on_reject: str
+) -> None:
+    """Without a daemon, replay delivers through the daemon's Sender: a batch the peer refuses
+    (Permanent) is skipped and counted, or halts the replay with the range still owed; a partial
+    acceptance counts only what was accepted."""
+    from peers.http_server import HttpPeer, Reply
+
+    with HttpPeer() as peer:
+        peer.script.extend([Reply(400, b"schema mismatch"), Reply(200, b'{"rejected": [0, 1]}')])
+        cfg = write_config(
+            tmp_path,
+            f'[[uplinks]]\nname = "erp"\ntype = "http"\nurl = "{peer.url}"\nbatch_size = 100\n'
+            f'on_reject = "{on_reject}"\n',
+        )
+        db = tmp_path / "data" / "buffer.db"
+        lo, hi = fill(db, n=300, uplink="erp")
+        with Store(db) as s:
+            s.unack("erp", lo, hi)  # owed again, as after an outage
+        code = cli.main(["replay", "-c", str(cfg), "-u", "erp", "--from-seq", str(lo), "--to-seq", str(hi)])
+        out, err = capsys.readouterr()
+        with Store(db) as s:
+            owed = s.unacked("erp", s.head)
+            (status,) = [u for u in s.status().uplinks if u.name == "erp"]
+        if on_reject == "skip":
+            assert code == 0, out + err
+            assert "done: 198 samples sent" in out and "102 samples refused by the peer" in out
+            assert owed == []
+            assert sorted(peer.seqs()) == list(range(lo + 100, hi + 1)), "the partial batch is stored whole"
+            assert status.sent == 300 + 198, "only accepted samples count as sent"
+        else:
+            assert code == 1, out + err
+            assert "on_reject = 'halt'" in err and "stays owed" in err
+            assert owed == [(lo, hi)], "a halted replay acknowledges nothing it did not deliver"
+            assert peer.seqs() == []
