@@ -33,6 +33,10 @@ from edged import cli, config
 from peers.mosquitto import Mosquitto
 from peers.waiting import wait_until
 
+# The module fixture builds the image (minutes on a loaded 2-core box): its setup counts toward
+# the first test's timeout.
+pytestmark = pytest.mark.timeout(1800)
+
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"  # what `FROM debian:bookworm-slim` resolves to
 IMAGE = "localhost/edged:ci-test"
