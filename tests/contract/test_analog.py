@@ -22,6 +22,7 @@ from edged.daemon import Daemon
 from edged.errors import ConfigError, Transient
 from edged.model import Sample, Status
 from edged.plugin import PluginContext
+from peers.waiting import daemon_samples, eventually, until
 
 LOG = "edged.test.analog"
 
@@ -382,9 +383,15 @@ async def test_daemon_stores_analog_values(sysfs: Sysfs, tmp_path: Path) -> None
     try:
         async with asyncio.timeout(15), asyncio.TaskGroup() as tg:
             tg.create_task(daemon.run(), name="daemon")
-            await asyncio.sleep(0.4)
+
+            async def p_has(value: float) -> bool:
+                return any(s.tag == "ai/p" and s.value == value for s in await daemon_samples(daemon))
+
+            await until(lambda: p_has(5.0), 10, "the first reading of ai/p")
             sysfs.set(0, 8000)
-            await asyncio.sleep(0.3)
+            await until(lambda: p_has(7.5), 10, "the changed reading of ai/p")
+            out = tmp_path / "data" / "samples.jsonl"
+            await eventually(lambda: out.exists() and "ai/p" in out.read_text(), 10, "delivery to the file")
             daemon.request_stop()
     finally:
         loop_ = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from edged.errors import Permanent, Transient
 from edged.model import Sample, Status
 from edged.plugin import PluginContext
 from peers.hart_sim import HartIpSim, SerialSim, SimDevice, socat_pair
+from peers.waiting import daemon_samples, eventually, until
 
 ALL_TAGS = [
     {"name": "pressure", "variable": "pv"},
@@ -382,9 +383,15 @@ async def test_daemon_stores_hart_values(tmp_path: Path) -> None:
         try:
             async with asyncio.timeout(15), asyncio.TaskGroup() as tg:
                 tg.create_task(daemon.run(), name="daemon")
-                await asyncio.sleep(0.6)
+
+                async def tagged(status: int) -> bool:
+                    return any(s.tag == "pt1/pressure" and s.status == status for s in await daemon_samples(daemon))
+
+                await until(lambda: tagged(Status.GOOD), 10, "a good pressure reading")
                 dev.status = 0x80
-                await asyncio.sleep(0.4)
+                await until(lambda: tagged(Status.BAD_DEVICE_FAILURE), 10, "the device failure status")
+                out = tmp_path / "data" / "samples.jsonl"
+                await eventually(lambda: out.exists() and "pt1/current" in out.read_text(), 10, "delivery to the file")
                 daemon.request_stop()
         finally:
             loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -24,6 +25,7 @@ from edged.errors import Permanent, Transient
 from edged.model import Sample, Status
 from edged.plugin import PluginContext
 from peers.modbus_server import ModbusPeer, Unit, socat_pair
+from peers.waiting import daemon_samples, eventually, until
 
 # ----------------------------------------------------------------------------------------- the map
 
@@ -537,7 +539,14 @@ async def test_daemon_stores_decoded_values(tcp: Any, tmp_path: Path) -> None:
     daemon = Daemon(cfg)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(daemon.run(), name="daemon")
-        await asyncio.sleep(1.5)
+
+        async def enough() -> bool:
+            counts = collections.Counter(s.tag for s in await daemon_samples(daemon))
+            return len(counts) == len(tags) and min(counts.values()) >= 5
+
+        await until(enough, 20, "five readings of every tag")
+        out = tmp_path / "samples.jsonl"
+        await eventually(lambda: out.exists() and out.stat().st_size > 0, 10, "delivery to the file")
         daemon.request_stop()
     with Store(cfg.buffer_path) as store:
         stored, _ = store.read(1, store.head, 100_000)

@@ -120,13 +120,15 @@ async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, mosqu
             prod = tg.create_task(produce(buf, 20, 50, produced, stop), name="producer")
             await eventually(lambda: len(col.seqs()) > 500, 10, "first live data")
             mosquitto.stop()
-            await asyncio.sleep(2.0)  # 2 s * 50 Hz * 20 tags = ~2000 samples produced while down
-            assert sender.stats.state in ("backoff", "connecting")
+            await eventually(lambda: sender.stats.state in ("backoff", "connecting"), 10, "the sender to notice")
+            down_at = produced[0]
+            await eventually(lambda: produced[0] >= down_at + 2000, 20, "2000 samples produced while down")
             mosquitto.start()
-            await asyncio.sleep(1.0)
+            connects = sender.stats.connects
+            await eventually(lambda: sender.stats.connects > connects, 20, "the reconnect")
             stop.set()
             await prod
-            await asyncio.sleep(0.2)  # last flush
+            await buf.flush()
             head = buf.head
             await eventually(
                 lambda: max(col.seqs(), default=0) >= head and not buf.store.unacked("broker", head), 20, "catch-up"

@@ -29,6 +29,8 @@ from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Sample, Status
 from edged.plugin import PluginContext
 from peers.opcua_server import PASSWORD, USERNAME, PlantServer
+from peers.waiting import daemon_samples, eventually
+from peers.waiting import until as until_true
 
 # Every async test shares the module's loop, where the module-scoped server runs.
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -346,9 +348,15 @@ async def test_daemon_stores_server_values_in_the_buffer(plant: PlantServer, tmp
     try:
         async with asyncio.timeout(15), asyncio.TaskGroup() as tg:
             tg.create_task(daemon.run(), name="daemon")
-            await asyncio.sleep(1.0)
+
+            async def pressure(pred: Callable[[Sample], bool]) -> bool:
+                return any(s.tag == "boiler/pressure" and pred(s) for s in await daemon_samples(daemon))
+
+            await until_true(lambda: pressure(lambda s: s.status == Status.GOOD), 15, "the first pressure reading")
             await plant.set("Pressure", 17.75, source_ts=src)
-            await asyncio.sleep(1.0)
+            await until_true(lambda: pressure(lambda s: s.value == 17.75), 15, "the new pressure value")
+            out = tmp_path / "samples.jsonl"
+            await eventually(lambda: out.read_text().count("boiler/pressure") >= 2, 15, "delivery to the file")
             daemon.request_stop()
     finally:
         loop = asyncio.get_running_loop()

@@ -143,7 +143,8 @@ def test_sigkill_under_load_loses_nothing_committed(tmp_path: Path, mosquitto: M
 def test_sigterm_stops_cleanly_and_flushes(tmp_path: Path, mosquitto: Mosquitto) -> None:
     cfg = config(tmp_path, mosquitto.port, n_tags=5)
     proc = start(cfg, tmp_path / "daemon.log")
-    time.sleep(1.5)
+    status_file = tmp_path / "data" / "status.json"
+    wait_until(lambda: json.loads(status_file.read_text())["buffer"]["stored"] > 0, 30, "the first stored samples")
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0

@@ -19,6 +19,7 @@ from edged.errors import ConfigError
 from edged.model import Sample, Status
 from edged.replay import parse_time
 from peers.mosquitto import Mosquitto
+from peers.waiting import wait_until
 
 NS = 1_000_000_000
 T0 = 1_790_000_000 * NS  # 2026-09-21
@@ -98,9 +99,7 @@ def test_replay_beside_running_daemon_over_mqtt(tmp_path: Path, mosquitto: Mosqu
     )
     proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)], stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while len(got) < 40 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(got) >= 40, 30, "40 live samples at the subscriber")
         first_live = sorted(s for _, s in got)[:20]
         lo, hi = first_live[0], first_live[-1]
         out = subprocess.run(
