@@ -144,7 +144,6 @@ class Sender:
         if self._range is not None:  # a bounded replay: all of it is backlog, nothing is live
             since, live_pos = self._range
         credit = 0.0
-        first_ack = True
         if self._retry is not None:
             # The same window first, with the same bounds: a peer that deduplicates by batch
             # (HTTP Idempotency-Key from gateway, lo, hi) recognises it even if it did arrive.
@@ -183,9 +182,6 @@ class Sender:
                     # an idle connection that died: reconnect now, not when the next sample comes
                     raise Transient("connection lost while idle")
                 continue
-            if first_ack:
-                self.backoff.reset()  # reset only once the peer really accepted something
-                first_ack = False
 
     async def _send(self, uplink: Uplink, samples: list[Sample], lo: int, hi: int, *, historical: bool) -> None:
         keep = self._keep
@@ -213,6 +209,7 @@ class Sender:
             else:
                 self._poison = None
         await self._record_ack(lo, hi, sent=sent)
+        self.backoff.reset()  # only once the peer answered a batch: a connect alone proves little
         self.stats.batches += 1
         report = getattr(uplink, "counters", None)
         if callable(report):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
+import pytest
+
+from buffer import Store
 from edged.config import UplinkBase
-from edged.errors import Transient
+from edged.delivery import POISON_TRIES
+from edged.errors import Partial, Permanent, Transient
 from edged.model import Batch, Sample, Status
 from edged.plugin import Backoff
 from peers.delivery import sender_running
@@ -17,11 +22,21 @@ from peers.waiting import eventually
 
 
 class Scripted:
-    """An uplink whose `send` runs a script: each call may raise before the batch is accepted."""
+    """An uplink whose `send` runs a script: each call may raise before the batch is accepted,
+    or wait for `gate`; `closed` makes `is_closed()` report a dead idle connection."""
 
-    def __init__(self, log: list[Batch], fail: Callable[[Batch], BaseException | None]) -> None:
+    def __init__(
+        self,
+        log: list[Batch],
+        fail: Callable[[Batch], BaseException | None],
+        *,
+        gate: asyncio.Event | None = None,
+        closed: list[bool] | None = None,
+    ) -> None:
         self.log = log
         self.fail = fail
+        self.gate = gate
+        self.closed = closed
 
     async def __aenter__(self) -> Self:
         return self
@@ -30,14 +45,28 @@ class Scripted:
         return None
 
     async def send(self, batch: Batch) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         exc = self.fail(batch)
         if exc is not None:
             raise exc
         self.log.append(batch)
 
+    def is_closed(self) -> bool:
+        return bool(self.closed and self.closed[0])
 
-def _cfg() -> UplinkBase:
-    return UplinkBase(name="scripted", type="scripted", batch_size=100)
+
+def _cfg(**kw: Any) -> UplinkBase:
+    return UplinkBase(name="scripted", type="scripted", batch_size=100, **kw)
+
+
+def _prefill(tmp_path: Path, n: int) -> tuple[int, int]:
+    """A backlog in the buffer before the Sender first connects (the uplink then owes all of it)."""
+    with Store(tmp_path / "buffer.db") as store:
+        return store.append(_samples(n))
+
+
+FAST = Backoff(initial=0.01, cap=0.05)
 
 
 def _samples(n: int, value: float = 1.0) -> list[Sample]:
@@ -101,3 +130,148 @@ async def test_an_acknowledgement_the_buffer_refuses_is_retried_without_a_reconn
         assert len(delivered) == 1, "the batch was not sent again"
         assert sender.stats.connects == 1 and sender.stats.errors == 0
         assert not buf.store.unacked("scripted", buf.head)
+
+
+async def test_live_goes_first_and_the_backlog_takes_its_share(tmp_path: Path) -> None:
+    """backfill_share 0.5: while live data waits, live and historical batches alternate; once live
+    is drained the backlog takes every batch. Each stream is in seq order."""
+    lo, hi = _prefill(tmp_path, 1000)  # 10 historical batches
+    delivered: list[Batch] = []
+    gate = asyncio.Event()
+    async with sender_running(
+        tmp_path, _cfg(), lambda: Scripted(delivered, lambda b: None, gate=gate), gateway="gw", backoff=FAST
+    ) as (buf, sender):
+        await eventually(lambda: sender.stats.connects == 1, 10, "the connect")
+        buf.put(_samples(500, value=5000.0))  # 5 live batches, committed while the first send waits
+        await buf.flush()
+        gate.set()
+        await eventually(lambda: len(delivered) == 15, 10, "every batch")
+    kinds = "".join("H" if b.historical else "L" for b in delivered)
+    assert kinds == "H" + "LH" * 5 + "HHHH"
+    for historical in (True, False):
+        seqs = [s.seq for b in delivered if b.historical is historical for s in b.samples]
+        assert seqs == sorted(seqs)
+    assert [s.seq for b in delivered if b.historical for s in b.samples] == list(range(lo, hi + 1))
+
+
+@pytest.mark.parametrize("on_reject", ["skip", "halt"])
+async def test_a_refused_batch_is_skipped_or_halts(tmp_path: Path, on_reject: str) -> None:
+    delivered: list[Batch] = []
+    refusals = [0]
+
+    def fail(batch: Batch) -> BaseException | None:
+        if batch.samples and batch.samples[0].value == 666.0 and refusals[0] < 3:
+            refusals[0] += 1
+            return Permanent("the peer's schema refuses it")
+        return None
+
+    async with sender_running(
+        tmp_path, _cfg(on_reject=on_reject), lambda: Scripted(delivered, fail), gateway="gw", backoff=FAST
+    ) as (buf, sender):
+        await eventually(lambda: sender.stats.connects == 1, 10, "the connect")
+        buf.put(_samples(10, value=666.0))
+        await buf.flush()
+        if on_reject == "skip":
+            await eventually(lambda: sender.stats.rejected == 10, 10, "the refusal counted")
+            assert refusals[0] == 1 and delivered == [] and sender.stats.connects == 1
+            assert not buf.store.unacked("scripted", buf.head), "skipped: acknowledged, not owed"
+        else:
+            # halted: the same window is offered again after each reconnect until the peer takes it
+            await eventually(lambda: len(delivered) == 1, 10, "the window accepted on the 4th try")
+            assert refusals[0] == 3 and sender.stats.rejected == 0 and sender.stats.connects == 4
+            assert len(delivered[0].samples) == 10
+        assert sender.stats.sent_live + sender.stats.sent_historical == len(delivered) * 10
+
+
+async def test_a_partial_acceptance_counts_what_was_accepted(tmp_path: Path) -> None:
+    delivered: list[Batch] = []
+
+    def fail(batch: Batch) -> BaseException | None:
+        return Partial("two unknown tags", accepted=range(2, len(batch.samples)), rejected=[0, 1])
+
+    async with sender_running(tmp_path, _cfg(), lambda: Scripted(delivered, fail), gateway="gw", backoff=FAST) as (
+        buf,
+        sender,
+    ):
+        await eventually(lambda: sender.stats.connects == 1, 10, "the connect")
+        buf.put(_samples(10))
+        await buf.flush()
+        await eventually(lambda: sender.stats.batches == 1, 10, "the batch settled")
+        assert sender.stats.rejected == 2 and sender.stats.sent_live == 8
+        assert not buf.store.unacked("scripted", buf.head)
+
+
+async def test_a_window_that_crashes_the_plugin_is_skipped_after_the_poison_limit(tmp_path: Path) -> None:
+    delivered: list[Batch] = []
+    crashes = [0]
+
+    def fail(batch: Batch) -> BaseException | None:
+        if any(s.value == 13.0 for s in batch.samples):
+            crashes[0] += 1
+            return ValueError("a plugin bug triggered by this record")
+        return None
+
+    async with sender_running(tmp_path, _cfg(), lambda: Scripted(delivered, fail), gateway="gw", backoff=FAST) as (
+        buf,
+        sender,
+    ):
+        await eventually(lambda: sender.stats.connects == 1, 10, "the connect")
+        buf.put(_samples(1, value=13.0))
+        await buf.flush()
+        await eventually(lambda: sender.stats.rejected == 1, 10, "the poisoned window skipped")
+        assert crashes[0] == POISON_TRIES
+        buf.put(_samples(3, value=1.0))
+        await eventually(lambda: len(delivered) == 1, 10, "the next batch flows")
+        assert not buf.store.unacked("scripted", buf.head)
+
+
+async def test_gap_records_go_out_before_samples(tmp_path: Path) -> None:
+    hour = 3600 * 10**9
+    with Store(tmp_path / "buffer.db") as store:
+        store.register_uplink("scripted")
+        old = [Sample("dev/t", time.time_ns() - 2 * hour + i, float(i), Status.GOOD, 100) for i in range(50)]
+        lo, hi = store.append(old)
+        store.append(_samples(20, value=100.0))
+        assert store.trim(retention_ns=hour, max_bytes=10**12).deleted == 50  # never sent: owed as a gap
+    delivered: list[Batch] = []
+    async with sender_running(
+        tmp_path, _cfg(), lambda: Scripted(delivered, lambda b: None), gateway="gw", backoff=FAST
+    ):
+        await eventually(lambda: len(delivered) == 2, 10, "the gap record, then the samples")
+    gap_batch, samples_batch = delivered
+    assert gap_batch.samples == [] and [(g.lo_seq, g.hi_seq, g.count) for g in gap_batch.gaps] == [(lo, hi, 50)]
+    assert len(samples_batch.samples) == 20 and samples_batch.historical
+
+
+async def test_a_connection_that_dies_while_idle_is_replaced_before_data_waits(tmp_path: Path) -> None:
+    delivered: list[Batch] = []
+    closed = [False]
+    async with sender_running(
+        tmp_path, _cfg(), lambda: Scripted(delivered, lambda b: None, closed=closed), gateway="gw", backoff=FAST
+    ) as (_buf, sender):
+        await eventually(lambda: sender.stats.connects == 1, 10, "the connect")
+        closed[0] = True
+        await eventually(lambda: sender.stats.connects >= 2, 10, "a reconnect with no data waiting")
+        closed[0] = False
+        assert sender.stats.last_error is not None and "idle" in sender.stats.last_error
+
+
+async def test_backoff_resets_only_once_the_peer_acknowledged_something(tmp_path: Path) -> None:
+    delivered: list[Batch] = []
+    failing = [True]
+
+    def fail(batch: Batch) -> BaseException | None:
+        return Transient("connected, but every publish fails") if failing[0] else None
+
+    backoff = Backoff(initial=0.01, cap=0.05)
+    async with sender_running(tmp_path, _cfg(), lambda: Scripted(delivered, fail), gateway="gw", backoff=backoff) as (
+        buf,
+        sender,
+    ):
+        buf.put(_samples(5))
+        await buf.flush()
+        await eventually(lambda: sender.stats.connects >= 4, 10, "several connects that deliver nothing")
+        assert backoff.attempt >= 3, "a connect alone is no proof of health"
+        failing[0] = False
+        await eventually(lambda: len(delivered) == 1, 10, "the delivery")
+        await eventually(lambda: backoff.attempt == 0, 10, "the reset after the acknowledgement")
