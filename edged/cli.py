@@ -176,7 +176,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import msgspec
 
     from buffer import Store
-    from edged.daemon import read_status
+    from edged.daemon import pid_alive, read_status
 
     if args.data_dir:
         data_dir = Path(args.data_dir)
@@ -204,16 +204,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  acknowledged up to {last if last is not None else '-'} in {len(u.acked)} range(s)")
     if live is not None:
         age = (dt.datetime.now(dt.UTC).timestamp() * 1e9 - live["updated_ns"]) / 1e9
-        state = (
-            "stopped" if live.get("stopped") else "running" if age < 10 else f"not running (last seen {age:.0f}s ago)"
-        )
+        alive = pid_alive(int(live.get("pid", 0)))
+        if live.get("stopped"):
+            state = "stopped"
+        elif age < 10 and alive:
+            state = "running"
+        else:
+            state = f"not running (last seen {age:.0f}s ago{'' if alive else ', process gone'})"
         print(f"daemon   pid {live['pid']}: {state}")
+        # A daemon that died without stopping (SIGKILL, power cut) left its last states behind:
+        # say so, instead of showing devices "running" that nothing reads.
+        seen = "" if state == "running" or live.get("stopped") else " (when last seen)"
         for name, d in live["devices"].items():
             err = f", last error: {d['last_error']}" if d["last_error"] else ""
-            print(f"  device {name}: {d['state']}, {d['samples']} samples{err}")
+            print(f"  device {name}: {d['state']}{seen}, {d['samples']} samples{err}")
         for name, u in live["uplinks"].items():
             err = f", last error: {u['last_error']}" if u["last_error"] else ""
-            print(f"  uplink {name}: {u['state']}, live {u['sent_live']}, historical {u['sent_historical']}{err}")
+            print(f"  uplink {name}: {u['state']}{seen}, live {u['sent_live']}, historical {u['sent_historical']}{err}")
     return EXIT_OK
 
 

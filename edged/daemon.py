@@ -46,7 +46,7 @@ class _Shutdown(Exception):
 
 @dataclass(slots=True)
 class DeviceStats:
-    state: str = "starting"  # starting | connecting | running | backoff
+    state: str = "starting"  # starting | connecting | running | backoff | stopped
     polls: int = 0
     samples: int = 0
     errors: int = 0
@@ -264,6 +264,10 @@ class Daemon:
                 pass
             finally:
                 self.stopped = True
+                for runner in self.devices:
+                    runner.stats.state = "stopped"
+                for sender in self.senders:
+                    sender.stats.state = "stopped"
                 self._write_status()
         if self._force_exit_timer is not None:  # stopped in time (buffer closed too): no hard exit later
             self._force_exit_timer.cancel()
@@ -397,3 +401,16 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, msgspec.DecodeError):
         return None
     return doc
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a daemon's, from its status file)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's (the edged service user)
+        return True
+    return True

@@ -34,7 +34,7 @@ UplinkFactory = Callable[[], AbstractAsyncContextManager[Uplink]]
 
 @dataclass(slots=True)
 class SenderStats:
-    state: str = "starting"  # starting | connecting | connected | backoff
+    state: str = "starting"  # starting | connecting | connected | backoff | stopped
     connects: int = 0
     sent_live: int = 0
     sent_historical: int = 0

@@ -14,7 +14,6 @@ import datetime as dt
 import io
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -28,7 +27,7 @@ import msgspec
 from buffer import Store
 from edged import registry
 from edged.config import Config, Duration, UplinkBase, tag_matcher
-from edged.daemon import read_status
+from edged.daemon import pid_alive, read_status
 from edged.delivery import Sender, SenderStats
 from edged.errors import ConfigError, Transient
 from edged.model import Sample, status_name
@@ -105,11 +104,7 @@ def daemon_pid(data_dir: Path) -> int | None:
     if not st or st.get("stopped") or time.time_ns() - int(st.get("updated_ns", 0)) > 10e9:
         return None
     pid = int(st.get("pid", 0))
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, ValueError):
-        return None
-    return pid
+    return pid if pid_alive(pid) else None
 
 
 class Progress:

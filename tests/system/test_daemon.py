@@ -157,6 +157,24 @@ def test_sigterm_stops_cleanly_and_flushes(tmp_path: Path, mosquitto: Mosquitto)
     status = json.loads((tmp_path / "data" / "status.json").read_text())
     assert status["stopped"] is True
     assert status["devices"]["line1"]["samples"] == status["buffer"]["stored"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "edged", "status", "--config", str(cfg)], capture_output=True, text=True, check=True
+    ).stdout
+    assert ": stopped" in shown and "device line1: stopped," in shown and "uplink broker: stopped," in shown
+
+
+def test_status_of_a_killed_daemon_says_its_states_are_old(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    cfg = config(tmp_path, mosquitto.port, n_tags=2)
+    proc = start(cfg, tmp_path / "daemon.log")
+    status_file = tmp_path / "data" / "status.json"
+    wait_until(lambda: json.loads(status_file.read_text())["buffer"]["stored"] > 0, 30, "the first stored samples")
+    proc.kill()
+    proc.wait(10)
+    shown = subprocess.run(
+        [sys.executable, "-m", "edged", "status", "--config", str(cfg)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "not running" in shown and "process gone" in shown, shown
+    assert "device line1: running (when last seen)" in shown, shown
 
 
 def test_bad_config_exits_2_with_precise_message(tmp_path: Path) -> None:
