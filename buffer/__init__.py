@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from buffer.store import BufferStatus, Range, Store, TrimResult, UplinkStatus, open_or_recover, subtract
+from buffer.store import BufferStatus, Range, SetAside, Store, TrimResult, UplinkStatus, open_or_recover, subtract
 from edged.config import BufferConfig
 from edged.model import Sample
 from edged.plugin import Backoff
@@ -32,6 +32,8 @@ log = logging.getLogger("edged.buffer")
 
 class Buffer:
     """Async face of the Store. Every database call runs on the one buffer thread."""
+
+    set_aside: tuple[SetAside, ...] = ()  # unusable buffers this one replaced (status, /health)
 
     def __init__(self, path: Path, config: BufferConfig, *, max_pending: int = 200_000) -> None:
         self.path = path
@@ -61,8 +63,10 @@ class Buffer:
         return self._store
 
     async def __aenter__(self) -> Buffer:
+        # a locked buffer is waited for, then BufferUnavailable; an unusable one is set aside and salvaged
         self._store = await self.call(open_or_recover, self.path, synchronous=self.config.synchronous)
         self.head = self._store.head
+        self.set_aside = tuple(await self.call(self._store.set_aside_events))
         await self.call(self._ensure_reserve)
         return self
 

@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -29,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from edged.errors import StorageError
+from edged.errors import BufferRefused, BufferUnavailable, BufferUnusable, StorageError
 from edged.model import Gap, Sample
 
 log = logging.getLogger("edged.buffer")
@@ -70,6 +71,10 @@ CREATE TABLE IF NOT EXISTS commands(
 """
 _SCHEMA += _COMMANDS_SCHEMA
 
+_CORE_TABLES = ("meta", "tags", "samples", "uplinks", "acks", "gaps")
+OPEN_WAIT_S = 20.0  # a locked buffer: wait this long, then exit 1 (below WatchdogSec=30, TimeoutStartSec=60)
+QUICK_CHECK_S = 15.0  # startup integrity check budget; a larger buffer is opened unchecked past it
+
 Range = tuple[int, int]
 KIND_BOOL = 1  # samples.kind: NULL = the value's own SQLite type, 1 = a bool stored as 0/1
 
@@ -93,6 +98,18 @@ class UplinkStatus:
     pending_gaps: int
 
 
+class SetAside(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A buffer file found unusable, kept aside, and what was carried over from it (meta `set_aside`)."""
+
+    path: str
+    at_ns: int
+    reason: str
+    salvaged: int = 0  # samples copied into the fresh buffer with their seq and timestamp
+    lost: int = 0  # seqs that could not be read (at most: counted by seq width); owed as gap records
+    gaps: int = 0  # gap records written for uplinks that had not acknowledged the lost seqs
+    note: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class BufferStatus:
     path: str
@@ -106,6 +123,7 @@ class BufferStatus:
     trimmed_age: int
     trimmed_size: int
     uplinks: list[UplinkStatus] = field(default_factory=list)
+    set_aside: list[SetAside] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +167,17 @@ def _unjson(text: str | None) -> Any:
     return None if text is None else msgspec.json.decode(text)
 
 
+@functools.cache
+def _core_columns() -> dict[str, frozenset[str]]:
+    """The columns each core table has in the schema this edged writes (from the script itself)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        return {t: frozenset(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in _CORE_TABLES}
+    finally:
+        db.close()
+
+
 def subtract(lo: int, hi: int, ranges: Iterable[Range]) -> list[Range]:
     """The parts of [lo, hi] not covered by `ranges` (sorted by start), oldest first."""
     holes: list[Range] = []
@@ -179,34 +208,50 @@ class Store:
         create: bool = True,
         readonly: bool = False,
         busy_timeout_ms: int = 10_000,
+        verify: bool = False,
     ) -> None:
+        """Open (or create) the buffer. Every failure is a StorageError whose class says what to do:
+        BufferUnavailable (wait, retry), BufferRefused (leave it alone), BufferUnusable (set aside).
+        `verify` adds a time-bounded quick_check (the daemon's open; CLI readers skip it)."""
+        from buffer.recovery import classify
+
         self.path = Path(path)
         self._tag_ids: dict[str, tuple[int, str | None]] = {}
         self._tags_by_id: dict[int, tuple[str, str | None]] = {}
         if not self.path.exists() and not create:
             raise StorageError(f"no buffer at {self.path}")
-        if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
         try:
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise classify(self.path, exc) from exc
+        try:
             self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            self._check_identity(readonly)
+            fresh = self._check_identity(readonly)
+            if verify and not fresh:
+                self._quick_check()
+            if not fresh:
+                self._check_schema(readonly)
             if not readonly:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
                 self.db.execute("PRAGMA journal_size_limit=67108864")
                 self.db.executescript(_SCHEMA)
                 self._init_meta()
-        except sqlite3.DatabaseError as exc:
+            self.head = self._read_head()
+        except (StorageError, sqlite3.Error, OSError) as exc:
             with contextlib.suppress(Exception):
                 self.db.close()
-            raise StorageError(f"{self.path}: not a usable edged buffer: {exc}") from exc
-        self.head = self._read_head()
+            if isinstance(exc, StorageError):
+                raise
+            raise classify(self.path, exc) from exc
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _check_identity(self, readonly: bool) -> None:
+    def _check_identity(self, readonly: bool) -> bool:
+        """Refuse what is not ours to use; True for a brand-new (empty) file."""
         app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -215,13 +260,62 @@ class Store:
                 raise StorageError(f"{self.path}: empty, not an edged buffer")
             self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            return
+            return True
         if app_id != APPLICATION_ID:
-            raise StorageError(
+            raise BufferUnusable(
                 f"{self.path}: a foreign SQLite database (application_id {app_id:#x}), not an edged buffer"
             )
         if version > SCHEMA_VERSION:
-            raise StorageError(f"{self.path}: written by a newer edged (schema {version} > {SCHEMA_VERSION})")
+            raise BufferRefused(
+                f"{self.path}: written by a newer edged (buffer schema {version}, this edged reads up to"
+                f" {SCHEMA_VERSION}); refusing to touch it. Install that edged again, or move the file away"
+                " to start an empty buffer (its unsent data stays in it)"
+            )
+        return False
+
+    def _quick_check(self) -> None:
+        """PRAGMA quick_check, bounded by QUICK_CHECK_S so a big buffer still starts in time."""
+        deadline = time.monotonic() + QUICK_CHECK_S
+        self.db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            rows = self.db.execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_INTERRUPT":
+                raise
+            log.warning("%s: integrity check stopped after %.0fs (a large buffer); opened unchecked",
+                        self.path, QUICK_CHECK_S)  # fmt: skip
+            return
+        finally:
+            self.db.set_progress_handler(None, 0)
+        if [r[0] for r in rows] != ["ok"]:
+            raise BufferUnusable(f"{self.path}: corrupt (quick_check: {'; '.join(str(r[0]) for r in rows)})")
+
+    def _check_schema(self, readonly: bool) -> None:
+        """edged's own file with tables this edged cannot write to would run storing nothing: such a
+        file is unusable. Missing tables are created (repaired) by the schema script."""
+        kinds = dict(self.db.execute("SELECT name, type FROM sqlite_master").fetchall())
+        missing_tables = [t for t in _CORE_TABLES if t not in kinds]
+        for table, want in _core_columns().items():
+            if table not in kinds:
+                continue
+            if kinds[table] != "table":
+                raise BufferUnusable(f"{self.path}: {table} is a {kinds[table]}, not a table: not an edged buffer")
+            have = {r[1]: r for r in self.db.execute(f"PRAGMA table_info({table})").fetchall()}
+            absent = sorted(want - set(have))
+            blocking = sorted(c for c, r in have.items() if c not in want and r[3] and r[4] is None and not r[5])
+            if absent or blocking:
+                detail = ", ".join(
+                    [*(f"no column {c}" for c in absent), *(f"unknown required column {c}" for c in blocking)]
+                )
+                raise BufferUnusable(f"{self.path}: table {table} has a shape this edged cannot use ({detail})")
+        if (
+            "tags" in missing_tables
+            and "samples" in kinds
+            and self.db.execute("SELECT 1 FROM samples LIMIT 1").fetchone()
+        ):
+            raise BufferUnusable(f"{self.path}: samples without a tags table: their tag names are lost")
+        if missing_tables and not readonly:
+            log.warning("%s: creating missing tables %s", self.path, ", ".join(missing_tables))
 
     def _init_meta(self) -> None:
         with self.transaction():
@@ -758,21 +852,45 @@ class Store:
             trimmed_age=int(meta.get("trimmed_age", 0)),
             trimmed_size=int(meta.get("trimmed_size", 0)),
             uplinks=uplinks,
+            set_aside=self.set_aside_events(),
         )
 
+    def set_aside_events(self) -> list[SetAside]:
+        """Buffers this one replaced because they were unusable, oldest first (see buffer.recovery)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='set_aside'").fetchone()
+        return msgspec.json.decode(row[0], type=list[SetAside]) if row else []
 
-def open_or_recover(path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> Store:
-    """Open the buffer; a corrupt or foreign file is kept aside (never deleted) and a fresh one started."""
+
+def open_or_recover(path: str | os.PathLike[str], *, synchronous: str = "NORMAL", wait_s: float = OPEN_WAIT_S) -> Store:
+    """The daemon's open. A buffer that cannot be used right now (locked, I/O or permission error)
+    is waited for up to `wait_s`, then BufferUnavailable is raised and nothing is touched; a newer
+    edged's buffer raises BufferRefused. Only an unusable file is set aside, and what it held is
+    salvaged into the fresh buffer (buffer.recovery)."""
+    from buffer import recovery
+
     p = Path(path)
-    try:
-        return Store(p, synchronous=synchronous)
-    except StorageError as exc:
-        if not p.exists():
-            raise
-        aside = p.with_name(f"{p.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
-        log.error("buffer unusable, kept aside as %s; starting a fresh buffer: %s", aside, exc)
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{p}{suffix}")
-            if src.exists():
-                src.rename(Path(f"{aside}{suffix}"))
-        return Store(p, synchronous=synchronous)
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            store = Store(p, synchronous=synchronous, verify=True, busy_timeout_ms=1000)
+        except BufferUnavailable as exc:
+            if time.monotonic() >= deadline:
+                raise BufferUnavailable(
+                    f"{exc}; gave up after {wait_s:.0f}s. The buffer is left as it is: edged exits so that it"
+                    " is started again (systemd: Restart=on-failure)"
+                ) from exc
+            if not waiting:
+                log.warning("%s; waiting up to %.0fs", exc, wait_s)
+                waiting = True
+            recovery.keep_alive(f"waiting for the buffer: {exc}")
+            time.sleep(0.5)
+            continue
+        except BufferUnusable as exc:
+            return recovery.recover(p, str(exc), synchronous=synchronous)
+        break
+    if waiting:
+        log.info("%s: the buffer is available again", p)
+    store.db.execute("PRAGMA busy_timeout=10000")
+    recovery.resume(store)  # a salvage a crash or kill interrupted goes on where it stopped
+    return store

@@ -87,8 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     try:
         asyncio.run(Daemon(cfg).run())
-    except StorageError as exc:
-        log.error("%s", exc)
+    except StorageError as exc:  # locked, newer, unwritable: the buffer is left as it is (README "Buffer")
+        log.error("cannot start: %s", exc)
         return EXIT_FAIL
     except KeyboardInterrupt:
         pass
@@ -196,6 +196,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  seq    {st.first_seq or '-'} .. {st.head}")
     print(f"  time   {_fmt_ns(st.oldest_ns)} .. {_fmt_ns(st.newest_ns)}")
     print(f"  trimmed by age {st.trimmed_age}, by size cap {st.trimmed_size}")
+    for ev in st.set_aside:
+        print(f"  set aside {_fmt_ns(ev.at_ns)}: {ev.path}")
+        print(f"    because {ev.reason}")
+        print(f"    salvaged {ev.salvaged} samples, {ev.lost} unreadable (owed as {ev.gaps} gap records)")
+        if ev.note:
+            print(f"    {ev.note}")
     for u in st.uplinks:
         print(f"uplink   {u.name}")
         print(f"  backlog {u.backlog} samples, oldest unsent {_fmt_ns(u.oldest_unsent_ns)}")

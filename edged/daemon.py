@@ -352,6 +352,7 @@ class Daemon:
                 "write_errors": self.buffer.write_errors,
                 "alarm": self.buffer.alarm,
                 "last_trim": asdict(self.buffer.last_trim),
+                "set_aside": msgspec.to_builtins(list(self.buffer.set_aside)),
             },
             "devices": {d.name: asdict(d.stats) for d in self.devices},
             "uplinks": {

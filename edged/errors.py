@@ -51,3 +51,18 @@ class Partial(EdgedError):
 
 class StorageError(EdgedError):
     """The buffer database cannot be used (corrupt, foreign, or unwritable)."""
+
+
+class BufferUnavailable(StorageError):
+    """The buffer is fine but cannot be used right now (locked by another process, an I/O or
+    permission error, a full disk): wait, then exit 1 so systemd retries. Never set aside."""
+
+
+class BufferRefused(StorageError):
+    """The buffer is edged's but this edged must not touch it (written by a newer version): exit 1,
+    the file stays as it is."""
+
+
+class BufferUnusable(StorageError):
+    """The file is no edged buffer this edged can read (not SQLite, corrupt, foreign, misshapen
+    schema): it is set aside, never deleted, and what is readable is salvaged into a fresh one."""

@@ -26,7 +26,8 @@ LAG_UNHEALTHY_S = 5.0
 
 def health(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
     """Healthy when the loop is responsive and the buffer accepts writes; device or uplink outages
-    are reported but are not a reason to restart the gateway (restarting would not fix them)."""
+    are reported but are not a reason to restart the gateway (restarting would not fix them), and
+    so is a buffer file set aside at startup (already recovered from; shown for the operator)."""
     problems = []
     if daemon.loop_lag_s > LAG_UNHEALTHY_S:
         problems.append(f"event loop lag {daemon.loop_lag_s:.1f}s")
@@ -38,7 +39,22 @@ def health(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
         "devices": {d.name: d.stats.state for d in daemon.devices},
         "uplinks": {s.name: s.stats.state for s in daemon.senders},
     }
+    if daemon.buffer.set_aside:
+        last = daemon.buffer.set_aside[-1]
+        doc["buffer_set_aside"] = {
+            "count": len(daemon.buffer.set_aside),
+            "path": last.path,
+            "at": _iso(last.at_ns),
+            "reason": last.reason,
+            "salvaged": last.salvaged,
+            "lost": last.lost,
+            "gaps": last.gaps,
+        }
     return not problems, doc
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
 
 
 class _Collector:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from buffer import Store, subtract
 from buffer.store import open_or_recover
-from edged.errors import StorageError
+from edged.errors import BufferRefused, BufferUnavailable, BufferUnusable, StorageError
 from edged.model import Sample, Status
 
 NS = 1_000_000_000
@@ -198,3 +200,159 @@ def test_latest_per_tag_within_a_window(store: Store) -> None:
     assert len(got) == 102
     recent = {s.tag for s in store.latest(window=50)}
     assert "a/x" not in recent and "b/t99" in recent, "a tag silent for longer than the window is left out"
+
+
+# ----------------------------------------------------------------------------------------- recovery
+
+
+def _buffer_with_history(path: Path, n: int = 20_000) -> tuple[dict[int, int], int]:
+    """A real buffer: n samples of 10 tags, uplink "a" acknowledged the first quarter, "b" nothing."""
+    s = Store(path)
+    s.register_uplink("a")
+    s.register_uplink("b")
+    for i in range(0, n, 1000):
+        s.append([Sample(f"d/t{k % 10}", (i + k) * NS, float(i + k), Status.GOOD, 100, "bar") for k in range(1000)])
+    first = s.first_seq()
+    assert first is not None
+    s.ack("a", first, first + n // 4 - 1)
+    ts = {x.seq: x.ts_ns for x in s.read(first, s.head, n)[0] if x.seq is not None}
+    head = s.head
+    s.close()
+    return ts, head
+
+
+def _corrupt_middle(path: Path, pages: int = 6) -> None:
+    """Overwrite whole pages in the middle of the file with garbage (a torn write, a bad sector)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek((size // 2 // 4096) * 4096)
+        fh.write(b"\xa5" * 4096 * pages)
+
+
+def _asides(d: Path) -> list[Path]:
+    return [k for k in d.glob("b.db.bad-*") if not k.name.endswith(("-wal", "-shm"))]
+
+
+def _hold_lock(path: Path) -> subprocess.Popen[bytes]:
+    """A second process holding a write lock on the buffer (BEGIN EXCLUSIVE), until killed."""
+    code = (
+        "import sqlite3, sys, time\n"
+        f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\nsys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"locked\n"
+    return proc
+
+
+def test_a_locked_buffer_is_waited_for_and_never_set_aside(tmp_path: Path) -> None:
+    p = tmp_path / "b.db"
+    _, head = _buffer_with_history(p, 2000)
+    holder = _hold_lock(p)
+    try:
+        with pytest.raises(BufferUnavailable, match=r"locked by another process.*gave up after 1s"):
+            open_or_recover(p, wait_s=1.0)
+    finally:
+        holder.communicate(b"")
+    assert not list(tmp_path.glob("b.db.bad-*")), "a healthy buffer is never set aside for a lock"
+    with open_or_recover(p) as s:
+        assert s.head == head and s.count(0, head) == 2000 and not s.set_aside_events()
+
+
+def test_a_newer_buffer_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    p = tmp_path / "b.db"
+    _buffer_with_history(p, 100)
+    con = sqlite3.connect(p)
+    con.execute("PRAGMA user_version=7")
+    con.close()
+    before = p.read_bytes()
+    with pytest.raises(BufferRefused, match=r"newer edged \(buffer schema 7"):
+        open_or_recover(p)
+    assert p.read_bytes() == before and not list(tmp_path.glob("b.db.bad-*"))
+
+
+def test_a_missing_additive_table_is_repaired_in_place(tmp_path: Path) -> None:
+    p = tmp_path / "b.db"
+    _, head = _buffer_with_history(p, 100)
+    con = sqlite3.connect(p)
+    con.execute("DROP TABLE gaps")
+    con.close()
+    with open_or_recover(p) as s:
+        assert s.head == head and s.pending_gaps("b") == [] and not list(tmp_path.glob("b.db.bad-*"))
+
+
+def test_a_misshapen_core_table_is_set_aside_and_every_sample_salvaged(tmp_path: Path) -> None:
+    p = tmp_path / "b.db"
+    ts, head = _buffer_with_history(p, 3000)
+    con = sqlite3.connect(p)
+    con.execute("ALTER TABLE samples DROP COLUMN kind")  # appends would fail: "storing nothing"
+    con.close()
+    with pytest.raises(BufferUnusable, match="table samples has a shape this edged cannot use"):
+        Store(p)
+    with open_or_recover(p) as s:
+        got = {x.seq: x.ts_ns for x in s.read(0, s.head, 10_000)[0]}
+        assert got == ts, "every sample kept its seq and timestamp"
+        assert s.head == head, "numbering continues after the old head"
+        assert s.unacked("a", head) == [(min(ts) + 750, head)] and s.unacked("b", head) == [(min(ts), head)]
+        (ev,) = s.set_aside_events()
+        assert (ev.salvaged, ev.lost, ev.gaps) == (3000, 0, 0) and "samples has a shape" in ev.reason
+        assert s.append(samples(1))[0] == head + 1
+    assert len(_asides(tmp_path)) == 1
+
+
+def test_corrupt_pages_are_salvaged_and_the_rest_owed_as_gap_records(tmp_path: Path) -> None:
+    p = tmp_path / "b.db"
+    ts, head = _buffer_with_history(p)
+    _corrupt_middle(p)
+    with open_or_recover(p) as s:
+        (ev,) = s.set_aside_events()
+        got = {x.seq: x.ts_ns for x in s.read(0, s.head, 100_000)[0]}
+        assert all(ts[q] == t for q, t in got.items()), "salvaged samples keep seq and timestamp"
+        assert 0 < ev.lost < len(ts) and ev.salvaged == len(got) and ev.salvaged + ev.lost == len(ts)
+        first = min(ts)
+        for up, acked_to in (("a", first + len(ts) // 4 - 1), ("b", first - 1)):
+            gaps = [g for _, g in s.pending_gaps(up, 1000)]
+            covered = {q for g in gaps for q in range(g.lo_seq, g.hi_seq + 1)}
+            owed = {q for a, b in s.unacked(up, head) for q in range(a, b + 1)}
+            for q in ts:
+                if q > acked_to:
+                    assert q in got or q in covered, f"seq {q} owed to {up} is neither salvaged nor a gap"
+                    assert q not in covered or q not in got
+            assert not covered & set(range(first, acked_to + 1)), "no gap for what the uplink already had"
+            assert owed == {q for q in got if q > acked_to}, "exactly the salvaged, unacknowledged part is owed"
+            assert all(g.lo_ts_ns <= g.hi_ts_ns for g in gaps)
+        assert ev.gaps >= 1 and s.head == head and s.integrity_ok()
+    aside = _asides(tmp_path)
+    assert len(aside) == 1 and aside[0].stat().st_size > 0, "the damaged file is kept, never deleted"
+    assert not (tmp_path / "b.db.salvage").exists()
+
+
+def test_aside_names_never_collide(tmp_path: Path) -> None:
+    p = tmp_path / "b.db"
+    for _ in range(3):  # three recoveries within the same second
+        p.write_bytes(b"not sqlite" * 100)
+        open_or_recover(p).close()
+    assert len(_asides(tmp_path)) == 3
+    with Store(p) as s:
+        (ev,) = s.set_aside_events()  # the garbage held no history of earlier set-asides
+        assert ev.path == str(sorted(_asides(tmp_path))[-1]) and ev.note == "nothing in it could be read"
+
+
+def test_an_interrupted_salvage_resumes_at_the_next_start(tmp_path: Path) -> None:
+    from buffer import recovery
+
+    p = tmp_path / "b.db"
+    ts, _ = _buffer_with_history(p, 5000)
+    _corrupt_middle(p, 2)
+    real = recovery.salvage
+    recovery.salvage = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            open_or_recover(p)  # killed right after the file was set aside
+    finally:
+        recovery.salvage = real
+    assert (tmp_path / "b.db.salvage").exists()
+    with open_or_recover(p) as s:
+        (ev,) = s.set_aside_events()
+        assert ev.salvaged + ev.lost == len(ts) and ev.salvaged > 0
+    assert not (tmp_path / "b.db.salvage").exists()
