@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from edged.errors import StorageError
+from edged.files import ensure_mode
 from edged.model import Gap, Sample
 
 log = logging.getLogger("edged.buffer")
@@ -187,6 +188,11 @@ class Store:
             raise StorageError(f"no buffer at {self.path}")
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                try:
+                    ensure_mode(self.path)  # 0640 whatever the umask; SQLite gives -wal/-shm the same mode
+                except OSError as exc:
+                    raise StorageError(f"{self.path}: cannot create the buffer: {exc.strerror}") from exc
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
         try:
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
