@@ -77,6 +77,7 @@ class ByteSize(int):
         "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
         "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
         "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+        "p": 1000**5, "pb": 1000**5, "pib": 1024**5,
     }  # fmt: skip
 
     @classmethod
@@ -134,14 +135,14 @@ def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device"
-            raise ValueError(f"{path} is {kind}, not a regular file")
+            raise ValueError(f"it is {kind}, not a regular file")
         chunks: list[bytes] = []
         total = 0
         while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise ValueError(f"{path} is larger than {limit} bytes")
+                raise ValueError(f"it is larger than {limit} bytes")
         return b"".join(chunks)
     finally:
         os.close(fd)
