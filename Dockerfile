@@ -51,10 +51,14 @@ RUN apt-get update \
 COPY --from=build /opt/edged/venv /opt/edged/venv
 
 # The demo writes under the data volume too, so `run --demo` shows the same layout as a real config.
+# EDGED_UMASK: the buffer (samples, command audit), status.json and state files are 0640 and
+# directories 0750 (Docker starts processes with umask 0022); edged applies at least 0027 itself
+# on `run`, `write` and `opcua-cert`, so this only states it (0077 would make them owner-only).
 ENV PATH=/opt/edged/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    EDGED_DEMO_DIR=/var/lib/edged/demo
+    EDGED_DEMO_DIR=/var/lib/edged/demo \
+    EDGED_UMASK=0027
 # The name alone (not edged:edged) so the runtime also applies edged's supplementary group dialout.
 USER edged
 WORKDIR /var/lib/edged

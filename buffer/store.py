@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from edged.errors import BufferRefused, BufferUnavailable, BufferUnusable, StorageError
+from edged.files import ensure_mode
 from edged.model import Gap, Sample
 
 log = logging.getLogger("edged.buffer")
@@ -224,6 +225,8 @@ class Store:
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():
+                    ensure_mode(self.path)  # 0640 whatever the umask; SQLite gives -wal/-shm the same mode
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as exc:
             raise classify(self.path, exc) from exc

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edged import __version__, config, logs
+from edged import __version__, config, files, logs
 from edged.errors import ConfigError, StorageError, Transient
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -30,28 +30,17 @@ def demo_config(data_dir: Path | None = None) -> config.Config:
 
 
 def _load(path: str | None) -> config.Config:
+    """The one validation of `run`, `check-config` and the other commands (config.load)."""
     if path is None:
         return demo_config()
     cfg = config.load(path)
-    if config.world_readable(path) and _has_inline_secret(Path(path)):
+    inline = config.inline_secrets(cfg)
+    if inline and config.world_readable(path):
         logging.getLogger("edged").warning(
-            "%s is world-readable and holds an inline secret: chmod 640 it or use { file = ... }", path
-        )
+            "%s is world-readable and holds an inline secret at %s: chmod 640 it or use { file = ... }",
+            path, ", ".join(inline),
+        )  # fmt: skip
     return cfg
-
-
-def _has_inline_secret(path: Path) -> bool:
-    try:
-        text = path.read_text()
-    except OSError:
-        return False
-    # `password = "..."` is inline; `password = { env = "..." }` and friends are references
-    return any(
-        line.split("=", 1)[0].strip() in ("password", "token", "key_password", "private_key_password")
-        and line.split("=", 1)[1].strip()[:1] in ('"', "'")
-        for line in text.splitlines()
-        if "=" in line and not line.lstrip().startswith("#")
-    )
 
 
 def _fmt_ns(ns: int | None) -> str:
@@ -77,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = args.config
     if path is None and os.path.exists(DEFAULT_CONFIG) and not args.demo:
         path = DEFAULT_CONFIG
+    files.restrict_umask()  # buffer, status and state files 0640 however edged was started
     cfg = _load(path)
     logs.setup(args.log_level or cfg.gateway.log_level, cfg.gateway.log_format)
     log = logging.getLogger("edged")
@@ -156,6 +146,7 @@ def cmd_opcua_cert(args: argparse.Namespace) -> int:
 
     from drivers.opcua.certs import create_client_certificate
 
+    files.restrict_umask()  # the opcua/ directory it may create: 0750
     data_dir = Path(args.data_dir) if args.data_dir else _config_for(args).data_dir
     cert = Path(args.cert) if args.cert else data_dir / "opcua" / "client_cert.der"
     key = Path(args.key) if args.key else data_dir / "opcua" / "client_key.pem"
@@ -333,6 +324,7 @@ def cmd_write(args: argparse.Namespace) -> int:
     from buffer import Store
     from edged import commands, replay
 
+    files.restrict_umask()  # it may create the buffer (and its directory)
     cfg = _config_for(args)
     logs.setup("warning", "text")
     pid = replay.daemon_pid(cfg.data_dir)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import ipaddress
 import logging
 import math
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,11 +28,26 @@ from edged.errors import ConfigError
 # ----------------------------------------------------------------------------------------- value types
 
 
+# Bounds that keep every value usable downstream: nanoseconds of a duration and a byte count
+# must fit SQLite's 64-bit integers (a 9...9d retention used to crash `run` with OverflowError).
+MAX_DURATION_S = 36500 * 86400.0  # 100 years
+MAX_BYTES = 1024**5  # 1 PiB
+MAX_NESTING = 32  # TOML arrays/tables deeper than this are a mistake (or an attack), not a config
+SECRET_FILE_MAX = 64 * 1024
+CONFIG_FILE_MAX = 64 * 1024**2
+
+
+def _shown(text: object, limit: int = 40) -> str:
+    """repr() of a value for an error message, shortened: a 400-digit typo need not fill the screen."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 class Duration(float):
     """Seconds, written with a unit in the config: "500ms", "10s", "1h30m", "24h", "7d"."""
 
     _UNITS: Mapping[str, float] = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+    _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 
     @classmethod
     def parse(cls, text: str) -> Duration:
@@ -42,7 +59,9 @@ class Duration(float):
             total += float(m.group(1)) * cls._UNITS[m.group(2)]
             pos = m.end()
         if not s or pos != len(s):
-            raise ValueError(f"invalid duration {text!r}: use a number with a unit, e.g. '500ms', '10s', '24h'")
+            raise ValueError(f"invalid duration {_shown(text)}: use a number with a unit, e.g. '500ms', '10s', '24h'")
+        if not total <= MAX_DURATION_S:  # also catches inf (a float overflow of a huge number)
+            raise ValueError(f"duration {_shown(text)} is too long: at most 36500d (100 years)")
         return cls(total)
 
     def __repr__(self) -> str:
@@ -58,6 +77,7 @@ class ByteSize(int):
         "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
         "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
         "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+        "p": 1000**5, "pb": 1000**5, "pib": 1024**5,
     }  # fmt: skip
 
     @classmethod
@@ -65,14 +85,18 @@ class ByteSize(int):
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 0:
                 raise ValueError("a size cannot be negative")
-            return cls(value)
-        if not isinstance(value, str):
+            n: float = value
+        elif isinstance(value, str):
+            m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+            unit = m.group(2).lower() if m else ""
+            if m is None or unit not in cls._UNITS:
+                raise ValueError(f"invalid size {_shown(value)}: use bytes or a unit (kB, MB, GB, KiB, MiB, GiB)")
+            n = float(m.group(1)) * cls._UNITS[unit]
+        else:
             raise TypeError("expected a size such as 1073741824 or '1GiB'")
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
-        unit = m.group(2).lower() if m else ""
-        if m is None or unit not in cls._UNITS:
-            raise ValueError(f"invalid size {value!r}: use bytes or a unit (kB, MB, GB, KiB, MiB, GiB)")
-        return cls(int(float(m.group(1)) * cls._UNITS[unit]))
+        if not n <= MAX_BYTES:  # also catches inf
+            raise ValueError(f"size {_shown(value)} is too large: at most 1PiB")
+        return cls(int(n))
 
 
 class Secret:
@@ -103,6 +127,40 @@ class Secret:
         return hash(self._value)
 
 
+def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. A FIFO, a device (/dev/zero) or a
+    socket is refused without reading, so a wrong path can neither hang the load nor fill memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device"
+            raise ValueError(f"it is {kind}, not a regular file")
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise ValueError(f"it is larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        data = read_regular_file(path, SECRET_FILE_MAX)
+    except OSError as exc:
+        raise ValueError(f"cannot read {what}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"cannot read {what}: {exc}") from None
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"cannot read {what}: not UTF-8 text (byte {exc.start})") from None
+
+
 def _resolve_secret(obj: Any, base_dir: Path) -> Secret:
     if isinstance(obj, str):
         return Secret(obj)
@@ -111,6 +169,8 @@ def _resolve_secret(obj: Any, base_dir: Path) -> Secret:
     ((kind, ref),) = obj.items()
     if not isinstance(ref, str) or not ref:
         raise TypeError(f"secret `{kind}` must be a non-empty string")
+    if "\0" in ref:
+        raise ValueError(f"secret `{kind}` contains a NUL character")
     if kind == "env":
         if ref not in os.environ:
             raise ValueError(f"environment variable {ref} is not set")
@@ -119,19 +179,14 @@ def _resolve_secret(obj: Any, base_dir: Path) -> Secret:
         path = (base_dir / ref) if not os.path.isabs(ref) else Path(ref)
         if world_readable(path):
             logging.getLogger("edged.config").warning("secret file %s is readable by everyone: chmod 600 it", path)
-        try:
-            return Secret(path.read_text().rstrip("\r\n"), f"file {path}")
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+        return Secret(_read_secret(path, f"secret file {path}"), f"file {path}")
     if kind == "credential":
         cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
         if not cred_dir:
             raise ValueError("CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the systemd unit)")
-        path = Path(cred_dir) / ref
-        try:
-            return Secret(path.read_text().rstrip("\r\n"), f"credential {ref}")
-        except OSError as exc:
-            raise ValueError(f"cannot read credential {ref}: {exc.strerror}") from None
+        if "/" in ref or ref in (".", ".."):
+            raise ValueError(f"invalid credential name {ref!r}: the name given to LoadCredential=, without '/'")
+        return Secret(_read_secret(Path(cred_dir) / ref, f"credential {ref}"), f"credential {ref}")
     raise TypeError(f"unknown secret source `{kind}`: use env, file or credential")
 
 
@@ -336,16 +391,58 @@ class UplinkBase(Base):
             raise ValueError("backfill_share must be between 0 and 1 (exclusive)")
 
 
+_LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port` of a local listening socket: an IP address (IPv6 in brackets) or localhost,
+    and a port 1-65535; an empty host means 127.0.0.1. ValueError says what is wrong."""
+    m = _LISTEN.fullmatch(listen)
+    if m is None:
+        raise ValueError(f"{listen!r}: expected host:port, e.g. 127.0.0.1:9337 or [::1]:9337")
+    port = int(m.group("port"))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{listen!r}: port {port} is outside 1-65535")
+    host = m.group("v6") if m.group("v6") is not None else m.group("host")
+    if host == "":
+        return "127.0.0.1", port
+    if host != "localhost":
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"{listen!r}: {host!r} is not an IP address (127.0.0.1, 0.0.0.0, [::1]) or localhost"
+            ) from None
+        if (addr.version == 6) != (m.group("v6") is not None):
+            raise ValueError(f"{listen!r}: write an IPv6 address in brackets, e.g. [::1]:9337")
+    return host, port
+
+
+class ListenAddress(str):
+    """A `host:port` checked by `parse_listen` when the config is loaded, not when the socket opens."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: object) -> ListenAddress:
+        if not isinstance(value, str):
+            raise TypeError("expected a string host:port, e.g. '127.0.0.1:9337'")
+        parse_listen(value)
+        return cls(value)
+
+
 class GatewayConfig(Base):
     id: str = msgspec.field(default_factory=socket.gethostname)
     data_dir: str = "/var/lib/edged"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "text", "json", "journal"] = "auto"
-    metrics_listen: str | None = None  # "127.0.0.1:9337"; off when unset
+    metrics_listen: ListenAddress | None = None  # "127.0.0.1:9337"; off when unset
 
     def __post_init__(self) -> None:
-        if not NAME_RE.match(self.id):
-            raise ValueError(f"invalid gateway id {self.id!r}: letters, digits, _ . - only")
+        if not NAME_RE.match(self.id) or len(self.id) > 128:
+            raise ValueError(f"invalid gateway id {self.id!r}: up to 128 letters, digits, _ . - only")
+        if not self.data_dir or "\0" in self.data_dir:
+            raise ValueError("data_dir must be a directory path")
 
 
 class BufferConfig(Base):
@@ -367,6 +464,10 @@ class BufferConfig(Base):
             raise ValueError("flush_interval must be between 1ms and 10s")
         if not 1 <= self.flush_rows <= 1_000_000:
             raise ValueError("flush_rows must be between 1 and 1000000")
+        if not 1 <= self.trim_interval <= 3600:
+            raise ValueError("trim_interval must be between 1s and 1h")
+        if not self.path or "\0" in self.path:
+            raise ValueError("path must be a file name or path")
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -526,6 +627,8 @@ def _dec_hook_for(base_dir: Path) -> Callable[[type, Any], Any]:
             raise TypeError("a duration needs a unit, e.g. '500ms', '10s', '24h'")
         if typ is ByteSize:
             return ByteSize.parse(obj)
+        if typ is ListenAddress:
+            return ListenAddress.parse(obj)
         if typ is Secret:
             return _resolve_secret(obj, base_dir)
         raise NotImplementedError(typ)
@@ -555,10 +658,29 @@ def _entry_label(kind: str, i: int, raw: Any) -> str:
     return f"{kind}[{i}]" + (f" ({name})" if isinstance(name, str) else "")
 
 
+def _check_shape(raw: Mapping[str, Any], file: str) -> None:
+    """Nesting depth and integer range of the whole document, before any struct sees it: deeper
+    nesting and integers beyond 64 bits are never meant and would fail later, far from the key."""
+    stack: list[tuple[str, Any, int]] = [(k, v, 1) for k, v in raw.items()]
+    while stack:
+        path, value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ConfigError(f"nested more than {MAX_NESTING} levels deep", file=file, path=path)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise ConfigError("integer out of range (64-bit)", file=file, path=path)
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}", v, depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v, depth + 1) for i, v in enumerate(value))
+
+
 def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate an already-parsed TOML document."""
     from edged import registry  # local: registry imports config for the base structs
 
+    _check_shape(raw, file)
     base = base_dir or Path.cwd()
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
@@ -613,21 +735,85 @@ def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | No
     return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file, commands=commands)
 
 
+NOTHING_TO_DO = "no [[devices]] and no [[uplinks]]: nothing to do; `edged run --demo` runs the demo"
+
+
 def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file; every problem is a ConfigError naming file, key and reason."""
+    """Read and validate a config file; every problem is a ConfigError naming file, key and reason.
+
+    The one validation behind `check-config`, `run` and a reload: a config that passes it runs."""
     p = Path(path)
     file = str(p)
     try:
-        text = p.read_bytes()
+        data = read_regular_file(p, CONFIG_FILE_MAX)
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from None
+    except ValueError as exc:
+        raise ConfigError(f"cannot read config: {exc}", file=file) from None
     try:
-        raw = tomllib.loads(text.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=file) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"TOML syntax error: {exc}", file=file) from None
-    return parse(raw, file=file, base_dir=p.resolve().parent)
+    except RecursionError:
+        raise ConfigError(f"arrays or tables nested more than {MAX_NESTING} levels deep", file=file,
+                          path=_deepest_line(text)) from None  # fmt: skip
+    except ValueError:  # tomllib's int() of a number with more than 4300 digits
+        raise ConfigError("a number has more than 4300 digits", file=file) from None
+    cfg = parse(raw, file=file, base_dir=p.resolve().parent)
+    if not cfg.devices and not cfg.uplinks:
+        raise ConfigError(NOTHING_TO_DO, file=file)
+    for key, target, want_dir in (("gateway.data_dir", cfg.data_dir, True), ("buffer.path", cfg.buffer_path, False)):
+        if target.exists() and target.is_dir() != want_dir:
+            what = "a directory" if want_dir else "a file (the buffer database)"
+            raise ConfigError(f"{target} exists but is not {what}", file=file, path=key)
+    return cfg
+
+
+def _deepest_line(text: str) -> str | None:
+    """`line N` where bracket nesting first exceeds MAX_NESTING: a location for the error when the
+    TOML parser itself gave up (RecursionError). Approximate (quotes are tracked, escapes not)."""
+    depth, quote = 0, ""
+    for n, line in enumerate(text.splitlines(), 1):
+        for ch in line:
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                break
+            elif ch in "[{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    return f"line {n}"
+            elif ch in "]}":
+                depth = max(0, depth - 1)
+    return None
+
+
+def inline_secrets(cfg: Config) -> list[str]:
+    """Key paths of every `Secret` written inline in the file (not { env/file/credential }), found
+    by walking the validated structs, so a new Secret field of any plugin is covered."""
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("gateway", cfg.gateway), ("buffer", cfg.buffer), ("commands", cfg.commands)]
+    entries: tuple[tuple[str, list[Any]], ...] = (("devices", cfg.devices), ("uplinks", cfg.uplinks))
+    for kind, items in entries:
+        stack.extend((f"{kind}[{i}] ({e.name})", e) for i, e in enumerate(items))
+    while stack:
+        path, obj = stack.pop()
+        if isinstance(obj, Secret):
+            if obj.source == "inline":
+                found.append(path)
+        elif isinstance(obj, msgspec.Struct):
+            stack.extend((f"{path}.{f}", getattr(obj, f)) for f in obj.__struct_fields__)
+        elif isinstance(obj, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in obj.items())
+        elif isinstance(obj, list | tuple):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(obj))
+    return sorted(found)
 
 
 def world_readable(path: str | os.PathLike[str]) -> bool:

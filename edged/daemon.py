@@ -28,6 +28,7 @@ from edged.config import Config, DeviceBase, UplinkBase
 from edged.config import load as load_config
 from edged.delivery import Sender
 from edged.errors import ConfigError, Permanent, Transient
+from edged.files import write_atomic
 from edged.model import Sample, Severity, Status, severity
 from edged.plugin import Backoff, PluginContext
 from edged.quality import TagProcessor
@@ -367,10 +368,8 @@ class Daemon:
 
     def _write_status(self) -> None:
         path = self.config.data_dir / STATUS_FILE
-        tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(msgspec.json.encode(self.snapshot()))
-            os.replace(tmp, path)
+            write_atomic(path, msgspec.json.encode(self.snapshot()))  # 0640 whatever the umask
         except OSError as exc:
             log.debug("cannot write %s: %s", path, exc)
 

@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -18,15 +19,35 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STD}
 
 
+# C0/C1 control characters (newline, CR, NUL, ESC...), Unicode line/paragraph separators and bidi
+# overrides: a device, a command's id, user or tag, a peer's error text can carry them, and one
+# newline lets a stranger write a fake log line (ESC: rewrite the operator's terminal).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def escape(text: str) -> str:
+    """`text` on one line with no control character: each is shown as a backslash escape."""
+    return _CONTROL.sub(_escape_one, text)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record, everything from outside escaped; a traceback follows, indented, so a
+    line starting at column 0 is always a record of ours."""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{ts} {record.levelname.lower():<7} {record.name}: {record.getMessage()}"
+        extras = " ".join(f"{escape(str(k))}={escape(str(v))}" for k, v in _fields(record).items())
+        line = f"{ts} {record.levelname.lower():<7} {escape(record.name)}: {escape(record.getMessage())}"
         if extras:
             line += f" [{extras}]"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "".join(f"\n  {escape(tb)}" for tb in self.formatException(record.exc_info).splitlines())
         return line
 
 
@@ -47,6 +68,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+def _journal_key(name: str) -> str:
+    """A journal field name: upper-case letters, digits and _, not starting with _ or a digit."""
+    key = re.sub(r"[^A-Z0-9_]", "_", name.upper()).lstrip("_")
+    return key if key and not key[0].isdigit() else f"X_{key}"
+
+
 def _journal_handler() -> logging.Handler | None:
     try:
         journal = importlib.import_module("systemd.journal")  # optional extra: edged[systemd]
@@ -56,9 +83,9 @@ def _journal_handler() -> logging.Handler | None:
     class Handler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             try:
-                extra = {k.upper(): str(v) for k, v in _fields(record).items()}
+                extra = {_journal_key(k): escape(str(v)) for k, v in _fields(record).items()}
                 journal.send(
-                    record.getMessage(),
+                    escape(record.getMessage()),
                     PRIORITY=str({10: 7, 20: 6, 30: 4, 40: 3, 50: 2}.get(record.levelno, 6)),
                     LOGGER=record.name,
                     SYSLOG_IDENTIFIER="edged",

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from edged.config import parse_listen
 from edged.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -118,11 +119,10 @@ class _Collector:
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
     try:
-        return host.strip("[]") or "127.0.0.1", int(port)
-    except ValueError:
-        raise ConfigError(f"gateway.metrics_listen {listen!r}: expected host:port, e.g. 127.0.0.1:9337") from None
+        return parse_listen(listen)  # the config load already checked it: check-config and run agree
+    except ValueError as exc:
+        raise ConfigError(f"gateway.metrics_listen {exc}") from None
 
 
 async def serve(daemon: Daemon, listen: str) -> None:

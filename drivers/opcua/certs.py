@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edged.files import FILE_MODE, PRIVATE_MODE, write_atomic
+
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 
 
@@ -119,21 +121,10 @@ def create_self_signed_certificate(
     encoding = serialization.Encoding.PEM if cert_file.suffix.lower() == ".pem" else serialization.Encoding.DER
     key_file.parent.mkdir(parents=True, exist_ok=True)
     cert_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(key_file, key_bytes)
-    cert_file.write_bytes(cert.public_bytes(encoding))
+    # the key readable by its owner only, the certificate also by group edged, whatever the umask
+    write_atomic(key_file, key_bytes, mode=PRIVATE_MODE, fsync=True)
+    write_atomic(cert_file, cert.public_bytes(encoding), mode=FILE_MODE, fsync=True)
     return GeneratedCertificate(cert_file, key_file, app_uri, thumbprint(cert), cert.not_valid_after_utc)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a private key readable by its owner only, replacing any previous file atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def thumbprint(cert: x509.Certificate) -> str:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from edged import cli
-from edged.config import ByteSize, Duration, Secret, load, parse
+from edged import cli, files, logs
+from edged.config import (
+    NOTHING_TO_DO,
+    SECRET_FILE_MAX,
+    ByteSize,
+    Duration,
+    Secret,
+    inline_secrets,
+    load,
+    parse,
+    parse_listen,
+)
 from edged.errors import ConfigError
 
 BASE = """
@@ -198,3 +211,158 @@ def test_every_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.Monke
 def test_parse_rejects_non_table_entries() -> None:
     with pytest.raises(ConfigError, match=r"devices\[0\]: must be a table"):
         parse({"devices": [1]})
+
+
+# ----------------------------------------------------------------------------------------- bounds and shapes
+
+
+@pytest.mark.parametrize("text", ["9" * 400 + "d", "36501d", "1e3s", "\u0661s"])  # ARABIC-INDIC DIGIT ONE
+def test_durations_out_of_bounds_or_not_ascii_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"too long|invalid duration"):
+        Duration.parse(text)
+
+
+def test_longest_duration_and_largest_size_fit_64_bit_nanoseconds_and_bytes() -> None:
+    assert int(Duration.parse("36500d") * 1e9) < 2**63
+    assert ByteSize.parse("1PiB") == 1024**5
+    for value in ("9" * 400, "2PiB", 1024**5 + 1, "9" * 30 + "GiB"):
+        with pytest.raises(ValueError, match="too large"):
+            ByteSize.parse(value)
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("127.0.0.1:9337", ("127.0.0.1", 9337)), (":9337", ("127.0.0.1", 9337)), ("[::1]:1", ("::1", 1)),
+     ("0.0.0.0:65535", ("0.0.0.0", 65535)), ("localhost:80", ("localhost", 80))],
+)  # fmt: skip
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:0", "h:x", "::1:80", "[127.0.0.1]:80",
+               "gw.example:80", "127.0.0.1:9337 ", "[::1:80"],
+)  # fmt: skip
+def test_parse_listen_refuses(listen: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(listen))):
+        parse_listen(listen)
+
+
+def test_integers_beyond_64_bit_and_deep_nesting_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^<config>: buffer\.flush_rows: integer out of range \(64-bit\)$"):
+        parse({"buffer": {"flush_rows": 2**64}})
+    deep: object = 1
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(ConfigError, match=r"^<config>: gateway\.x(\[0\]){31}: nested more than 32 levels deep$"):
+        parse({"gateway": {"x": deep}})
+
+
+def test_toml_nested_beyond_the_parsers_recursion_limit(tmp_path: Path) -> None:
+    p = write(tmp_path, BASE + "\n[commands]\nx = " + "{a=" * 3000 + "1" + "}" * 3000 + "\n")
+    line = len(BASE.splitlines()) + 3
+    with pytest.raises(ConfigError, match=rf": line {line}: arrays or tables nested more than 32 levels deep$"):
+        load(p)
+
+
+def test_empty_config_is_refused_with_the_demo_hint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'edged.toml'}: {NOTHING_TO_DO}")):
+        load(write(tmp_path, "[gateway]\nid = 'gw1'\n"))
+    cfg = load(write(tmp_path, BASE.split("[[uplinks]]")[0]))  # devices only: a local buffer, valid
+    assert cfg.devices and not cfg.uplinks
+
+
+# ----------------------------------------------------------------------------------------- secrets
+
+
+def test_secret_files_are_read_only_when_regular_and_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big").write_bytes(b"x" * (SECRET_FILE_MAX + 1))
+    (tmp_path / "ok").write_bytes(b"x" * (SECRET_FILE_MAX - 1) + b"\n")
+    cases = {"fifo": "is a FIFO, not a regular file", "/dev/zero": "is a device", "big": "larger than 65536 bytes",
+             ".": "is a directory"}  # fmt: skip
+    for ref, reason in cases.items():
+        text = BASE.replace('type = "file"', f'type = "mqtt"\npassword = {{ file = "{ref}" }}')
+        with pytest.raises(
+            ConfigError, match=rf"uplinks\[0\] \(archive\)\.password: cannot read secret file .*{reason}"
+        ):
+            load(write(tmp_path, text))
+    text = BASE.replace('type = "file"', 'type = "mqtt"\npassword = { file = "ok" }')
+    assert load(write(tmp_path, text)).uplinks[0].password.reveal() == "x" * (SECRET_FILE_MAX - 1)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    (tmp_path / "creds").mkdir()
+    for name in ("../ok", "..", ".", "a/b", "/etc/passwd"):
+        text = BASE.replace('type = "file"', f'type = "mqtt"\npassword = {{ credential = "{name}" }}')
+        with pytest.raises(ConfigError, match="invalid credential name"):
+            load(write(tmp_path, text))
+
+
+def test_inline_secret_warning_covers_every_secret_field(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN", "t")
+    uplinks = """
+[[uplinks]]
+name = "erp"
+type = "http"
+url = "https://erp.example/in"
+bearer_token = "inline-token"
+headers = { "X-Api-Key" = "inline-key", "X-Other" = { env = "TOKEN" } }
+
+[[uplinks]]
+name = "scada"
+type = "opcua"
+users = { operator = "inline-pw", viewer = { env = "TOKEN" } }
+"""
+    p = write(tmp_path, BASE + uplinks)
+    cfg = load(p)
+    assert inline_secrets(cfg) == [
+        "uplinks[1] (erp).bearer_token", "uplinks[1] (erp).headers.X-Api-Key", "uplinks[2] (scada).users.operator",
+    ]  # fmt: skip
+    p.chmod(0o644)
+    cli._load(str(p))
+    assert "world-readable and holds an inline secret at uplinks[1] (erp).bearer_token, " in caplog.text
+    assert "inline-token" not in caplog.text and "inline-pw" not in caplog.text
+    caplog.clear()
+    p.chmod(0o640)
+    cli._load(str(p))
+    assert "world-readable" not in caplog.text
+
+
+@pytest.mark.parametrize("url", ["http://u:hunter2@erp.example/in", "https://token@erp.example/", "http://:pw@h/"])
+def test_http_url_with_credentials_is_refused_without_showing_them(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"uplinks": [{"name": "erp", "type": "http", "url": url}]})
+    assert "url must not contain credentials: use username and password, or bearer_token" in str(info.value)
+    assert "hunter2" not in str(info.value) and "pw@" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------- logs and umask
+
+
+def test_text_log_escapes_control_characters_everywhere() -> None:
+    fmt = logs.TextFormatter()
+    rec = logging.LogRecord("edged.x", logging.WARNING, __file__, 1, "user %s: %r", ("a\nb\x1b[2J", "c\rd"), None)
+    rec.tag = "t\x00\u2028"
+    line = fmt.format(rec)
+    assert "\n" not in line and "\x1b" not in line and "\r" not in line and "\x00" not in line
+    assert "user a\\nb\\x1b[2J: 'c\\rd' [tag=t\\x00\\u2028]" in line
+    try:
+        raise ValueError("x\n2026-01-01T00:00:00.000Z info    edged: FAKE")
+    except ValueError:
+        rec.exc_info = sys.exc_info()
+    tail = fmt.format(rec).splitlines()[1:]
+    assert tail and all(t.startswith("  ") for t in tail), "traceback lines are indented: no fake record"
+
+
+def test_umask_is_tightened_never_loosened(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = os.umask(0o077)
+    try:
+        assert files.restrict_umask({}) == 0o077
+        os.umask(0)
+        assert files.restrict_umask({}) == 0o027
+        assert files.restrict_umask({"EDGED_UMASK": "0077"}) == 0o077
+        with pytest.raises(ConfigError, match="EDGED_UMASK"):
+            files.restrict_umask({"EDGED_UMASK": "rw-"})
+    finally:
+        os.umask(old)

@@ -62,6 +62,8 @@ class Config(UplinkBase, kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         parts = urlsplit(self.url)
+        if "@" in parts.netloc:  # checked first: the messages below show the url
+            raise ValueError("url must not contain credentials: use username and password, or bearer_token")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url {self.url!r} must be http://host/... or https://host/...")
         try:
