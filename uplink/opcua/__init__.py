@@ -7,6 +7,9 @@ working. A batch counts as delivered once its values are in the address space; a
 moves forward in time, so a replayed (historical) sample never hides a newer value.
 
 Access: username/password users (and anonymous only when allowed) may browse, read and subscribe.
+A trust list, when set, binds on every endpoint (the None one admits no session then); a policy not
+offered is answered BadSecurityPolicyRejected and closed; wrong passwords lock a (client, user)
+pair out for a while (_Throttle). The asyncua internals this needs are in `_asyncua`.
 Nobody may call methods or change the address space. Writes are refused (BadUserAccessDenied), except
 the Value of a tag the command gate lets this uplink write ([[commands.tags]] with this uplink in
 `sources`), by a user listed in `command_users`: such a write never touches the address space. It
