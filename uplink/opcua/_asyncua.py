@@ -107,7 +107,8 @@ class _Protocol(OPCUAProtocol):
             # signature) is answered and closed, as Part 6 says; later failures stay asyncua's.
             if header.MessageType != ua.MessageType.SecureOpen or self._is_open():
                 raise
-            self._refuse(Rejected(StatusCodes.BadSecurityChecksFailed, f"cannot open a secure channel: {exc!r}"))
+            reason = f"cannot open a secure channel ({type(exc).__name__})"  # no details to a stranger
+            self._refuse(Rejected(StatusCodes.BadSecurityChecksFailed, reason))
             return False
         finally:
             _CHANNEL.reset(token)
