@@ -7,6 +7,9 @@ working. A batch counts as delivered once its values are in the address space; a
 moves forward in time, so a replayed (historical) sample never hides a newer value.
 
 Access: username/password users (and anonymous only when allowed) may browse, read and subscribe.
+A trust list, when set, binds on every endpoint (the None one admits no session then); a policy not
+offered is answered BadSecurityPolicyRejected and closed; wrong passwords lock a (client, user)
+pair out for a while (_Throttle). The asyncua internals this needs are in `_asyncua`.
 Nobody may call methods or change the address space. Writes are refused (BadUserAccessDenied), except
 the Value of a tag the command gate lets this uplink write ([[commands.tags]] with this uplink in
 `sources`), by a user listed in `command_users`: such a write never touches the address space. It
@@ -18,8 +21,10 @@ BadOutOfRange, BadUserAccessDenied, BadTypeMismatch, BadNotConnected, BadCommuni
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import hmac
+import ipaddress
 import logging
 import socket
 import time
@@ -35,11 +40,10 @@ from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
 from asyncua.server.address_space import AddressSpace, AttributeService
-from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.status_codes import StatusCodes, get_name_and_doc
 from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 
@@ -50,6 +54,7 @@ from edged.config import DeviceBase, Secret, UplinkBase, tag_matcher
 from edged.errors import Permanent, Transient
 from edged.model import Batch, Sample, Severity, Status, Value, severity
 from edged.plugin import PluginContext
+from uplink.opcua._asyncua import Channel, Rejected, Server, current_channel
 
 PolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 ModeName = Literal["Sign", "SignAndEncrypt"]
@@ -108,6 +113,11 @@ _UNITS_NAMESPACE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
 _GATEWAY_NODE: Final = 1  # numeric, so it can never collide with a device folder's string NodeId
 _STOP_TIMEOUT: Final = 5.0
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_BACKOFF_CAP: Final = 900.0  # s: the longest login lockout
+_THROTTLE_PAIRS: Final = 10_000  # (client, user) pairs remembered, so guessing cannot fill memory
+_LOG_EVERY: Final = 60.0  # s: a refusal repeated by the same client is logged once per this
+_COUNTERS: Final = ("channels_rejected", "sessions_refused", "logins_failed", "logins_throttled")
+_INT64: Final = 2**63  # SQLite integers (and the buffer's ns timestamps) are 64-bit
 
 
 class Config(UplinkBase):
@@ -124,6 +134,10 @@ class Config(UplinkBase):
     users: dict[str, Secret] = {}  # username -> password; read-only access
     command_users: list[str] = []  # of `users`: who may write the tags [commands] lets this uplink write
     allow_anonymous: bool = False  # anonymous sessions, read-only
+    # After this many wrong passwords in a row from one client address for one username, its
+    # logins are refused unchecked for login_backoff seconds (doubling at each further lockout).
+    login_attempts: int = 5
+    login_backoff: float = 10.0
     namespace: str | None = None  # namespace URI; default urn:edged:<gateway>
     application_uri: str | None = None  # default: the certificate's URI, else urn:edged:<gateway>:opcua-server
     server_name: str = "edged"
@@ -153,31 +167,118 @@ class Config(UplinkBase):
         for name in self.command_users:
             if name not in self.users:
                 raise ValueError(f"command_users: {name!r} is not one of `users` (anonymous sessions never write)")
+        if self.login_attempts < 1:
+            raise ValueError("login_attempts must be at least 1")
+        if not 0 < self.login_backoff <= _BACKOFF_CAP:
+            raise ValueError(f"login_backoff must be between 0 and {_BACKOFF_CAP:g} seconds")
         if self.namespace is not None and not self.namespace.strip():
             raise ValueError("namespace must not be empty")
 
 
-class _Users(UserManager):
-    """Username/password from the config; anonymous only when allowed. Nobody is ever an admin."""
+class _Throttle:
+    """Wrong passwords in a row per (client address, username): after `attempts` of them, logins
+    for that pair are refused unchecked until a backoff passes (doubling at each further lockout,
+    capped), so a password cannot be guessed at network speed. Per client, so a stranger cannot
+    lock the SCADA (at its own address) out. A good password clears the pair."""
 
-    def __init__(self, users: Mapping[str, Secret], allow_anonymous: bool, log: logging.Logger) -> None:
-        self._users = {name: pw.reveal().encode() for name, pw in users.items()}
-        self._anonymous = allow_anonymous
-        self._log = log
+    def __init__(self, attempts: int, backoff: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._attempts = attempts
+        self._backoff = backoff
+        self._clock = clock
+        self._pairs: dict[tuple[str, str], tuple[int, float]] = {}  # -> (failures, locked until)
+
+    def locked_for(self, key: tuple[str, str]) -> float:
+        """Seconds the pair stays locked (0: it may try)."""
+        found = self._pairs.get(key)
+        return max(0.0, found[1] - self._clock()) if found else 0.0
+
+    def failed(self, key: tuple[str, str]) -> float:
+        """Count a wrong password; the lockout it starts in seconds (0: none)."""
+        failures = self._pairs.pop(key, (0, 0.0))[0] + 1
+        lock = 0.0
+        if failures >= self._attempts:
+            lock = min(_BACKOFF_CAP, self._backoff * 2 ** (failures - self._attempts))
+        self._pairs[key] = (failures, self._clock() + lock)  # re-inserted: newest last
+        while len(self._pairs) > _THROTTLE_PAIRS:  # bounded: forget the longest-quiet pair
+            del self._pairs[next(iter(self._pairs))]
+        return lock
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._pairs.pop(key, None)
+
+
+class _Users(UserManager):
+    """Who may open a session: the trust list on every endpoint, then username/password (throttled
+    per client and user) or anonymous when allowed. Nobody is ever an admin."""
+
+    def __init__(self, uplink: Uplink, trusted: list[x509.Certificate]) -> None:
+        c = uplink.config
+        self._users = {name: pw.reveal().encode() for name, pw in c.users.items()}
+        self._anonymous = c.allow_anonymous
+        self._trusted = trusted
+        self._throttle = _Throttle(c.login_attempts, c.login_backoff)
+        self._up = uplink
+
+    def client_problem(self, channel: Channel | None) -> tuple[int, str] | None:
+        """Why no session may open on this channel (StatusCode, reason), or None."""
+        if channel is None or not channel.offered:
+            return StatusCodes.BadSecurityPolicyRejected, "its secure channel uses a security policy not offered"
+        if not self._trusted:
+            return None
+        if channel.mode == ua.MessageSecurityMode.None_ or channel.certificate is None:
+            # Nothing is signed on None: a certificate sent there proves nothing, so none is trusted.
+            return StatusCodes.BadSecurityModeRejected, (
+                "trusted_client_certificates is set: a session needs a Sign or SignAndEncrypt endpoint "
+                "and a trusted client certificate (the None endpoint carries no proven certificate)"
+            )
+        try:
+            cert = x509.load_der_x509_certificate(channel.certificate)
+        except ValueError as exc:
+            return StatusCodes.BadCertificateInvalid, f"its certificate does not parse: {exc}"
+        problem = certs.check_trusted(cert, self._trusted)
+        if problem is not None:
+            return StatusCodes.BadCertificateUntrusted, f"{certs.describe(cert)}: {problem}"
+        return None
+
+    def check_client(self, channel: Channel | None) -> None:
+        problem = self.client_problem(channel)
+        if problem is not None:
+            status, reason = problem
+            self._up.count("sessions_refused")
+            peer = channel.peer if channel else "?"
+            self._up.log_limited(("session", peer), "uplink %s: refused a session from %s: %s", peer, reason)
+            raise ServiceError(status)
 
     def get_user(
         self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
     ) -> User | None:
+        channel = current_channel()
+        self.check_client(channel)  # `certificate` is the channel's too; the channel says whether it is proven
         if username is None:  # the anonymous token (X509 user tokens are not offered)
             return User(role=UserRole.Anonymous) if self._anonymous else None
+        peer = channel.peer if channel else "?"
+        key = (peer, username)
+        if self._throttle.locked_for(key) > 0:
+            self._up.count("logins_throttled")  # refused without looking at the password
+            return None
         expected = self._users.get(username)
         given = (password or "").encode()
         # Compare even for an unknown user, so timing does not tell which usernames exist.
         ok = hmac.compare_digest(given, expected if expected is not None else b"\0" * 16) and expected is not None
-        if not ok:
-            self._log.warning("OPC UA login refused for user %r", username)
-            return None
-        return User(role=UserRole.User, name=username)
+        if ok:
+            self._throttle.succeeded(key)
+            return User(role=UserRole.User, name=username)
+        self._up.count("logins_failed")
+        lock = self._throttle.failed(key)
+        log = self._up.log
+        if lock:
+            log.warning(
+                "OPC UA login refused for user %r from %s: locked for %.0f s after repeated wrong passwords",
+                username, peer, lock,
+            )  # fmt: skip
+        else:
+            log.warning("OPC UA login refused for user %r from %s", username, peer)
+        return None
 
 
 class _ReadOnly(SimpleRoleRuleset):
@@ -274,13 +375,45 @@ class Uplink:
         self._vars: dict[str, _Var] = {}
         gate = ctx.extra.get("commands")
         self._gate: CommandGate | None = gate if isinstance(gate, CommandGate) else None
-        self._commandable: dict[ua.NodeId, str] = {}  # variable -> tag path, for writes through the gate
+        self._commandable: dict[ua.NodeId, str] = {}  # shown writable: tags this uplink may write now
+        self._routed: dict[ua.NodeId, str] = {}  # variable -> tag path: its client writes go to the gate
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._logged: dict[tuple[str, str], float] = {}  # (what, client) -> when last logged
+
+    def count(self, name: str) -> None:
+        self._counts[name] += 1
+
+    def counters(self) -> dict[str, float]:
+        """Reported by the Sender in status and metrics."""
+        out: dict[str, float] = {k: float(self._counts[k]) for k in _COUNTERS}
+        out["skipped_older"] = float(self.skipped_older)
+        return out
+
+    def log_limited(self, key: tuple[str, str], msg: str, *args: object) -> None:
+        """A warning, at most once per _LOG_EVERY for the same refusal of the same client, so a
+        client retrying in a loop (or a stranger) cannot fill the log; the counters count them all."""
+        now = time.monotonic()
+        if now - self._logged.get(key, -_LOG_EVERY) < _LOG_EVERY:
+            return
+        self._logged[key] = now
+        if len(self._logged) > _THROTTLE_PAIRS:
+            self._logged = {k: t for k, t in self._logged.items() if now - t < _LOG_EVERY}
+        self.log.warning(msg, self.config.name, *args)
+
+    def _on_reject(self, peer: str, r: Rejected) -> None:
+        """A secure channel asked for what is not offered: answered ERR and closed by _asyncua."""
+        self.count("channels_rejected")
+        self.log_limited(
+            ("channel", peer), "uplink %s: refused a secure channel from %s: %s (%s)",
+            peer, r.reason, get_name_and_doc(r.status)[0],
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
         c = self.config
-        server = Server(user_manager=_Users(c.users, c.allow_anonymous, self.log))
+        users = _Users(self, self._trusted_clients())
+        server = Server(user_manager=users, on_reject=self._on_reject)
         server.name = c.server_name
         server.product_uri = "urn:edged"
         server.manufacturer_name = "edged"
@@ -293,23 +426,24 @@ class Uplink:
             app_uri = c.application_uri or (cert and certs.application_uri(cert)) or self._default_app_uri()
             await server.set_application_uri(app_uri)
             writable = self._writable_tags()
-            server.set_security_policy(self._policy_types(), permission_ruleset=_ReadOnly(writes=bool(writable)))
+            routed = self._routed_tags()
+            server.set_security_policy(self._policy_types(), permission_ruleset=_ReadOnly(writes=bool(routed)))
             tokens: list[type] = [ua.UserNameIdentityToken] if c.users else []
             if c.allow_anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
             server.set_identity_tokens(tokens)
-            if c.trusted_client_certificates:
-                server.set_certificate_validator(self._client_validator())
+            server.set_certificate_validator(self._client_validator(users))
             self.ns = await server.register_namespace(self.namespace)
             await self._build(server)
-            if writable:
-                await self._open_for_commands(server, writable)
+            if routed:
+                await self._open_for_commands(server, writable, routed)
             await server.start()
         except (UaError, ServiceError) as exc:
             raise map_error(exc, f"OPC UA server at {c.endpoint}") from exc
         except OSError as exc:
             raise Transient(f"cannot listen on {c.endpoint}: {exc.strerror or exc}") from exc
         self._server = server
+        self._warn_open_trust()
         await self._seed()
         self.log.info(
             "uplink %s: OPC UA server at %s (namespace %s = ns %d, %d variables)",
@@ -332,6 +466,13 @@ class Uplink:
 
     # ------------------------------------------------------------------ commands
 
+    def _routed_tags(self) -> set[str]:
+        """Tags `[commands.tags]` lists for this uplink, enabled or not: their writes reach the gate,
+        which audits each one (refused while commands are disabled, or for a user who may not)."""
+        if self._gate is None:
+            return set()
+        return {e.tag for e in self._gate.config.tags if self.config.name in e.sources}
+
     def _writable_tags(self) -> set[str]:
         """Tags clients may write here: listed for this uplink by the gate, and someone to write them."""
         c = self.config
@@ -344,17 +485,21 @@ class Uplink:
             return set()
         return tags
 
-    async def _open_for_commands(self, server: Server, tags: set[str]) -> None:
+    async def _open_for_commands(self, server: Server, writable: set[str], routed: set[str]) -> None:
         """Mark the commandable variables writable (so SCADA shows them so) and route client writes
-        through the gate instead of the address space."""
-        for path in sorted(tags):
+        of the listed ones through the gate instead of the address space."""
+        for path in sorted(routed):
             var = self._vars.get(path)
             if var is None:  # filtered out by this uplink's `tags` patterns, or its device disabled
                 continue
-            await server.get_node(var.nodeid).set_writable()
-            self._commandable[var.nodeid] = path
-        gated = _GatedWrites(server.iserver.aspace, self._commandable, self._on_write)
+            self._routed[var.nodeid] = path
+            if path in writable:
+                await server.get_node(var.nodeid).set_writable()
+                self._commandable[var.nodeid] = path
+        gated = _GatedWrites(server.iserver.aspace, self._routed, self._on_write)
         server.iserver.attribute_service = gated
+        if not self._commandable:
+            return
         self.log.info(
             "uplink %s: %d tags writable through the command gate by %s",
             self.config.name, len(self._commandable), ", ".join(self.config.command_users),
@@ -365,11 +510,15 @@ class Uplink:
         client gets the outcome as the StatusCode. The address space is left to the data path."""
         gate, c = self._gate, self.config
         assert gate is not None
-        path = self._commandable[wv.NodeId]
+        path = self._routed[wv.NodeId]
         name = user.name if user.role == UserRole.User else None
         ts = wv.Value.SourceTimestamp
         ts_ns = datetime_ns(ts) if ts is not None and ts.year > 1601 else time.time_ns()
         value, problem = _written_value(wv)
+        if not -_INT64 <= ts_ns < _INT64:  # e.g. year 9999: beyond what the audit trail can hold
+            cmd = Command(new_id(), c.name, name, path, value, 0)  # audited without a command time
+            result = await gate.refuse(cmd, "stale", f"the write's source timestamp {ts.isoformat()} is out of range")
+            return ua_struct(ua.StatusCode, value=result.status)
         cmd = Command(new_id(), c.name, name, path, value, ts_ns)
         if name is None or name not in c.command_users:
             who = f"user {name!r}" if name else "an anonymous session"
@@ -439,22 +588,39 @@ class Uplink:
             )
         return cert
 
-    def _client_validator(self) -> Any:
-        """Refuse sessions from client applications whose certificate is not trusted."""
+    def _trusted_clients(self) -> list[x509.Certificate]:
         c = self.config
         try:
-            trusted = certs.load_trusted([self._path(p) for p in c.trusted_client_certificates])
+            return certs.load_trusted([self._path(p) for p in c.trusted_client_certificates])
         except (OSError, ValueError) as exc:
             raise Permanent(f"uplink {c.name}: trusted_client_certificates: {exc}") from exc
-        log = self.log
+
+    def _client_validator(self, users: _Users) -> Any:
+        """At CreateSession, when the client sends a certificate: refuse early what ActivateSession
+        (users.get_user, which also sees sessions without a certificate) would refuse. The channel's
+        certificate is checked, not the one in the request: only the channel's is proven."""
 
         async def validate(cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
-            problem = certs.check_trusted(cert, trusted)
-            if problem is not None:
-                log.warning("uplink %s: refused client %s: %s", c.name, certs.describe(cert), problem)
-                raise ServiceError(StatusCodes.BadCertificateUntrusted)
+            users.check_client(current_channel())
 
         return validate
+
+    def _warn_open_trust(self) -> None:
+        """An empty trust list trusts every client certificate: say so when strangers can reach us."""
+        c = self.config
+        if c.trusted_client_certificates:
+            return
+        host = urlparse(c.endpoint).hostname or ""
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            self.log.warning(
+                "uplink %s: %s listens beyond loopback and trusts every client certificate "
+                "(trusted_client_certificates is empty): list the SCADA's certificate there",
+                c.name, c.endpoint,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ address space
 
