@@ -474,7 +474,9 @@ class HartIpSim:
         self.keepalives = 0
         self.refuse_status: int | None = None  # answer session initiate with this status
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._writers: set[asyncio.StreamWriter] = set()  # open sessions: burst frames go there
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()  # asyncio's own per-connection tasks
         self._burst: asyncio.TimerHandle | None = None
 
     async def start(self) -> int:
@@ -490,14 +492,17 @@ class HartIpSim:
             self._burst = None
         if self._server is not None:
             self._server.close()
-        for w in list(self._writers):
+        for w in list(self._connections):
             w.close()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._handlers:  # Python 3.11's wait_closed does not wait for them; closed above, they end now
+            async with asyncio.timeout(5):
+                await asyncio.wait(list(self._handlers))
 
     def drop_connections(self) -> None:
-        for w in list(self._writers):
+        for w in list(self._connections):
             w.close()
 
     def _burst_tick(self) -> None:
@@ -511,6 +516,10 @@ class HartIpSim:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         in_session = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._connections.add(writer)
         try:
             while True:
                 version, _mtype, mid, _status, seq, length = HARTIP_HEADER.unpack(
@@ -549,6 +558,8 @@ class HartIpSim:
             pass
         finally:
             self._writers.discard(writer)
+            self._connections.discard(writer)
+            self._handlers.discard(task)
             writer.close()
 
 
