@@ -10,8 +10,14 @@
 * `HartIpSim`: serves the same SimDevice as a HART-IP server (TCP): session initiate/close,
   keep-alive, token-passing PDUs, and burst frames published to every open session.
 
-Frames are built with `drivers.hart.protocol`; `tests/unit/test_hart_protocol.py` checks that
-module against hand-written reference frames, so the simulator does not just mirror the driver.
+Frames are built and parsed here, sharing no code with `drivers.hart` (the code under test), so a
+bug in the driver's codec cannot be mirrored by its peer: the longitudinal parity and the unique
+id come from the independent PyPI `hart-protocol` package (`hart_protocol.tools`); the rest of the
+framing (delimiter, short/long address with master and burst bits, byte count, status bytes,
+preambles, the command payloads and the HART-IP header), which that package does not cover for a
+slave, is written below from the HART specification. `tests/unit/test_hart_sim_frames.py` pins
+these frames to golden bytes derived by hand from the specification and checks that the driver
+and `hart_protocol`'s unpacker decode them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import os
 import random
 import shutil
+import struct
 import subprocess
 import termios
 import time
@@ -28,28 +35,9 @@ import tty
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
-from drivers.hart.protocol import (
-    HARTIP_HEADER,
-    Frame,
-    FrameReader,
-    FrameType,
-    HartError,
-    HartIpHeader,
-    LongAddress,
-    MessageId,
-    MessageType,
-    ShortAddress,
-    build_response,
-    decode_frame,
-    encode_current_percent,
-    encode_dynamic,
-    encode_frame,
-    encode_identity,
-    encode_pv,
-    hartip_message,
-)
+from hart_protocol import tools as hart_tools
 
 Fault = Literal[
     "ok",
@@ -63,6 +51,154 @@ Fault = Literal[
     "malformed",
     "silent",
 ]
+
+# ----------------------------------------------------------------------------------------- framing
+#
+# Token-passing data link layer (HART FSK, asynchronous 1200 bit/s 8O1):
+#   preambles 0xFF x N | delimiter | address (1 or 5) | expansion (0..3) | command | byte count | data | checksum
+# Delimiter: bit 7 = long address, bits 6-5 = number of expansion bytes, bits 4-3 = physical layer
+# type (0 = asynchronous), bits 2-0 = frame type. Address byte 0: bit 7 = primary master, bit 6 =
+# the field device is in burst mode; a short address carries the polling address in bits 5-0, a
+# long one the 38-bit unique id (5 bytes, the top two bits of the first byte masked off).
+# Checksum: longitudinal parity, the XOR of every byte from the delimiter to the last data byte.
+
+PREAMBLE: Final = 0xFF
+SYNC_PREAMBLES: Final = 2  # a receiver must sync on as few as two preambles
+BACK: Final = 0x01  # burst frame, field device to master, unsolicited
+STX: Final = 0x02  # master to field device
+ACK: Final = 0x06  # field device to master, answering an STX
+LONG_ADDRESS: Final = 0x80  # delimiter bit 7
+MASTER_BIT: Final = 0x80  # address byte 0 bit 7: primary (1) or secondary (0) master
+BURST_BIT: Final = 0x40  # address byte 0 bit 6: the field device is in burst mode
+BUSY: Final = 32
+NOT_IMPLEMENTED: Final = 64
+LONGITUDINAL_PARITY_ERROR: Final = 0x80 | 0x08  # response byte 0: bit 7 = communication error, bit 3 = LRC
+
+
+class FrameDamaged(ValueError):
+    """Bytes received by the device that are not a usable frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One frame as the device received it; `address` is the raw field, master and burst bits included."""
+
+    frame_type: int
+    address: bytes  # 1 byte (short) or 5 bytes (long)
+    command: int
+    data: bytes
+
+    @property
+    def long(self) -> bool:
+        return len(self.address) == 5
+
+    @property
+    def primary_master(self) -> bool:
+        return bool(self.address[0] & MASTER_BIT)
+
+    @property
+    def polling_address(self) -> int:
+        return self.address[0] & 0x3F
+
+    @property
+    def unique_id(self) -> bytes:
+        return bytes([self.address[0] & 0x3F]) + self.address[1:]
+
+
+def _delimiter_valid(d: int) -> bool:
+    return d & 0x18 == 0 and d & 0x07 in (BACK, STX, ACK)
+
+
+def _header_length(d: int) -> int:
+    """Delimiter through byte count."""
+    return 1 + (5 if d & LONG_ADDRESS else 1) + ((d >> 5) & 0x03) + 2
+
+
+def _parity(body: bytes) -> int:
+    return hart_tools.calculate_checksum(bytes(body))[0]
+
+
+def _split(frame: bytes) -> Received:
+    """`frame`: delimiter..checksum, length and parity already checked."""
+    d = frame[0]
+    alen = 5 if d & LONG_ADDRESS else 1
+    pos = 1 + alen + ((d >> 5) & 0x03)  # expansion bytes are skipped
+    count = frame[pos + 1]
+    return Received(d & 0x07, bytes(frame[1 : 1 + alen]), frame[pos], bytes(frame[pos + 2 : pos + 2 + count]))
+
+
+def parse_frame(frame: bytes) -> Received:
+    """Exactly one frame without preambles (a HART-IP token-passing PDU)."""
+    if len(frame) < 5 or not _delimiter_valid(frame[0]):
+        raise FrameDamaged(f"not a HART frame: {frame[:8].hex()}")
+    hlen = _header_length(frame[0])
+    if len(frame) < hlen or len(frame) != hlen + frame[hlen - 1] + 1:
+        raise FrameDamaged(f"a frame of {len(frame)} bytes does not match its byte count")
+    if _parity(frame[:-1]) != frame[-1]:
+        raise FrameDamaged("longitudinal parity error")
+    return _split(frame)
+
+
+class RequestReader:
+    """Cuts frames out of the serial byte stream: syncs on two or more preambles, skips noise."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_frame(self) -> Received | None:
+        """A frame, None when more bytes are needed; FrameDamaged for a frame it had to drop."""
+        buf = self._buf
+        while True:
+            start = buf.find(b"\xff\xff")
+            if start < 0:
+                del buf[: len(buf) - 1 if buf.endswith(b"\xff") else len(buf)]
+                return None
+            k = start
+            while k < len(buf) and buf[k] == PREAMBLE:
+                k += 1
+            del buf[: k - SYNC_PREAMBLES]  # two preambles are enough to keep the sync
+            k = SYNC_PREAMBLES
+            if k == len(buf):
+                return None
+            d = buf[k]
+            if not _delimiter_valid(d):
+                del buf[: k + 1]
+                continue
+            hlen = _header_length(d)
+            if len(buf) < k + hlen:
+                return None
+            total = hlen + buf[k + hlen - 1] + 1
+            if len(buf) < k + total:
+                return None
+            frame = bytes(buf[k : k + total])
+            if _parity(frame[:-1]) != frame[-1]:
+                del buf[: k + 1]  # resync right after this delimiter
+                raise FrameDamaged("longitudinal parity error")
+            del buf[: k + total]
+            return _split(frame)
+
+
+def build_frame(frame_type: int, address: bytes, command: int, data: bytes, *, preambles: int) -> bytes:
+    """Preambles + delimiter..data + longitudinal parity; `address` already carries its top bits."""
+    delimiter = frame_type | (LONG_ADDRESS if len(address) == 5 else 0)
+    body = bytes([delimiter]) + address + bytes([command, len(data)]) + data
+    return bytes([PREAMBLE]) * preambles + body + bytes([_parity(body)])
+
+
+def with_bits(address: bytes, *, primary_master: bool, burst: bool) -> bytes:
+    """The address field with the master and burst bits of byte 0 set as given."""
+    first = (address[0] & 0x3F) | (MASTER_BIT if primary_master else 0) | (BURST_BIT if burst else 0)
+    return bytes([first]) + address[1:]
+
+
+def _f32(value: float) -> bytes:
+    return struct.pack(">f", value)  # HART floats: IEEE 754 single precision, most significant byte first
+
+
+# ----------------------------------------------------------------------------------------- the device
 
 
 @dataclass
@@ -93,11 +229,11 @@ class SimDevice:
 
     @property
     def unique_id(self) -> bytes:
-        return bytes([self.manufacturer_id & 0x3F, self.device_type]) + self.device_id.to_bytes(3, "big")
-
-    @property
-    def address(self) -> LongAddress:
-        return LongAddress(self.unique_id)
+        """The 5-byte long address: manufacturer (6 bits), device type, 24-bit device id."""
+        uid: bytes = hart_tools.calculate_long_address(
+            self.manufacturer_id & 0x3F, self.device_type, self.device_id.to_bytes(3, "big")
+        )
+        return uid
 
     def set_fault(self, fault: Fault, *, commands: set[int] | None = None, count: int | None = None) -> None:
         self.fault, self.fault_commands, self.fault_count = fault, commands, count
@@ -112,30 +248,48 @@ class SimDevice:
                 self.fault, self.fault_count = "ok", None
         return fault
 
+    def identity(self) -> bytes:
+        """Command 0 "read unique identifier", HART 7 layout (22 bytes)."""
+        return (
+            bytes([254])  # 0: expansion code
+            + bytes([self.manufacturer_id & 0x3F, self.device_type & 0xFF])  # 1-2: expanded device type
+            + bytes([self.request_preambles])  # 3: minimum preambles, master to slave
+            + bytes([7])  # 4: HART protocol major revision (universal command revision)
+            + bytes([1, 1])  # 5: device revision, 6: software revision
+            + bytes([1 << 3])  # 7: hardware revision 1 (bits 7-3), physical signaling 0 = Bell 202 current
+            + bytes([0])  # 8: flags
+            + self.device_id.to_bytes(3, "big")  # 9-11: device id
+            + bytes([5, 4])  # 12: minimum preambles slave to master, 13: maximum device variables
+            + bytes(2)  # 14-15: configuration change counter
+            + bytes([0])  # 16: extended field device status
+            + self.manufacturer_id.to_bytes(2, "big")  # 17-18: manufacturer identification code
+            + bytes(2)  # 19-20: private label distributor
+            + bytes([0])  # 21: device profile
+        )
+
     def _payload(self, command: int) -> tuple[int, bytes]:
+        """(response code, data after the two status bytes) of the universal commands it implements."""
         if command == 0:
-            ident = encode_identity(
-                self.manufacturer_id, self.device_type, self.device_id, request_preambles=self.request_preambles
-            )
-            return 0, ident
-        if command == 1:
-            return 0, encode_pv(*self.variables[0])
-        if command == 2:
-            return 0, encode_current_percent(self.loop_current, self.percent_range)
-        if command == 3:
-            return 0, encode_dynamic(self.loop_current, self.variables)
-        if command == 48:
+            return 0, self.identity()
+        if command == 1:  # PV unit code, PV
+            unit, value = self.variables[0]
+            return 0, bytes([unit]) + _f32(value)
+        if command == 2:  # loop current (mA), percent of range
+            return 0, _f32(self.loop_current) + _f32(self.percent_range)
+        if command == 3:  # loop current, then unit code + value of PV, SV, TV, QV as far as they exist
+            return 0, _f32(self.loop_current) + b"".join(bytes([u]) + _f32(v) for u, v in self.variables[:4])
+        if command == 48:  # additional device status: device-specific bytes, extended status, operating mode
             return 0, self.additional_status + bytes([0, 0])
-        return 64, b""
+        return NOT_IMPLEMENTED, b""
 
-    def addressed(self, frame: Frame) -> bool:
-        if isinstance(frame.address, ShortAddress):
-            return frame.command == 0 and frame.address.polling == self.polling_address  # HART 5+: cmd 0 only
-        return frame.address.unique_id == self.unique_id
+    def addressed(self, frame: Received) -> bool:
+        if not frame.long:
+            return frame.command == 0 and frame.polling_address == self.polling_address  # HART 5+: cmd 0 only
+        return frame.unique_id == self.unique_id
 
-    def answer(self, frame: Frame, *, serial: bool) -> bytes | None:
+    def answer(self, frame: Received, *, serial: bool) -> bytes | None:
         """The reply to one request (preambles included on serial), or None for silence."""
-        if frame.frame_type != FrameType.STX or not self.addressed(frame):
+        if frame.frame_type != STX or not self.addressed(frame):
             return None
         self.requests.append(frame.command)
         fault = self._active_fault(frame.command)
@@ -144,27 +298,20 @@ class SimDevice:
         rc, payload = self._payload(frame.command)
         status = self.status
         if fault == "busy":
-            rc, payload = 32, b""
+            rc, payload = BUSY, b""
         elif fault == "comm_error":
-            rc, status, payload = 0x88, 0, b""  # longitudinal parity error seen by the device
+            rc, status, payload = LONGITUDINAL_PARITY_ERROR, 0, b""  # byte 1: communication error flags
         elif fault == "not_implemented":
-            rc, payload = 64, b""
+            rc, payload = NOT_IMPLEMENTED, b""
         elif fault == "short_data":
             payload = payload[:2]
-        out = build_response(
-            frame.address,
-            frame.command,
-            rc,
-            status,
-            payload,
-            preambles=self.response_preambles if serial else 0,
-            primary_master=frame.primary_master,
-            burst=self.burst,
-        )
+        preambles = self.response_preambles if serial else 0
+        address = with_bits(frame.address, primary_master=frame.primary_master, burst=self.burst)
+        data = bytes([rc & 0xFF, status & 0xFF]) + payload
         if fault == "malformed":  # a well-checksummed answer without the two status bytes
-            preambles = self.response_preambles if serial else 0
-            out = encode_frame(FrameType.ACK, frame.address, frame.command, b"\x00", preambles=preambles)
-        elif fault == "bad_checksum":
+            data = b"\x00"
+        out = build_frame(ACK, address, frame.command, data, preambles=preambles)
+        if fault == "bad_checksum":
             out = out[:-1] + bytes([out[-1] ^ 0x5A])
         elif fault == "truncate":
             out = out[: len(out) - 4]
@@ -173,16 +320,14 @@ class SimDevice:
         return out
 
     def burst_frame(self, *, serial: bool) -> bytes:
+        """A BACK frame of `burst_command`, long address, primary master and burst bits set."""
         rc, payload = self._payload(self.burst_command)
-        out = build_response(
-            self.address,
+        out = build_frame(
+            BACK,
+            with_bits(self.unique_id, primary_master=True, burst=True),
             self.burst_command,
-            rc,
-            self.status,
-            payload,
-            frame_type=FrameType.BACK,
+            bytes([rc, self.status & 0xFF]) + payload,
             preambles=self.response_preambles if serial else 0,
-            burst=True,
         )
         fault = self._active_fault(self.burst_command)
         if fault == "bad_checksum":
@@ -244,7 +389,7 @@ class SerialSim:
         self.path = path
         self.fd = -1
         self.bad_requests = 0
-        self._reader = FrameReader()
+        self._reader = RequestReader()
         self._burst: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -283,7 +428,7 @@ class SerialSim:
         while True:
             try:
                 frame = self._reader.next_frame()
-            except HartError:
+            except FrameDamaged:
                 self.bad_requests += 1
                 continue
             if frame is None:
@@ -298,6 +443,25 @@ class SerialSim:
 
 
 # ----------------------------------------------------------------------------------------- HART-IP
+#
+# HART-IP (TCP, port 5094): every message starts with an 8-byte header, big-endian:
+#   version (1) | message type | message id | status | sequence number (2) | byte count (2, header included)
+# Message types: 0 request, 1 response, 2 publish (burst data), 3 error, 15 NAK. Message ids:
+# 0 session initiate (body: master type, inactivity close timer in ms, echoed in the response),
+# 1 session close, 2 keep alive, 3 token-passing PDU (one HART frame, no preambles).
+
+HARTIP_VERSION: Final = 1
+HARTIP_HEADER: Final = struct.Struct(">BBBBHH")
+REQUEST, RESPONSE, PUBLISH, ERROR, NAK = 0, 1, 2, 3, 15
+SESSION_INITIATE, SESSION_CLOSE, KEEP_ALIVE, TOKEN_PASSING_PDU = 0, 1, 2, 3
+
+
+def hartip_message(message_type: int, message_id: int, sequence: int, body: bytes = b"", status: int = 0) -> bytes:
+    """Header + body."""
+    header = HARTIP_HEADER.pack(
+        HARTIP_VERSION, message_type, message_id, status, sequence & 0xFFFF, HARTIP_HEADER.size + len(body)
+    )
+    return header + body
 
 
 class HartIpSim:
@@ -310,7 +474,9 @@ class HartIpSim:
         self.keepalives = 0
         self.refuse_status: int | None = None  # answer session initiate with this status
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._writers: set[asyncio.StreamWriter] = set()  # open sessions: burst frames go there
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()  # asyncio's own per-connection tasks
         self._burst: asyncio.TimerHandle | None = None
 
     async def start(self) -> int:
@@ -326,20 +492,23 @@ class HartIpSim:
             self._burst = None
         if self._server is not None:
             self._server.close()
-        for w in list(self._writers):
+        for w in list(self._connections):
             w.close()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._handlers:  # Python 3.11's wait_closed does not wait for them; closed above, they end now
+            async with asyncio.timeout(5):
+                await asyncio.wait(list(self._handlers))
 
     def drop_connections(self) -> None:
-        for w in list(self._writers):
+        for w in list(self._connections):
             w.close()
 
     def _burst_tick(self) -> None:
         frame = self.device.burst_frame(serial=False)
         if frame:
-            msg = hartip_message(MessageType.PUBLISH, MessageId.TOKEN_PASSING_PDU, 0, frame)
+            msg = hartip_message(PUBLISH, TOKEN_PASSING_PDU, 0, frame)
             for w in list(self._writers):
                 if not w.is_closing():
                     w.write(msg)
@@ -347,42 +516,64 @@ class HartIpSim:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         in_session = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._connections.add(writer)
         try:
             while True:
-                hdr = HartIpHeader.decode(await reader.readexactly(HARTIP_HEADER))
-                body = await reader.readexactly(hdr.length - HARTIP_HEADER)
-                if hdr.message_id == MessageId.SESSION_INITIATE:
+                version, _mtype, mid, _status, seq, length = HARTIP_HEADER.unpack(
+                    await reader.readexactly(HARTIP_HEADER.size)
+                )
+                if version not in (1, 2) or length < HARTIP_HEADER.size:
+                    break  # not HART-IP: hang up
+                body = await reader.readexactly(length - HARTIP_HEADER.size)
+                if mid == SESSION_INITIATE:
                     status = self.refuse_status or 0
-                    mtype = MessageType.RESPONSE if status == 0 else MessageType.ERROR
-                    writer.write(hartip_message(mtype, hdr.message_id, hdr.sequence, body, status))
+                    writer.write(hartip_message(RESPONSE if status == 0 else ERROR, mid, seq, body, status))
                     if status:
                         break
                     self.sessions += 1
                     in_session = True
                     self._writers.add(writer)
-                elif hdr.message_id == MessageId.SESSION_CLOSE:
-                    writer.write(hartip_message(MessageType.RESPONSE, hdr.message_id, hdr.sequence))
+                elif mid == SESSION_CLOSE:
+                    writer.write(hartip_message(RESPONSE, mid, seq))
                     break
-                elif hdr.message_id == MessageId.KEEP_ALIVE:
+                elif mid == KEEP_ALIVE:
                     self.keepalives += 1
-                    writer.write(hartip_message(MessageType.RESPONSE, hdr.message_id, hdr.sequence))
-                elif hdr.message_id == MessageId.TOKEN_PASSING_PDU and in_session:
+                    writer.write(hartip_message(RESPONSE, mid, seq))
+                elif mid == TOKEN_PASSING_PDU and in_session:
                     try:
-                        frame = decode_frame(body)
-                    except HartError:
-                        writer.write(hartip_message(MessageType.NAK, hdr.message_id, hdr.sequence, status=5))
+                        frame = parse_frame(body)
+                    except FrameDamaged:
+                        writer.write(hartip_message(NAK, mid, seq, status=5))
                         continue
                     reply = self.device.answer(frame, serial=False)
                     if reply:
-                        writer.write(hartip_message(MessageType.RESPONSE, hdr.message_id, hdr.sequence, reply))
+                        writer.write(hartip_message(RESPONSE, mid, seq, reply))
                 else:
-                    writer.write(hartip_message(MessageType.NAK, hdr.message_id, hdr.sequence, status=2))
+                    writer.write(hartip_message(NAK, mid, seq, status=2))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, HartError):
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             self._writers.discard(writer)
+            self._connections.discard(writer)
+            self._handlers.discard(task)
             writer.close()
 
 
-__all__ = ["Fault", "HartIpSim", "SerialSim", "SimDevice", "SocatPair", "socat_pair"]
+__all__ = [
+    "Fault",
+    "FrameDamaged",
+    "HartIpSim",
+    "Received",
+    "RequestReader",
+    "SerialSim",
+    "SimDevice",
+    "SocatPair",
+    "build_frame",
+    "hartip_message",
+    "parse_frame",
+    "socat_pair",
+]
