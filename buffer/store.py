@@ -498,6 +498,18 @@ class Store:
                 break
         return sum(b - a + 1 for a, b in holes), oldest
 
+    def delivery_counts(self, uplink: str) -> tuple[int, int]:
+        """(samples dropped before the uplink got them, gap records it still has to send)."""
+        row = self.db.execute("SELECT dropped FROM uplinks WHERE name=?", (uplink,)).fetchone()
+        gaps = self.db.execute("SELECT count(*) FROM gaps WHERE uplink=?", (uplink,)).fetchone()[0]
+        return (int(row[0]) if row else 0, int(gaps))
+
+    def file_bytes(self) -> int:
+        """The database, its WAL and shared-memory file on disk."""
+        return sum(
+            p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists()
+        )
+
     def _ack(self, uplink: str, lo: int, hi: int) -> None:
         rows = self.db.execute(
             "SELECT lo, hi FROM acks WHERE uplink=? AND lo <= ? AND hi >= ?", (uplink, hi + 1, lo - 1)
@@ -840,9 +852,7 @@ class Store:
             backlog, oldest_unsent = self.backlog(name)
             n_gaps = self.db.execute("SELECT count(*) FROM gaps WHERE uplink=?", (name,)).fetchone()[0]
             uplinks.append(UplinkStatus(name, self.acked(name), backlog, oldest_unsent, sent, dropped, n_gaps))
-        file_bytes = sum(
-            p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists()
-        )
+        file_bytes = self.file_bytes()
         return BufferStatus(
             path=str(self.path),
             file_bytes=file_bytes,

@@ -215,10 +215,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, d in live["devices"].items():
             err = f", last error: {d['last_error']}" if d["last_error"] else ""
             print(f"  device {name}: {d['state']}{seen}, {d['samples']} samples{err}")
+            _print_counters(d.get("counters"))
         for name, u in live["uplinks"].items():
             err = f", last error: {u['last_error']}" if u["last_error"] else ""
             print(f"  uplink {name}: {u['state']}{seen}, live {u['sent_live']}, historical {u['sent_historical']}{err}")
+            _print_counters(u.get("counters"))
     return EXIT_OK
+
+
+def _print_counters(counts: dict[str, float] | None) -> None:
+    """A plugin's own counters on one line, problems (anything but routine work) first."""
+    if counts:
+        routine = {"polls", "requests", "connects"}
+        items = sorted(counts.items(), key=lambda kv: (kv[0] in routine, kv[0]))
+        print("    counters: " + ", ".join(f"{k} {v:g}" for k, v in items))
 
 
 def _config_for(args: argparse.Namespace) -> config.Config:

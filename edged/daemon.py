@@ -30,7 +30,7 @@ from edged.delivery import Sender
 from edged.errors import ConfigError, Permanent, Transient
 from edged.files import write_atomic
 from edged.model import Sample, Severity, Status, severity
-from edged.plugin import Backoff, PluginContext
+from edged.plugin import Backoff, PluginContext, Tally
 from edged.quality import TagProcessor
 from edged.sdnotify import Notifier
 
@@ -71,6 +71,7 @@ class DeviceRunner:
         self.stats = DeviceStats()
         self._down = False
         self.driver: Any | None = None  # the connected driver, for the command gate; None while down
+        self.tally = Tally()  # the driver's own counters over its reconnects (status, metrics)
 
     async def run(self) -> None:
         extra = {"device": self.name}
@@ -81,12 +82,14 @@ class DeviceRunner:
                     self.stats.connects += 1
                     self.stats.state = "running"
                     self.driver = drv
+                    self.tally.attach(drv)
                     try:
                         async with contextlib.aclosing(drv.samples()) as stream:
                             async for batch in stream:
                                 self._accept(batch)
                     finally:
                         self.driver = None
+                        self.tally.detach()
             except (Transient, Permanent, OSError, TimeoutError) as exc:
                 self._failed(exc)
             except Exception as exc:  # a driver bug: log the traceback, keep the daemon up
@@ -139,6 +142,8 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self.reloads = 0
         self.backlog: dict[str, tuple[int, int | None]] = {}  # uplink -> (samples owed, oldest owed ts)
+        self.delivery: dict[str, tuple[int, int]] = {}  # uplink -> (dropped before delivery, gap records owed)
+        self.buffer_file_bytes = 0  # db + wal + shm on disk, measured off the event loop
         # Setpoint writes (edged.commands): one gate for every source, audited in the buffer database.
         self.commands = CommandGate(config, AuditTrail(lambda: self.buffer.store, self.buffer.call), self._writer)
         self._listeners: dict[str, asyncio.Task[None]] = {}  # uplink -> its command listener task
@@ -355,12 +360,15 @@ class Daemon:
                 "last_trim": asdict(self.buffer.last_trim),
                 "set_aside": msgspec.to_builtins(list(self.buffer.set_aside)),
             },
-            "devices": {d.name: asdict(d.stats) for d in self.devices},
+            "devices": {d.name: {**asdict(d.stats), "counters": d.tally.totals()} for d in self.devices},
             "uplinks": {
                 s.name: {
                     **asdict(s.stats),
+                    "counters": s.tally.totals(),
                     "backlog": self.backlog.get(s.name, (0, None))[0],
                     "oldest_unsent_ns": self.backlog.get(s.name, (0, None))[1],
+                    "dropped": self.delivery.get(s.name, (0, 0))[0],
+                    "gaps_pending": self.delivery.get(s.name, (0, 0))[1],
                 }
                 for s in self.senders
             },
@@ -384,14 +392,23 @@ class Daemon:
                     self.buffer.put(stale)
 
     async def _status_writer(self) -> None:
-        """Refresh per-uplink backlog figures (on the buffer thread) and the status file every 2 s."""
+        """Refresh the per-uplink figures and file sizes (on the buffer thread) and write the status
+        file (on a worker thread) every 2 s: no disk access on the event loop."""
+        store, call = self.buffer.store, self.buffer.call
         while True:
             for name in list(self._uplinks):
                 try:
-                    self.backlog[name] = await self.buffer.call(self.buffer.store.backlog, name)
+                    self.backlog[name] = await call(store.backlog, name)
+                    self.delivery[name] = await call(store.delivery_counts, name)
                 except sqlite3.Error as exc:
                     log.debug("backlog query failed: %s", exc)
-            self._write_status()
+            with contextlib.suppress(OSError):
+                self.buffer_file_bytes = await call(store.file_bytes)
+            path, doc = self.config.data_dir / STATUS_FILE, msgspec.json.encode(self.snapshot())
+            try:
+                await asyncio.to_thread(write_atomic, path, doc)  # 0640 whatever the umask
+            except OSError as exc:
+                log.debug("cannot write %s: %s", path, exc)
             await asyncio.sleep(2.0)
 
 

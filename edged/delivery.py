@@ -15,13 +15,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from buffer import Buffer
 from edged.config import UplinkBase, tag_matcher
 from edged.errors import Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample
-from edged.plugin import Backoff, Uplink
+from edged.plugin import Backoff, Tally, Uplink
 
 
 class Halted(Transient):
@@ -46,7 +46,6 @@ class SenderStats:
     last_error: str | None = None
     last_ack_ns: int | None = None
     live_lag_s: float = 0.0  # age of the newest live sample at its acknowledgement
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class Sender:
@@ -75,13 +74,14 @@ class Sender:
         self._keep = tag_matcher(config.tags) if config.tags else None  # None: no filtering work
         self._ratio = config.backfill_share / (1.0 - config.backfill_share)
         self._range: tuple[int, int] | None = None  # a bounded replay: only this seq range, then return
+        self.tally = Tally()  # the plugin's own counters over its reconnects (status, metrics)
 
     async def run(self) -> None:
         """Connect, deliver until the peer fails, back off, repeat; until cancelled.
 
         Optional uplink hooks, looked up by name: `is_closed() -> bool` (checked while idle, so a
-        dead connection is replaced before data waits on it) and `counters() -> dict[str, float]`
-        (the plugin's own figures, shown in status and metrics).
+        dead connection is replaced before data waits on it), and `counters()` (edged.plugin.Counted:
+        the plugin's own figures, shown in status and metrics).
         """
         await self.buffer.call(self.buffer.store.register_uplink, self.name, self.config.start_from)
         await self._supervise(attempts=None)
@@ -103,6 +103,7 @@ class Sender:
             acked_before = self.stats.batches
             try:
                 async with self.factory() as uplink:
+                    self.tally.attach(uplink)
                     self.stats.state = "connected"
                     self.stats.connects += 1
                     self.log.info("uplink connected", extra={"uplink": self.name})
@@ -113,6 +114,7 @@ class Sender:
             except Exception as exc:  # a plugin bug must not stop the other uplinks
                 self.log.exception("uplink %s failed unexpectedly", self.name, extra={"uplink": self.name})
                 failure = exc
+            self.tally.detach()
             self._failed(failure)
             failures = 0 if self.stats.batches > acked_before else failures + 1
             if attempts is not None and (failures >= attempts or isinstance(failure, Halted)):
@@ -211,9 +213,6 @@ class Sender:
         await self._record_ack(lo, hi, sent=sent)
         self.backoff.reset()  # only once the peer answered a batch: a connect alone proves little
         self.stats.batches += 1
-        report = getattr(uplink, "counters", None)
-        if callable(report):
-            self.stats.extra = dict(report())
         now = time.time_ns()
         self.stats.last_ack_ns = now
         if historical:

@@ -77,7 +77,7 @@ class _Collector:
             up.add_metric([r.name], 1.0 if r.stats.state == "running" else 0.0)
             if r.stats.last_sample_ns:
                 age.add_metric([r.name], (now - r.stats.last_sample_ns) / 1e9)
-        yield from (read, errors, up, age)
+        yield from (read, errors, up, age, _plugin_counters("device", {r.name: r.tally.totals() for r in d.devices}))
 
         b = d.buffer
         yield CounterMetricFamily("edged_buffer_stored_samples", "Samples committed to the buffer", value=b.stored)
@@ -87,11 +87,8 @@ class _Collector:
         )
         yield CounterMetricFamily("edged_buffer_write_errors", "Failed buffer commits", value=b.write_errors)
         yield GaugeMetricFamily("edged_buffer_alarm", "1 while the disk refuses writes", value=1.0 if b.alarm else 0.0)
-        try:
-            size = sum(p.stat().st_size for p in b.path.parent.glob(b.path.name + "*") if p.is_file())
-        except OSError:
-            size = 0
-        yield GaugeMetricFamily("edged_buffer_bytes", "Buffer files on disk (db, wal, shm)", value=size)
+        # measured by the status writer on the buffer thread: a scrape never touches the disk
+        yield GaugeMetricFamily("edged_buffer_bytes", "Buffer files on disk (db, wal, shm)", value=d.buffer_file_bytes)
 
         sent = CounterMetricFamily("edged_uplink_sent_samples", "Samples acknowledged", labels=["uplink", "stream"])
         rejected = CounterMetricFamily("edged_uplink_rejected_samples", "Samples refused for good", labels=["uplink"])
@@ -101,7 +98,16 @@ class _Collector:
         oldest = GaugeMetricFamily(
             "edged_uplink_oldest_unsent_age_seconds", "Age of the oldest owed sample", labels=["uplink"]
         )
+        dropped = CounterMetricFamily(
+            "edged_uplink_dropped_samples", "Samples deleted (retention, size cap) before delivery", labels=["uplink"]
+        )
+        gaps = CounterMetricFamily("edged_uplink_gaps_sent", "Gap records sent to the uplink", labels=["uplink"])
+        gaps_owed = GaugeMetricFamily("edged_uplink_gaps_pending", "Gap records still to send", labels=["uplink"])
         for s in d.senders:
+            n_dropped, n_gaps = d.delivery.get(s.name, (0, 0))
+            dropped.add_metric([s.name], n_dropped)
+            gaps.add_metric([s.name], s.stats.gaps_sent)
+            gaps_owed.add_metric([s.name], n_gaps)
             sent.add_metric([s.name, "live"], s.stats.sent_live)
             sent.add_metric([s.name, "historical"], s.stats.sent_historical)
             rejected.add_metric([s.name], s.stats.rejected)
@@ -110,12 +116,27 @@ class _Collector:
             n, ts = d.backlog.get(s.name, (0, None))
             backlog.add_metric([s.name], n)
             oldest.add_metric([s.name], (now - ts) / 1e9 if ts else 0.0)
-        yield from (sent, rejected, uerr, conn, backlog, oldest)
+        yield from (sent, rejected, uerr, conn, backlog, oldest, dropped, gaps, gaps_owed)
+        yield _plugin_counters("uplink", {s.name: s.tally.totals() for s in d.senders})
         yield GaugeMetricFamily("edged_event_loop_lag_seconds", "Event loop lag, last second", value=d.loop_lag_s)
         cmds = CounterMetricFamily("edged_commands", "Write commands by source and result", labels=["source", "result"])
         for (source, result), n in sorted(d.commands.outcomes.items()):
             cmds.add_metric([source, result], n)
         yield cmds
+
+
+def _plugin_counters(kind: str, counts: dict[str, dict[str, float]]) -> Any:
+    """Each plugin's own counters (Modbus exceptions by code, HART retries, OPC UA refused
+    sessions...) as one family labelled by plugin and counter name."""
+    from prometheus_client.core import CounterMetricFamily
+
+    fam = CounterMetricFamily(
+        f"edged_{kind}_plugin_events", f"Counters the {kind} plugin keeps itself", labels=[kind, "counter"]
+    )
+    for name, values in counts.items():
+        for key, value in sorted(values.items()):
+            fam.add_metric([name, key], value)
+    return fam
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:

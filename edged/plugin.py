@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 from edged.model import Batch, Sample
 
@@ -50,7 +51,40 @@ class Uplink(Protocol):
 
 
 # Optional uplink methods the Sender uses when present (not part of the Protocol, so plugins stay
-# minimal): `is_closed() -> bool` and `counters() -> dict[str, float]`; see edged.delivery.Sender.
+# minimal): `is_closed() -> bool`; see edged.delivery.Sender.
+
+
+@runtime_checkable
+class Counted(Protocol):
+    """A driver or uplink that counts its own problems and work (requests, retries, refusals...).
+    The core shows them in status.json and /metrics, summed over the plugin's reconnects."""
+
+    def counters(self) -> Mapping[str, float]: ...
+
+
+class Tally:
+    """A plugin's counters summed over its instances: each reconnect builds a new driver/uplink
+    whose counts start at 0, while the figures shown must only ever grow."""
+
+    def __init__(self) -> None:
+        self._past: Counter[str] = Counter()
+        self._current: Counted | None = None
+
+    def attach(self, plugin: object) -> None:
+        self.detach()
+        self._current = plugin if isinstance(plugin, Counted) else None
+
+    def detach(self) -> None:
+        if self._current is not None:
+            self._past.update(dict(self._current.counters()))
+            self._current = None
+
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = dict(self._past)
+        if self._current is not None:
+            for k, v in self._current.counters().items():
+                out[k] = out.get(k, 0) + v
+        return out
 
 
 @dataclass(slots=True)

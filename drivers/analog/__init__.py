@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -33,6 +32,7 @@ from edged.conversions.loop import iio_current_ma
 from edged.errors import Transient
 from edged.model import Sample, Severity, Status, severity
 from edged.plugin import PluginContext
+from edged.problems import Problems
 
 __all__ = ["Config", "Driver", "Tag"]
 
@@ -44,17 +44,20 @@ class Driver:
         self.config = config
         self.ctx = ctx
         self.log = ctx.log
-        self.counters: Counter[str] = Counter()  # polls, and one key per problem kind (ne43_*, read_error...)
+        # polls, and one key per problem kind (ne43_*, read_error...); each problem logged once per tag
+        self.problems = Problems(config.name, self.log)
         self._tags = list(config.tags)
         self._paths = [config.tag_path(t) for t in self._tags]
         self._by_path = {p: i for i, p in enumerate(self._paths)}
         # thermocouples last, so their cold-junction tag of the same poll is already converted
         self._order = sorted(range(len(self._tags)), key=lambda i: self._tags[i].conversion == "thermocouple")
         self._last: dict[str, tuple[float | None, int]] = {}  # tag name -> (value, status), for cjc_tag
-        self._problems: dict[str, str] = {}  # tag name -> problem kind: log once
         self._modbus: Any = None  # drivers.modbus.Driver when source = "modbus"
 
     # ------------------------------------------------------------------ lifecycle
+
+    def counters(self) -> Mapping[str, int]:
+        return self.problems.counts
 
     async def __aenter__(self) -> Self:
         cfg = self.config
@@ -68,7 +71,7 @@ class Driver:
             modbus = ModbusDriver(cfg.modbus_config(), self.ctx)
             await modbus.__aenter__()  # raises the Modbus driver's Transient/Permanent
             self._modbus = modbus
-        self.counters["connects"] += 1
+        self.problems.counts["connects"] += 1
         return self
 
     async def __aexit__(
@@ -103,12 +106,12 @@ class Driver:
     async def poll(self) -> list[Sample]:
         """Read every IIO channel now: one batch, one sample per tag."""
         assert self.config.iio_path is not None
-        self.counters["polls"] += 1
+        self.problems.counts["polls"] += 1
         channels = {t.channel for t in self._tags if t.channel is not None}
         try:
             raw = await asyncio.to_thread(read_channels, Path(self.config.iio_path), channels)
         except DeviceGone as exc:
-            self.counters["device_gone"] += 1
+            self.problems.counts["device_gone"] += 1
             raise Transient(f"{self.config.name}: {exc}") from None
         ts = time.time_ns()
         signals: dict[int, tuple[float | None, int, tuple[str, str] | None]] = {}
@@ -175,13 +178,9 @@ class Driver:
 
     def _note(self, tag: Tag, problem: tuple[str, str] | None) -> None:
         """Count every problem; log it when it first appears on a tag, and once when it clears."""
-        extra = {"device": self.config.name}
         if problem is None:
-            if self._problems.pop(tag.name, None) is not None:
-                self.log.info("%s: %s: recovered", self.config.name, tag.name, extra=extra)
+            self.problems.resolved(tag.name)
             return
         kind, reason = problem
-        self.counters[kind] += 1
-        if self._problems.get(tag.name) != kind:
-            self._problems[tag.name] = kind
-            self.log.warning("%s: %s: %s", self.config.name, tag.name, reason, extra=extra)
+        self.problems.counts[kind] += 1
+        self.problems.report(tag.name, kind, reason)

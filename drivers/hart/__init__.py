@@ -27,8 +27,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import Counter
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -59,6 +58,7 @@ from drivers.hart.protocol import (
 from edged.errors import EdgedError, Permanent, Transient
 from edged.model import Sample, Severity, Status, Value, severity
 from edged.plugin import PluginContext
+from edged.problems import Problems
 
 __all__ = ["Config", "Driver", "Tag"]
 
@@ -153,7 +153,8 @@ class Driver:
         self.config = config
         self.ctx = ctx
         self.log = ctx.log
-        self.counters: Counter[str] = Counter()  # polls, requests, errors and one key per problem kind
+        # polls, requests, errors and one key per problem kind; each problem logged once
+        self.problems = Problems(config.name, self.log, max_failed_polls=config.max_failed_polls)
         self.identity: DeviceIdentity | None = None
         self.additional_status: bytes | None = None  # last command 48 answer
         self._tags: list[Tag] = list(config.tags)
@@ -162,10 +163,8 @@ class Driver:
         self._link: Link | None = None
         self._address: Address = config.long_address or ShortAddress(config.polling_address)
         self._preambles = config.preambles
-        self._problems: dict[str, tuple[str, str]] = {}  # where -> (kind, reason): log once
         self._device_status: int | None = None
         self._more_status_at: tuple[int, float] | None = None  # (status byte, loop time) of the last cmd 48
-        self._failed_polls = 0
         # the last unit seen per variable, so a Bad sample keeps the tag's unit
         self._units: dict[Variable, str | None] = {"loop_current": "mA", "percent_range": "%"}
 
@@ -179,6 +178,9 @@ class Driver:
         """Transport failures into the edged error tree (the only place this happens)."""
         msg = f"{self.config.name}: {exc}"
         return Permanent(msg) if exc.permanent else Transient(msg)
+
+    def counters(self) -> Mapping[str, int]:
+        return self.problems.counts
 
     async def __aenter__(self) -> Self:
         cfg = self.config
@@ -206,7 +208,7 @@ class Driver:
             self._link = None
             await link.close()
             raise
-        self.counters["connects"] += 1
+        self.problems.counts["connects"] += 1
         return self
 
     async def __aexit__(
@@ -226,16 +228,16 @@ class Driver:
         self._address = uid or ShortAddress(cfg.polling_address)
         res = await self._transact(0)
         if isinstance(res, Failure):
-            self._report("command 0", res.kind, res.reason)
+            self.problems.report("command 0", res.kind, res.reason)
             raise Transient(
                 f"{cfg.name}: {self._address} at {cfg.endpoint} gave no usable answer to command 0: {res.reason}"
             )
         try:
             ident = decode_identity(res.payload)
         except DecodeError as exc:
-            self.counters["decode"] += 1
+            self.problems.counts["decode"] += 1
             raise Transient(f"{cfg.name}: {self._address} at {cfg.endpoint}: {exc}") from None
-        self._resolved("command 0")
+        self.problems.resolved("command 0")
         self.identity = ident
         self._address = ident.address
         self._preambles = max(cfg.preambles, min(20, ident.request_preambles))
@@ -249,7 +251,7 @@ class Driver:
         last: Failure | None = None
         for attempt in range(self.config.retries + 1):
             if attempt:
-                self.counters["retries"] += 1
+                self.problems.counts["retries"] += 1
                 if last is not None and last.kind == "busy":
                     await asyncio.sleep(min(0.25, float(self.config.timeout) / 4))
             res = await self._exchange(command, data)
@@ -266,12 +268,12 @@ class Driver:
                     res = Failure(f"response_code_{rc}", Status.BAD, response_code_text(rc), True, retry=False)
                 else:
                     return res
-            self.counters[res.kind] += 1
+            self.problems.counts[res.kind] += 1
             last = res
             if not res.retry:
                 break
         assert last is not None
-        self.counters["errors"] += 1
+        self.problems.counts["errors"] += 1
         return last
 
     async def _exchange(self, command: int, data: bytes) -> Frame | Failure:
@@ -280,7 +282,7 @@ class Driver:
         if link is None:
             raise Transient(f"{self.config.name}: not connected")
         cfg = self.config
-        self.counters["requests"] += 1
+        self.problems.counts["requests"] += 1
         link.discard_input()
         noise_before = link.noise
         request = build_request(self._address, command, data, preambles=0, primary_master=cfg.primary_master)
@@ -304,16 +306,16 @@ class Driver:
                     or frame.command != command
                     or frame.primary_master != cfg.primary_master
                 ):
-                    self.counters["ignored_frames"] += 1  # echo, burst frame, another device or master
+                    self.problems.counts["ignored_frames"] += 1  # echo, burst frame, another device or master
                     continue
                 return frame
         except LinkDown as exc:
-            self.counters["connection_lost"] += 1
+            self.problems.counts["connection_lost"] += 1
             raise self._mapped(exc) from None
         finally:
             noise = link.noise - noise_before
             if noise:
-                self.counters["noise_bytes"] += noise
+                self.problems.counts["noise_bytes"] += noise
 
     # ------------------------------------------------------------------ polling
 
@@ -342,7 +344,7 @@ class Driver:
 
     async def poll(self) -> list[Sample]:
         """Read every tag now: one batch, one sample per tag."""
-        self.counters["polls"] += 1
+        self.problems.counts["polls"] += 1
         readings: dict[Variable, _Reading] = {}
         answered = False
         skip: Failure | None = None  # the device did not answer: do not spend a timeout per command
@@ -355,25 +357,25 @@ class Driver:
             where = f"command {cmd}"
             if isinstance(res, Failure):
                 answered = answered or res.answered
-                self._report(where, res.kind, res.reason)
+                self.problems.report(where, res.kind, res.reason)
                 self._fail_vars(readings, cmd, res, ts)
                 if not res.answered:
                     skip = res
                 continue
             answered = True
-            self._resolved(where)
+            self.problems.resolved(where)
             self._take(readings, cmd, res, ts, where)
         if answered:
-            self._failed_polls = 0
+            self.problems.poll_answered()
             await self._more_status()
         else:
-            self._failed_polls += 1
-            if self._failed_polls >= self.config.max_failed_polls:
-                reason = skip.reason if skip is not None else "no answer"
-                raise Transient(
+            reason = skip.reason if skip is not None else "no answer"
+            self.problems.poll_unanswered(
+                lambda n: (
                     f"{self.config.name}: {self._address} at {self.config.endpoint} did not answer"
-                    f" {self._failed_polls} polls in a row ({reason})"
+                    f" {n} polls in a row ({reason})"
                 )
+            )
         return self._samples(readings)
 
     def _fail_vars(self, readings: dict[Variable, _Reading], cmd: int, failure: Failure, ts: int) -> None:
@@ -386,12 +388,12 @@ class Driver:
         try:
             values = decode_variables(cmd, frame.payload)
         except DecodeError as exc:
-            self.counters["decode"] += 1
-            self._report(f"{where} data", "decode", str(exc))
+            self.problems.counts["decode"] += 1
+            self.problems.report(f"{where} data", "decode", str(exc))
             for var in _PROVIDES[cmd]:
                 readings.setdefault(var, _Reading(None, None, Status.BAD_DECODING_ERROR, ts))
             return
-        self._resolved(f"{where} data")
+        self.problems.resolved(f"{where} data")
         rc = frame.response_code
         base = Status.GOOD if rc == 0 else Status.UNCERTAIN_LAST_USABLE_VALUE if rc == 8 else Status.UNCERTAIN
         for var in _PROVIDES[cmd]:
@@ -399,10 +401,10 @@ class Driver:
             if earlier is not None and severity(earlier.status) != Severity.BAD:
                 continue  # the first good answer wins (command 3 over 2 for the loop current)
             if var not in values:
-                self._report(f"variable {var}", "not_reported", f"the device does not report {var} ({where})")
+                self.problems.report(f"variable {var}", "not_reported", f"the device does not report {var} ({where})")
                 readings[var] = _Reading(None, None, Status.BAD_CONFIGURATION_ERROR, ts)
                 continue
-            self._resolved(f"variable {var}")
+            self.problems.resolved(f"variable {var}")
             value, unit = values[var]
             status = _worst(base, status_bits_quality(var, frame.device_status))
             if math.isnan(value) or math.isinf(value):
@@ -427,7 +429,7 @@ class Driver:
         """Count the status bits; log when the byte changes, not on every answer."""
         for flag in DeviceStatus:
             if ds & flag:
-                self.counters[f"status_{(flag.name or str(int(flag))).lower()}"] += 1
+                self.problems.counts[f"status_{(flag.name or str(int(flag))).lower()}"] += 1
         if ds == self._device_status:
             return
         first = self._device_status is None
@@ -454,16 +456,16 @@ class Driver:
         self._more_status_at = (ds, now)
         res = await self._transact(48)
         if isinstance(res, Failure):
-            self._report("command 48", res.kind, res.reason)
+            self.problems.report("command 48", res.kind, res.reason)
             return
-        self._resolved("command 48")
+        self.problems.resolved("command 48")
         try:
             extra = decode_additional_status(res.payload)
         except DecodeError as exc:
-            self.counters["decode"] += 1
-            self._report("command 48", "decode", str(exc))
+            self.problems.counts["decode"] += 1
+            self.problems.report("command 48", "decode", str(exc))
             return
-        self.counters["additional_status"] += 1
+        self.problems.counts["additional_status"] += 1
         if extra != self.additional_status:
             self.additional_status = extra
             self.log.info(
@@ -487,7 +489,7 @@ class Driver:
         due = loop.time() + silence
         problem: Failure | None = None
         covered: set[int] = set()  # burst commands seen (to warn once about tags they do not carry)
-        self.counters["polls"] += 1
+        self.problems.counts["polls"] += 1
         while True:
             try:
                 frame = await link.receive(min(due, loop.time() + _IDLE_TICK_S))
@@ -499,30 +501,32 @@ class Driver:
                 await self._idle(link)
                 continue
             except HartError as exc:
-                self.counters[exc.kind] += 1
+                self.problems.counts[exc.kind] += 1
                 problem = Failure(exc.kind, Status.BAD_COMMUNICATION_ERROR, str(exc), True)
                 continue
             except LinkDown as exc:
-                self.counters["connection_lost"] += 1
+                self.problems.counts["connection_lost"] += 1
                 raise self._mapped(exc) from None
             await self._idle(link)
             if frame.frame_type != FrameType.BACK or frame.address != self._address:
-                self.counters["ignored_frames"] += 1
+                self.problems.counts["ignored_frames"] += 1
                 continue
             if frame.command not in _PROVIDES:
-                self.counters["burst_other_command"] += 1
-                self._report("burst", "other_command", f"burst command {frame.command} carries no dynamic variables")
+                self.problems.counts["burst_other_command"] += 1
+                self.problems.report(
+                    "burst", "other_command", f"burst command {frame.command} carries no dynamic variables"
+                )
                 continue
-            self.counters["burst_frames"] += 1
+            self.problems.counts["burst_frames"] += 1
             missing = sorted({t.variable for t in self._tags} - set(_PROVIDES[frame.command]))
             if missing and frame.command not in covered:
                 reason = f"burst command {frame.command} does not carry {', '.join(missing)}: those tags get no values"
                 self.log.warning("%s: %s", self.config.name, reason, extra={"device": self.config.name})
             covered.add(frame.command)
-            self._failed_polls = 0
+            self.problems.poll_answered()
             problem = None
             due = loop.time() + silence
-            self._resolved("burst")
+            self.problems.resolved("burst")
             readings: dict[Variable, _Reading] = {}
             self._take(readings, frame.command, frame, time.time_ns(), f"burst command {frame.command}")
             yield self._samples(readings)
@@ -531,32 +535,18 @@ class Driver:
         try:
             await link.idle()
         except LinkDown as exc:
-            self.counters["connection_lost"] += 1
+            self.problems.counts["connection_lost"] += 1
             raise self._mapped(exc) from None
 
     def _burst_silence(self, problem: Failure | None, silence: float) -> list[Sample]:
         failure = problem or Failure("timeout", Status.BAD_TIMEOUT, f"no burst frame for {silence:g}s", False)
         if problem is None:
-            self.counters["timeout"] += 1
-        self.counters["errors"] += 1
-        self._report("burst", failure.kind, failure.reason)
-        self._failed_polls += 1
-        if self._failed_polls >= self.config.max_failed_polls:
-            raise Transient(
-                f"{self.config.name}: no usable burst frame from {self._address} for {self._failed_polls} periods"
-            )
+            self.problems.counts["timeout"] += 1
+        self.problems.counts["errors"] += 1
+        self.problems.report("burst", failure.kind, failure.reason)
+        self.problems.poll_unanswered(
+            lambda n: f"{self.config.name}: no usable burst frame from {self._address} for {n} periods"
+        )
         ts = time.time_ns()
         readings = {t.variable: _Reading(None, None, failure.status, ts) for t in self._tags}
         return self._samples(readings)
-
-    # ------------------------------------------------------------------ logging
-
-    def _report(self, where: str, kind: str, reason: str) -> None:
-        """Log a problem the first time it appears at a place, not on every poll."""
-        if self._problems.get(where, ("", ""))[0] != kind:
-            self._problems[where] = (kind, reason)
-            self.log.warning("%s: %s: %s", self.config.name, where, reason, extra={"device": self.config.name})
-
-    def _resolved(self, where: str) -> None:
-        if self._problems.pop(where, None) is not None:
-            self.log.info("%s: %s: recovered", self.config.name, where, extra={"device": self.config.name})

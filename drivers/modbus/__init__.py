@@ -23,8 +23,8 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import NoReturn, Self
 
@@ -44,6 +44,7 @@ from drivers.modbus.plan import BIT_TABLES, Isolation, Item, Request, plan
 from edged.errors import Permanent, Transient
 from edged.model import Sample, Status, Value
 from edged.plugin import PluginContext
+from edged.problems import Problems
 
 __all__ = ["Config", "Driver", "SerialLines", "Tag", "WriteError"]
 
@@ -67,18 +68,20 @@ class Driver:
         self.config = config
         self.ctx = ctx
         self.log = ctx.log
-        self.counters: Counter[str] = Counter()  # polls, requests, errors and one key per error kind
+        # polls, requests, errors and one key per error kind; each problem logged once
+        self.problems = Problems(config.name, self.log, max_failed_polls=config.max_failed_polls)
         self._lines = lines
         self._tags: list[Tag] = list(config.tags)
         self._paths = [config.tag_path(t) for t in self._tags]
         self._index = {t.name: i for i, t in enumerate(self._tags)}
         self._isolation = [Isolation.MERGE] * len(self._tags)
         self._plans: dict[tuple[int, ...], list[Request]] = {}
-        self._problems: dict[tuple[object, ...], tuple[str, str]] = {}  # where -> (kind, what): log once
-        self._failed_polls = 0
         self._link: Link | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._write_lock = asyncio.Lock()
+
+    def counters(self) -> Mapping[str, int]:
+        return self.problems.counts
 
     @property
     def link(self) -> Link | None:
@@ -113,7 +116,7 @@ class Driver:
             await stack.aclose()
             raise
         self._stack = stack
-        self.counters["connects"] += 1
+        self.problems.counts["connects"] += 1
         return self
 
     async def __aexit__(
@@ -184,18 +187,18 @@ class Driver:
     async def _read(self, req: Request) -> Reply | Failure:
         if self._link is None:
             raise Transient(f"{self.config.name}: not connected")
-        self.counters["requests"] += 1
+        self.problems.counts["requests"] += 1
         cfg = self.config
         try:
             return await self._link.read(
                 req.table, req.address, req.count, cfg.unit_id, float(cfg.timeout), cfg.retries
             )
         except LinkDown as exc:
-            self.counters["connection_lost"] += 1
+            self.problems.counts["connection_lost"] += 1
             raise Transient(f"{cfg.name}: {exc}") from None
 
     async def _poll(self, keys: tuple[int, ...]) -> list[Sample]:
-        self.counters["polls"] += 1
+        self.problems.counts["polls"] += 1
         queue = deque(self._plan(keys))
         out: list[Sample] = []
         skip: Failure | None = None  # set once the device did not answer: skip the rest of this poll
@@ -209,39 +212,39 @@ class Driver:
             ts = time.time_ns()
             if not isinstance(res, Failure):
                 answered = True
-                self._resolved(("request", req.table, req.address, req.count))
+                self.problems.resolved(("request", req.table, req.address, req.count))
                 out.extend(self._decode(req, res, ts))
                 continue
             self._count(res)
             answered = answered or res.answered
             if res.kind in _SPLITTABLE and self._isolate(req):
-                self._report(
+                self.problems.report(
                     ("split", req.table, req.address, req.count),
                     res.kind,
-                    f"{req.table} {req.address}..{req.end - 1}",
                     f"{res.reason}; reading these tags in smaller requests from now on",
+                    what=f"{req.table} {req.address}..{req.end - 1}",
                 )
                 queue.extendleft(reversed(self._plan(tuple(sorted(req.keys)))))
                 continue
-            self._report(
+            self.problems.report(
                 ("request", req.table, req.address, req.count),
                 res.kind,
-                f"unit {self.config.unit_id} {req.table} {req.address}..{req.end - 1}",
                 res.reason,
+                what=f"unit {self.config.unit_id} {req.table} {req.address}..{req.end - 1}",
             )
             out.extend(self._bad(req.keys, res, ts))
             if not res.answered:
                 skip = res
         if answered:
-            self._failed_polls = 0
+            self.problems.poll_answered()
         else:
-            self._failed_polls += 1
-            if self._failed_polls >= self.config.max_failed_polls:
-                reason = skip.reason if skip is not None else "no answer"
-                raise Transient(
+            reason = skip.reason if skip is not None else "no answer"
+            self.problems.poll_unanswered(
+                lambda n: (
                     f"{self.config.name}: unit {self.config.unit_id} at {self.config.endpoint} did not answer"
-                    f" {self._failed_polls} polls in a row ({reason})"
+                    f" {n} polls in a row ({reason})"
                 )
+            )
         return out
 
     def _isolate(self, req: Request) -> bool:
@@ -277,11 +280,11 @@ class Driver:
                     )
                     value = codec.to_engineering(raw, tag.scale, tag.offset)
             except codec.CodecError as exc:
-                self.counters["decode_error"] += 1
-                self._report(("decode", k), "decode_error", f"tag {tag.name}", str(exc))
+                self.problems.counts["decode_error"] += 1
+                self.problems.report(("decode", k), "decode_error", str(exc), what=f"tag {tag.name}")
                 out.append(Sample(self._paths[k], ts, None, Status.BAD_DECODING_ERROR, 0, tag.unit))
                 continue
-            self._resolved(("decode", k))
+            self.problems.resolved(("decode", k))
             out.append(Sample(self._paths[k], ts, value, Status.GOOD, 100, tag.unit))
         return out
 
@@ -289,19 +292,8 @@ class Driver:
         return [Sample(self._paths[k], ts, None, failure.status, 0, self._tags[k].unit) for k in keys]
 
     def _count(self, failure: Failure) -> None:
-        self.counters["errors"] += 1
-        self.counters[failure.kind] += 1
-
-    def _report(self, where: tuple[object, ...], kind: str, what: str, reason: str) -> None:
-        """Log a problem the first time it appears at a place, not on every poll."""
-        if self._problems.get(where, ("", ""))[0] != kind:
-            self._problems[where] = (kind, what)
-            self.log.warning("%s: %s: %s", self.config.name, what, reason, extra={"device": self.config.name})
-
-    def _resolved(self, where: tuple[object, ...]) -> None:
-        gone = self._problems.pop(where, None)
-        if gone is not None:
-            self.log.info("%s: %s: recovered", self.config.name, gone[1], extra={"device": self.config.name})
+        self.problems.counts["errors"] += 1
+        self.problems.counts[failure.kind] += 1
 
     # ------------------------------------------------------------------ writing
 
@@ -329,7 +321,7 @@ class Driver:
                 raise WriteError(f"{cfg.tag_path(t)}: {exc}", Status.BAD_OUT_OF_RANGE) from None
             if self._link is None:
                 raise Transient(f"{cfg.name}: not connected")
-            self.counters["writes"] += 1
+            self.problems.counts["writes"] += 1
             try:
                 failure = await self._link.write(t.table, t.address, regs, cfg.unit_id, float(cfg.timeout), cfg.retries)
             except LinkDown as exc:
@@ -344,7 +336,7 @@ class Driver:
         ts = time.time_ns()
         (sample,) = self._decode(req, back, ts)
         if self._written(t, regs) != self._written(t, back):
-            self.counters["write_mismatch"] += 1
+            self.problems.counts["write_mismatch"] += 1
             raise WriteError(
                 f"{cfg.tag_path(t)}: wrote {value!r} but read back {sample.value!r}",
                 Status.BAD_DEVICE_FAILURE,

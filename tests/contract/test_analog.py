@@ -127,8 +127,8 @@ async def test_ne43_boundaries_through_the_driver(sysfs: Sysfs, caplog: pytest.L
                     assert s.value is None and s.score == 0
                 else:  # Uncertain keeps the extrapolated value, with a lowered score
                     assert s.score == 50 and s.value == pytest.approx((raw / 500 - 4) * 10 / 16)
-        assert drv.counters["ne43_failure_low"] == 4 and drv.counters["ne43_failure_high"] == 4
-        assert drv.counters["ne43_under_range"] == 4 and drv.counters["ne43_over_range"] == 4
+        assert drv.counters()["ne43_failure_low"] == 4 and drv.counters()["ne43_failure_high"] == 4
+        assert drv.counters()["ne43_under_range"] == 4 and drv.counters()["ne43_over_range"] == 4
         assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 8  # once per tag, not per poll
         sysfs.set(0, 6000)
         assert by_name(await drv.poll())["c0"].status == Status.GOOD
@@ -166,7 +166,7 @@ async def test_bad_files_mark_only_their_tag(sysfs: Sysfs, caplog: pytest.LogCap
         assert got["garbled"].status == Status.BAD_DECODING_ERROR
         assert got["broken"].status == Status.BAD_COMMUNICATION_ERROR
         assert got["missing"].status == Status.BAD_CONFIGURATION_ERROR
-        assert (drv.counters["decode_error"], drv.counters["read_error"], drv.counters["no_channel"]) == (3, 3, 3)
+        assert (drv.counters()["decode_error"], drv.counters()["read_error"], drv.counters()["no_channel"]) == (3, 3, 3)
         assert len(caplog.records) == 3
         assert "in_voltage7_raw does not exist" in caplog.text
 
@@ -213,7 +213,7 @@ async def test_rtd_through_the_driver(sysfs: Sysfs) -> None:
     assert got["t2"].value == pytest.approx(-50.0, abs=0.005)
     assert got["t3"].value == pytest.approx(25.0, abs=0.001)
     assert (got["open"].status, got["open"].value) == (Status.BAD_SENSOR_FAILURE, None)
-    assert drv.counters["out_of_range"] == 1
+    assert drv.counters()["out_of_range"] == 1
 
 
 async def test_thermocouple_with_cold_junction_compensation(sysfs: Sysfs) -> None:

@@ -167,7 +167,7 @@ async def test_checksum_error_is_retried(transport: str, tmp_path: Path) -> None
         dev.set_fault("bad_checksum", count=1)
         got = by_name(await drv.poll())
         assert all(s.status == Status.GOOD for s in got.values())
-        assert drv.counters["checksum"] == 1 and drv.counters["retries"] == 1
+        assert drv.counters()["checksum"] == 1 and drv.counters()["retries"] == 1
 
 
 @pytest.mark.parametrize(
@@ -196,7 +196,7 @@ async def test_fault_marks_quality_counts_and_heals(
             assert [(s.status, s.value, s.score) for s in batch] == [(status, None, 0)] * 2
             assert batch[0].unit == "bar"  # a Bad sample keeps the unit last seen
         attempts = 1 if fault == "short_data" else 2  # a well-framed but short answer is not retried
-        assert drv.counters[kind] == 2 * attempts
+        assert drv.counters()[kind] == 2 * attempts
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "command 3" in warnings[0].getMessage()
         dev.set_fault("ok")
@@ -211,8 +211,8 @@ async def test_noise_before_preambles_is_skipped(tmp_path: Path) -> None:
         dev.set_fault("noise")
         got = by_name(await drv.poll())
         assert all(s.status == Status.GOOD for s in got.values())
-        assert drv.counters["noise_bytes"] >= 14  # 7 garbage bytes before each of two answers
-        assert drv.counters["errors"] == 0
+        assert drv.counters()["noise_bytes"] >= 14  # 7 garbage bytes before each of two answers
+        assert drv.counters()["errors"] == 0
 
 
 async def test_busy_then_ready_is_good(transport: str, tmp_path: Path) -> None:
@@ -221,7 +221,7 @@ async def test_busy_then_ready_is_good(transport: str, tmp_path: Path) -> None:
         dev.set_fault("busy", count=2)
         got = by_name(await drv.poll())
         assert got["pressure"].status == Status.GOOD
-        assert drv.counters["busy"] == 2 and drv.counters["errors"] == 0
+        assert drv.counters()["busy"] == 2 and drv.counters()["errors"] == 0
 
 
 async def test_not_implemented_is_not_retried(transport: str, tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ async def test_not_implemented_is_not_retried(transport: str, tmp_path: Path) ->
         got = by_name(await drv.poll())
         assert got["percent"].status == Status.BAD_CONFIGURATION_ERROR
         assert got["current"].status == Status.GOOD  # from command 3
-        assert drv.counters["not_implemented"] == 1 and drv.counters["retries"] == 0
+        assert drv.counters()["not_implemented"] == 1 and drv.counters()["retries"] == 0
         dev.set_fault("not_implemented", commands={3})
         got = by_name(await drv.poll())
         assert got["pressure"].status == Status.BAD_CONFIGURATION_ERROR
@@ -245,7 +245,7 @@ async def test_device_status_bits_map_to_quality(transport: str, tmp_path: Path)
         got = by_name(await drv.poll())
         assert {s.status for s in got.values()} == {Status.BAD_DEVICE_FAILURE}
         assert all(s.value is None for s in got.values())
-        assert drv.counters["status_device_malfunction"] == 2  # two answers (commands 3 and 2)
+        assert drv.counters()["status_device_malfunction"] == 2  # two answers (commands 3 and 2)
 
         dev.status = 0x01 | 0x08  # PV out of limits, loop current fixed
         got = by_name(await drv.poll())
@@ -280,7 +280,7 @@ async def test_lost_link_raises_transient(transport: str, tmp_path: Path) -> Non
         peer.stop_link()
         with pytest.raises(Transient):
             await poll_until_error(drv)
-        assert drv.counters["connection_lost"] == 1
+        assert drv.counters()["connection_lost"] == 1
 
 
 async def test_connect_failures(tmp_path: Path) -> None:
@@ -328,7 +328,7 @@ async def test_burst_listening_transmits_nothing(transport: str, tmp_path: Path)
         assert batches[0]["pressure"].value == 2.5 and batches[0]["pressure"].unit == "bar"
         assert batches[-1]["current"].value == 19.0
         assert "percent" not in batches[0]  # command 3 bursts do not carry percent of range
-        assert drv.counters["burst_frames"] >= 6
+        assert drv.counters()["burst_frames"] >= 6
 
 
 async def test_burst_silence_and_damage(transport: str, tmp_path: Path) -> None:
@@ -350,7 +350,7 @@ async def test_burst_silence_and_damage(transport: str, tmp_path: Path) -> None:
                     break
         assert statuses[:2] == [Status.GOOD, Status.GOOD]
         assert Status.BAD_COMMUNICATION_ERROR in statuses
-        assert drv.counters["checksum"] >= 1 and drv.counters["timeout"] >= 1
+        assert drv.counters()["checksum"] >= 1 and drv.counters()["timeout"] >= 1
 
 
 async def test_hartip_keep_alive_while_listening(tmp_path: Path) -> None:

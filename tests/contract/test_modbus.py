@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import math
 import struct
@@ -217,12 +218,12 @@ async def rtu(pty_pair: tuple[str, str]) -> AsyncIterator[tuple[ModbusPeer, str]
 async def test_every_type_and_order_decodes_over_tcp(tcp: Any) -> None:
     peer, tags, expect = tcp
     async with Driver(device("plc", tags, host="127.0.0.1", port=peer.port), CTX) as drv:
-        before = drv.counters["requests"]
+        before = drv.counters()["requests"]
         samples = await drv.poll()
         check_values(samples, expect)
         # holding 0..93, input 0..11, coils 0..9, discrete inputs 0..4: one request each
-        assert drv.counters["requests"] - before == 4
-        assert drv.counters["errors"] == 0
+        assert drv.counters()["requests"] - before == 4
+        assert drv.counters()["errors"] == 0
         assert by_name(samples)["scaled"].unit == "degC"
 
 
@@ -234,7 +235,7 @@ async def test_tags_with_different_intervals_share_requests_when_due_together(tc
         {"name": "slower", "address": 303, "interval": "200ms"},
     ]
     async with Driver(device("plc", tags, host="127.0.0.1", port=peer.port), CTX) as drv:
-        start = drv.counters["requests"]
+        start = drv.counters()["requests"]
         batches = await take(drv, 8)
         names = [set(by_name(b)) for b in batches]
         # on the common grid, whenever a slower tag is due the faster ones are due too (on an idle
@@ -243,7 +244,7 @@ async def test_tags_with_different_intervals_share_requests_when_due_together(tc
         assert all("slow" in n for n in names if "slower" in n)
         assert names[0] == {"fast", "slow", "slower"}
         assert sum("slow" in n for n in names) < len(names)
-        assert drv.counters["requests"] - start == len(batches)  # one request per poll, never more
+        assert drv.counters()["requests"] - start == len(batches)  # one request per poll, never more
         assert all(s.status == Status.GOOD for b in batches for s in b)
 
 
@@ -275,17 +276,17 @@ async def test_exception_codes_map_to_statuses_and_spare_the_other_tags(
         assert all(first[n].status == Status.GOOD for n in ("ok1", "ok2", "ok3"))
         assert by_name(await drv.poll(["gw_target"]))["gw_target"].status == Status.BAD_TIMEOUT
         assert by_name(await drv.poll(["gw_path"]))["gw_path"].status == Status.BAD_NO_COMMUNICATION
-        assert drv.counters["exception_04"] == 1
-        assert drv.counters["exception_06"] == 1
-        assert drv.counters["exception_01"] == 1
-        assert drv.counters["exception_0b"] == 1
-        assert drv.counters["exception_0a"] == 1
+        assert drv.counters()["exception_04"] == 1
+        assert drv.counters()["exception_06"] == 1
+        assert drv.counters()["exception_01"] == 1
+        assert drv.counters()["exception_0b"] == 1
+        assert drv.counters()["exception_0a"] == 1
 
         # the split is learned: later polls bridge no holes around these tags and log nothing new
         logged = len(caplog.records)
-        before = drv.counters["requests"]
+        before = drv.counters()["requests"]
         again = by_name(await drv.poll(["ok1", "ok2", "unmapped", "ok3"]))
-        assert drv.counters["requests"] - before == 3  # 300, 302..303 (touching) and 305
+        assert drv.counters()["requests"] - before == 3  # 300, 302..303 (touching) and 305
         assert again["unmapped"].status == Status.BAD_CONFIGURATION_ERROR
         assert again["ok3"].status == Status.GOOD
         assert len(caplog.records) == logged
@@ -329,8 +330,8 @@ async def test_server_that_stops_answering_gives_bad_samples_then_transient(tcp:
         peer.fault = "mute"
         with pytest.raises(Transient, match="did not answer 2 polls"):
             await drain(drv, batches)
-        assert drv.counters["timeout"] == 2
-        assert drv.counters["requests"] == 1 + 4 + 2  # probe, one good poll, one request per dead poll
+        assert drv.counters()["timeout"] == 2
+        assert drv.counters()["requests"] == 1 + 4 + 2  # probe, one good poll, one request per dead poll
     check_values(batches[0], expect)
     assert {s.status for s in batches[-1]} == {Status.BAD_TIMEOUT}
     assert len(batches[-1]) == len(tags)  # every tag reported, though only one request was tried
@@ -431,9 +432,9 @@ async def test_several_units_share_one_rtu_line(rtu: Any) -> None:
         for batch in r2.result():
             check_values(batch, expect2)
         assert [s.value for s in r3.result()[-1]] == [3, 33]
-        assert sum(d.counters["errors"] for d in (d1, d2, d3)) == 0
+        assert sum(d.counters()["errors"] for d in (d1, d2, d3)) == 0
         # every request of every device went through the one line, one transaction at a time
-        assert line.transactions == sum(d.counters["requests"] for d in (d1, d2, d3))
+        assert line.transactions == sum(d.counters()["requests"] for d in (d1, d2, d3))
     assert lines.get(port) is None  # the last device out closed the port
 
 
@@ -494,7 +495,7 @@ async def test_crc_errors_and_short_frames_are_communication_errors(rtu: Any) ->
             peer.fault = fault
             got = await drv.poll()
             assert {s.status for s in got} == {Status.BAD_COMMUNICATION_ERROR}, fault
-        assert drv.counters["bad_frame"] == 2
+        assert drv.counters()["bad_frame"] == 2
         peer.fault = "ok"
         assert [s.value for s in await drv.poll()] == [3, 33]
 
@@ -554,3 +555,45 @@ async def test_daemon_stores_decoded_values(tcp: Any, tmp_path: Path) -> None:
     latest = {s.tag: s for s in stored}
     check_values(list(latest.values()), expect)
     assert (tmp_path / "samples.jsonl").stat().st_size > 0
+
+
+async def test_driver_counters_reach_status_and_metrics(tcp: Any, tmp_path: Path) -> None:
+    """What the driver counts (requests, exceptions by code) is shown in status.json and /metrics,
+    summed over reconnects; the per-uplink dropped/gap figures are there too."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from edged.metrics import _Collector
+
+    peer, tags, _ = tcp
+    missing = {"name": "missing", "address": 9000, "type": "uint16"}  # no such register: exception 02
+    dev = {"name": "plc", "type": "modbus", "host": "127.0.0.1", "port": peer.port, "interval": "100ms"}
+    cfg = parse(
+        {
+            "gateway": {"id": "gw-test", "data_dir": str(tmp_path)},
+            "devices": [{**dev, "tags": [tags[0], missing]}],
+            "uplinks": [{"name": "archive", "type": "file", "path": "samples.jsonl", "fsync": False}],
+        }
+    )
+    daemon = Daemon(cfg)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(daemon))
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(daemon.run(), name="daemon")
+        await eventually(
+            lambda: daemon.devices and daemon.devices[0].tally.totals().get("requests", 0) >= 6, 20, "polls"
+        )
+        await eventually(
+            lambda: "counters" in json.loads((tmp_path / "status.json").read_text())["devices"]["plc"], 10, "status"
+        )
+        text = generate_latest(registry).decode()
+        daemon.request_stop()
+    counts = daemon.devices[0].tally.totals()
+    code = next(k for k in counts if k.startswith("exception_"))
+    assert counts[code] >= 1 and counts["errors"] >= 1
+    assert f'edged_device_plugin_events_total{{counter="{code}",device="plc"}}' in text
+    assert 'edged_device_plugin_events_total{counter="requests",device="plc"}' in text
+    assert 'edged_uplink_dropped_samples_total{uplink="archive"} 0.0' in text
+    assert 'edged_uplink_gaps_pending{uplink="archive"} 0.0' in text
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["devices"]["plc"]["counters"]["requests"] >= 6
+    assert status["uplinks"]["archive"]["dropped"] == 0
