@@ -435,6 +435,36 @@ async def test_idle_node_rebirths_after_a_broker_restart(tmp_path: Path, broker:
         await eventually(lambda: sender.stats.connects >= 2, 15, "the Sender's second connect")
 
 
+async def test_a_cancel_aiomqtt_swallows_while_reconnecting_still_stops_the_sender(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hang of a Sender cancelled during a reconnect, made deterministic. On 3.11 aiomqtt's
+    `asyncio.wait_for` returns the CONNACK instead of raising when the cancel lands in the same loop
+    iteration the CONNACK arrives in: the Sender then sat in `Buffer.wait_beyond` forever with
+    `cancelling() == 2`. The cancel is injected at exactly that moment (a done callback on aiomqtt's
+    connect future, which runs before wait_for's own); the uplink must re-raise it."""
+    real_connect = aiomqtt.Client.__aenter__
+    armed: list[asyncio.Task[Any]] = []
+
+    async def connect(client: aiomqtt.Client) -> aiomqtt.Client:
+        if armed and client.identifier.startswith("edged-"):
+            victim = armed.pop()
+            client._connected.add_done_callback(lambda _: victim.cancel())
+        return await real_connect(client)
+
+    monkeypatch.setattr(aiomqtt.Client, "__aenter__", connect)
+    async with host_and_node(tmp_path, broker.port) as (host, _buf, _sender, _tg):
+        await eventually(lambda: len(host.of("NBIRTH")) == 1, 15, "the first birth")
+        (sender_task,) = [t for t in asyncio.all_tasks() if t.get_name() == "sender"]
+        armed.append(sender_task)
+        broker.restart()
+        await eventually(lambda: not armed, 15, "the reconnect")
+        await eventually(sender_task.done, 15, "the Sender to stop on the cancel that came with the CONNACK")
+        assert sender_task.cancelled()
+        await host.marker()
+    assert len(host.of("NBIRTH")) == 1, "no birth after the cancel"
+
+
 # ----------------------------------------------------------------------------------------- primary host
 
 
