@@ -11,7 +11,7 @@ import logging
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -661,11 +661,13 @@ async def gated_node(
     with_gate: bool = True,
     retained: bytes | None = None,
     device_timeout: str = "500ms",
+    while_offline: Callable[[Host, Store], Awaitable[None]] | None = None,
     **options: Any,
 ) -> AsyncIterator[tuple[Host, Store, SpUplink]]:
     """A Sparkplug node (primary host "scada" online) whose writes go through a gate in front of a
     really connected Modbus driver, auditing into a real buffer file; a host recording everything.
     `retained`: a DCMD left retained on the broker, handed to the node when it subscribes.
+    `while_offline`: runs while the node waits for the primary host, and must bring it online.
     `options`: for command_config (spb_allowed, uplink keys)."""
     cfg = command_config(tmp_path, broker.port, peer.port, device_timeout, **options)
     up = cfg.uplinks[0]
@@ -684,7 +686,10 @@ async def gated_node(
             async with asyncio.TaskGroup() as tg:
                 task = tg.create_task(host.run(), name="host")
                 await eventually(host.connected.is_set, 5, "the test host")
-                await host.state(True, 1000)
+                if while_offline is None:
+                    await host.state(True, 1000)
+                else:
+                    tg.create_task(while_offline(host, store), name="while-offline")
                 if retained is not None:
                     await host.publish(DCMD, retained, retain=True)
                 async with SpUplink(up, PluginContext(GW, tmp_path, log, extra)) as node:
@@ -844,6 +849,31 @@ async def test_without_a_gate_dcmd_is_not_subscribed_and_ncmd_writes_are_refused
     assert "NCMD write to 'setpoint' refused: commands are not available here" in caplog.text
     assert "DCMD write" not in caplog.text
     assert press_state(press) == before and not host.of("DDATA")
+
+
+@pytest.mark.parametrize("required", [True, False])
+async def test_writes_wait_for_the_primary_host_unless_configured_otherwise(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer, caplog: pytest.LogCaptureFixture, required: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger="test.sparkplug.commands")
+
+    async def while_offline(host: Host, store: Store) -> None:
+        await eventually(lambda: "waiting for primary host scada" in caplog.text, 15, "the node subscribed")
+        await host.publish(DCMD, write_payload(120.0, name="setpoint"))
+        await audited(store, 1)
+        await host.state(True, 1000)
+
+    options = {"while_offline": while_offline, "commands_require_primary_host": required}
+    async with gated_node(tmp_path, broker, press, **options) as (host, store, node):
+        await host.publish(DCMD, write_payload(121.0, name="setpoint"))
+        await audited(store, 2)
+        await settled(host, node)
+        rows = store.audit_rows()
+    first = (120.0, "rejected", "unauthorised") if required else (120.0, "accepted", "ok")
+    assert [(r.value, r.result, r.code) for r in rows] == [first, (121.0, "accepted", "ok")]
+    if required:
+        assert rows[0].reason is not None and "primary host scada is not online" in rows[0].reason
+    assert press.registers(1, "h", SP, 2) == f32(121.0)
 
 
 def rebirth_request() -> bytes:
