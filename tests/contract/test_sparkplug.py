@@ -102,7 +102,7 @@ class Host:
         messages included) has then reached this host, since the broker keeps the order."""
         topic = f"{NAMESPACE}/{GROUP}/MARKER/{len(self.messages)}-{time.monotonic_ns()}"
         await self.publish(topic, b"")
-        await eventually(lambda: any(m.topic == topic for m in self.messages), 10, "the marker")
+        await eventually(lambda: any(m.topic == topic for m in self.messages), 15, "the marker")
 
     async def state(self, online: bool, ts: int) -> None:
         await self.publish(
@@ -195,7 +195,7 @@ async def host_and_node(
     buf = Buffer(tmp_path / "buffer.db", BufferConfig(flush_interval=0.02))  # type: ignore[arg-type]
     async with buf, asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(host.run(), name="host")]
-        await eventually(host.connected.is_set, 5, "the test host")
+        await eventually(host.connected.is_set, 15, "the test host")
         sender = Sender(
             buf, up, lambda: SpUplink(up, ctx(cfg, tmp_path)), gateway_id=GW, log=logging.getLogger("test"),
             backoff=Backoff(initial=0.1, cap=0.3),
@@ -234,14 +234,14 @@ def values(host: Host, alias_names: dict[int, str], *, historical: bool | None =
 
 async def test_births_data_aliases_and_quality(tmp_path: Path, broker: Mosquitto) -> None:
     async with host_and_node(tmp_path, broker.port) as (host, buf, _, _tg):
-        await eventually(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         ts = time.time_ns()
         buf.put([
             Sample("boiler/pressure", ts, 12.5, Status.GOOD, 100, "bar"),
             Sample("pump/speed", ts, 1500, Status.UNCERTAIN_SENSOR_NOT_ACCURATE, 60, "rpm"),
             Sample("boiler/level", ts + 10**6, None, Status.BAD_SENSOR_FAILURE, 0),
         ])  # fmt: skip
-        await eventually(lambda: len(host.of("DDATA")) == 2, 5, "data")
+        await eventually(lambda: len(host.of("DDATA")) == 2, 15, "data")
     nbirth, *_ = host.of("NBIRTH")
     assert host.messages[0] is nbirth and nbirth.qos == 0 and not nbirth.retain
     assert nbirth.topic == f"{NAMESPACE}/{GROUP}/NBIRTH/{GW}"
@@ -272,9 +272,9 @@ async def test_births_data_aliases_and_quality(tmp_path: Path, broker: Mosquitto
 
 async def test_new_tag_or_type_is_announced_by_a_rebirth(tmp_path: Path, broker: Mosquitto) -> None:
     async with host_and_node(tmp_path, broker.port) as (host, buf, _, _tg):
-        await eventually(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         buf.put([Sample("boiler/level", time.time_ns(), True), Sample("uptime", time.time_ns(), 42)])
-        await eventually(lambda: host.of("NDATA"), 5, "node data")
+        await eventually(lambda: host.of("NDATA"), 15, "node data")
         assert len(host.of("NBIRTH")) == 2, "one rebirth announced both changes"
         for n, v in enumerate(("ERR", False, 3.5), start=2):  # mixed types: a String once, not a rebirth per flip
             buf.put([Sample("boiler/level", time.time_ns(), v)])  # one batch each
@@ -300,7 +300,7 @@ async def test_new_tag_or_type_is_announced_by_a_rebirth(tmp_path: Path, broker:
 
 async def test_seq_wraps_from_255_to_0(tmp_path: Path, broker: Mosquitto) -> None:
     async with host_and_node(tmp_path, broker.port, batch_size=1) as (host, buf, _, _tg):
-        await eventually(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         for i in range(300):
             buf.put([Sample("boiler/pressure", time.time_ns(), float(i))])
             if i % 50 == 0:
@@ -314,18 +314,20 @@ async def test_seq_wraps_from_255_to_0(tmp_path: Path, broker: Mosquitto) -> Non
 
 async def test_rebirth_on_ncmd(tmp_path: Path, broker: Mosquitto) -> None:
     async with host_and_node(tmp_path, broker.port) as (host, buf, _, _tg):
-        await eventually(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         ts = time.time_ns()
         buf.put([Sample("boiler/pressure", ts, 7.25, unit="bar"), Sample("pump/speed", ts, 10.0)])
-        await eventually(lambda: len(host.of("DDATA")) == 2, 5, "data")
+        await eventually(lambda: len(host.of("DDATA")) == 2, 15, "data")
         ncmd = f"{NAMESPACE}/{GROUP}/NCMD/{GW}"
         await host.publish(ncmd, b"\xff\x00 not protobuf")  # ignored, logged
         cmd = pb.Payload(timestamp=int(time.time() * 1000))
         cmd.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
         await host.publish(ncmd, cmd.SerializeToString())
-        await eventually(lambda: len(host.of("DBIRTH")) == 4, 5, "rebirth")
+        await eventually(
+            lambda: len(host.of("DBIRTH")) == 4, 15, "rebirth (at most rebirth_min_interval after the birth)"
+        )
         buf.put([Sample("boiler/pressure", time.time_ns(), 7.5)])
-        await eventually(lambda: len(host.of("DDATA")) == 3, 5, "data after the rebirth")
+        await eventually(lambda: len(host.of("DDATA")) == 3, 15, "data after the rebirth")
     first, second = host.of("NBIRTH")
     assert metric(second.payload, "bdSeq").long_value == metric(first.payload, "bdSeq").long_value, "same session"
     check_session_rules(host.messages)
@@ -358,7 +360,7 @@ async def test_will_ndeath_on_abrupt_death_and_bdseq_across_restarts(tmp_path: P
     host = Host(broker.port)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(host.run(), name="host")
-        await eventually(host.connected.is_set, 5, "the test host")
+        await eventually(host.connected.is_set, 15, "the test host")
         for run in range(2):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", NODE_SCRIPT, str(broker.port), str(tmp_path), stdout=asyncio.subprocess.PIPE
@@ -366,11 +368,11 @@ async def test_will_ndeath_on_abrupt_death_and_bdseq_across_restarts(tmp_path: P
             try:
                 assert proc.stdout is not None
                 assert (await proc.stdout.readline()).strip() == b"born"
-                await eventually(lambda r=run: len(host.of("NBIRTH")) == r + 1, 5, "NBIRTH")
+                await eventually(lambda r=run: len(host.of("NBIRTH")) == r + 1, 15, "NBIRTH")
             finally:
                 proc.kill()  # SIGKILL: no NDEATH of its own, no DISCONNECT: the broker sends the Will
                 await proc.wait()
-            await eventually(lambda r=run: len(host.of("NDEATH")) == r + 1, 5, "the Will")
+            await eventually(lambda r=run: len(host.of("NDEATH")) == r + 1, 15, "the Will")
         task.cancel()
     births, deaths = host.of("NBIRTH"), host.of("NDEATH")
     assert [metric(m.payload, "bdSeq").long_value for m in births] == [0, 1], "bdSeq persisted and incremented"
@@ -386,10 +388,10 @@ async def test_clean_close_publishes_ndeath_itself(tmp_path: Path, broker: Mosqu
     host = Host(broker.port)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(host.run(), name="host")
-        await eventually(host.connected.is_set, 5, "the test host")
+        await eventually(host.connected.is_set, 15, "the test host")
         async with SpUplink(cfg, PluginContext(GW, tmp_path, logging.getLogger("test"))):
-            await eventually(lambda: host.of("NBIRTH"), 5, "NBIRTH")
-        await eventually(lambda: host.of("NDEATH"), 5, "NDEATH")
+            await eventually(lambda: host.of("NBIRTH"), 15, "NBIRTH")
+        await eventually(lambda: host.of("NDEATH"), 15, "NDEATH")
         await host.marker()  # a Will would have come before it
         task.cancel()
     (death,) = host.of("NDEATH")  # published before DISCONNECT, so the broker drops the Will
@@ -400,12 +402,12 @@ async def test_broker_restart_new_session_and_no_loss(tmp_path: Path, broker: Mo
     stop, counter = asyncio.Event(), [0]
     tags = ["boiler/pressure", "pump/speed"]
     async with host_and_node(tmp_path, broker.port, batch_size=50) as (host, buf, sender, tg):
-        await eventually(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         prod = tg.create_task(produce(buf, tags, 50, stop, counter), name="producer")
-        await eventually(lambda: len(host.of("DDATA")) > 5, 5, "live data")
+        await eventually(lambda: len(host.of("DDATA")) > 5, 15, "live data")
         bd0 = metric(host.of("NBIRTH")[0].payload, "bdSeq").long_value
         broker.restart()
-        await eventually(lambda: len(host.of("NBIRTH")) >= 2, 10, "a new session")
+        await eventually(lambda: len(host.of("NBIRTH")) >= 2, 15, "a new session")
         reborn_at = len(host.messages)
         await eventually(lambda: len([m for m in host.messages[reborn_at:] if m.kind == "DDATA"]) > 5, 15,
                          "live data in the new session")  # fmt: skip
@@ -428,7 +430,7 @@ async def test_broker_restart_new_session_and_no_loss(tmp_path: Path, broker: Mo
 async def test_idle_node_rebirths_after_a_broker_restart(tmp_path: Path, broker: Mosquitto) -> None:
     """No data flowing: the Sender notices the dead session on its own and the node is born again."""
     async with host_and_node(tmp_path, broker.port) as (host, _buf, sender, _tg):
-        await eventually(lambda: len(host.of("NBIRTH")) == 1, 5, "the first birth")
+        await eventually(lambda: len(host.of("NBIRTH")) == 1, 15, "the first birth")
         broker.restart()
         await eventually(lambda: len(host.of("NBIRTH")) >= 2, 15, "a new birth without any new sample")
         # the NBIRTH is published inside the uplink's __aenter__, before the Sender counts the connect
@@ -484,12 +486,12 @@ async def test_store_and_forward_while_primary_host_offline(
         await host.marker()
         assert not host.of("NBIRTH"), "no birth before the primary host is online"
         await host.state(True, 1000)
-        await eventually(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         prod = tg.create_task(produce(buf, tags, 40, stop, counter), name="producer")
-        await eventually(lambda: len(host.of("DDATA")) >= 4, 5, "live data")
+        await eventually(lambda: len(host.of("DDATA")) >= 4, 15, "live data")
 
         await host.state(False, 2000)
-        await eventually(lambda: host.of("NDEATH"), 5, "NDEATH on host offline")
+        await eventually(lambda: host.of("NDEATH"), 15, "NDEATH on host offline")
         offline_at = len(host.messages)
         await eventually(lambda: node_log(caplog, waiting) >= 2, 15, "a new session waiting for the host")
         stale = json.dumps({"online": True, "timestamp": 1500}).encode()
@@ -536,7 +538,7 @@ async def test_gaps_and_ignition_quality_codes(tmp_path: Path, broker: Mosquitto
     host = Host(broker.port)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(host.run(), name="host")
-        await eventually(host.connected.is_set, 5, "the test host")
+        await eventually(host.connected.is_set, 15, "the test host")
         async with SpUplink(cfg, PluginContext(GW, tmp_path, logging.getLogger("test"))) as up:
             ts = time.time_ns()
             await up.send(Batch(GW, 5, 9, True, [], [Gap(5, 9, ts - 10**9, ts, 5)]))
@@ -544,7 +546,7 @@ async def test_gaps_and_ignition_quality_codes(tmp_path: Path, broker: Mosquitto
             await up.send(
                 Batch(GW, 10, 11, False, [bad, Sample("boiler/pressure", ts, 2.0, Status.UNCERTAIN, 0, seq=11)])
             )
-            await eventually(lambda: host.of("DDATA"), 5, "data")
+            await eventually(lambda: host.of("DDATA"), 15, "data")
         task.cancel()
     names = check_session_rules(host.messages)
     (gap,) = host.of("NDATA")[0].payload.metrics
@@ -685,7 +687,7 @@ async def gated_node(
                 extra["commands"] = CommandGate(cfg, AuditTrail.for_store(store), lookup)
             async with asyncio.TaskGroup() as tg:
                 task = tg.create_task(host.run(), name="host")
-                await eventually(host.connected.is_set, 5, "the test host")
+                await eventually(host.connected.is_set, 15, "the test host")
                 if while_offline is None:
                     await host.state(True, 1000)
                 else:
@@ -738,11 +740,11 @@ async def test_dcmd_write_lands_and_the_readback_follows_in_ddata(
         names = check_session_rules(host.messages)
         alias = {n: a for a, n in names.items()}
         await host.publish(DCMD, write_payload(120.5, name="setpoint"))
-        await eventually(lambda: host.of("DDATA"), 5, "the read-back DDATA")
+        await eventually(lambda: host.of("DDATA"), 15, "the read-back DDATA")
         assert press.registers(1, "h", SP, 2) == f32(120.5), "written to the device"
         # by alias, a Float value with only the payload's timestamp
         await host.publish(DCMD, write_payload(121.25, alias=alias["setpoint"], datatype=pb.Float, metric_ts=False))
-        await eventually(lambda: len(host.of("DDATA")) == 2, 5, "the second read-back")
+        await eventually(lambda: len(host.of("DDATA")) == 2, 15, "the second read-back")
         # a coil: written, but its metric was born Double (no value yet), so the poll's rebirth answers
         await host.publish(DCMD, write_payload(True, name="pump", datatype=pb.Boolean))
         await audited(store, 3)
@@ -796,7 +798,7 @@ async def test_refused_writes_write_nothing_and_ncmd_rebirth_still_works(
         rebirth.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
         rebirth.metrics.add(name="edged/gap", datatype=pb.Int64, long_value=0, timestamp=rebirth.timestamp)
         await host.publish(NCMD, rebirth.SerializeToString())
-        await eventually(lambda: len(host.of("NBIRTH")) == 2, 5, "rebirth")
+        await eventually(lambda: len(host.of("NBIRTH")) == 2, 15, "rebirth")
         await audited(store, len(cases) + 1)
         await settled(host, node)
         rows = store.audit_rows()
@@ -820,11 +822,11 @@ async def test_a_rebirth_does_not_wait_for_a_device_that_stopped_answering(
     async with gated_node(tmp_path, broker, press, device_timeout="2s") as (host, store, _node):
         press.fault = "mute"
         await host.publish(DCMD, write_payload(120.0, name="setpoint"))
-        await eventually(lambda: [r for r in store.audit_rows() if r.written_ns], 5, "the write on the wire")
+        await eventually(lambda: [r for r in store.audit_rows() if r.written_ns], 15, "the write on the wire")
         rebirth = pb.Payload(timestamp=int(time.time() * 1000))
         rebirth.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
         await host.publish(NCMD, rebirth.SerializeToString())
-        await eventually(lambda: len(host.of("NBIRTH")) == 2, 5, "the rebirth")
+        await eventually(lambda: len(host.of("NBIRTH")) == 2, 15, "the rebirth")
         (row,) = store.audit_rows()
         assert row.result is None, "reborn while the device had not answered yet"
         await audited(store, 1)
