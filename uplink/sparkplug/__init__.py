@@ -370,7 +370,8 @@ class Uplink:
         self._cmd_waiting = asyncio.Semaphore(_CMD_WAITING)
         self._commands: set[asyncio.Task[None]] = set()  # handlers not finished yet
         self._dcmd = False  # DCMD subscribed: the gate lets this uplink write some tag
-        self._last_birth = -math.inf  # loop time of the last birth
+        self._last_birth = -math.inf  # loop time the last birth started
+        self._rebirth_wanted = -math.inf  # loop time of the newest Rebirth request
         self._rebirth_pending: asyncio.Task[None] | None = None  # the coalesced answer to a Rebirth flood
         self._rebirth_requests = 0
         self._rebirths_coalesced = _Burst()
@@ -558,6 +559,7 @@ class Uplink:
     async def _birth(self) -> None:
         """NBIRTH (seq 0, bdSeq, rebirth control) and a DBIRTH per device; called with the lock held."""
         self.seq = 0
+        self._last_birth = asyncio.get_running_loop().time()  # a Rebirth request from now on needs another
         devices: dict[str | None, list[Metric]] = {None: []}
         for key, m in self._metrics.items():
             devices.setdefault(None if key == _GAP_KEY else split_tag(key)[0], []).append(m)
@@ -574,7 +576,6 @@ class Uplink:
                 self._birth_metric(db, m)
             await self._publish(self._device_topic("DBIRTH", device), db, 0)
         self._born = True
-        self._last_birth = asyncio.get_running_loop().time()
         self.log.info("uplink %s: Sparkplug session born (bdSeq %d, %d devices, %d metrics)", self.config.name,
                       self.bdseq, len(devices), len(self._metrics))  # fmt: skip
 
@@ -789,33 +790,33 @@ class Uplink:
         if not self._born:  # not born yet: the birth that is about to happen answers it
             return
         loop = asyncio.get_running_loop()
-        if self._rebirth_pending is None and loop.time() >= self._last_birth + self.config.rebirth_min_interval:
+        self._rebirth_wanted = loop.time()
+        if (
+            self._rebirth_pending is None
+            and self._rebirth_wanted >= self._last_birth + self.config.rebirth_min_interval
+        ):
             self.log.info("uplink %s: rebirth requested by NCMD", self.config.name)
-            self._rebirth_pending = tg.create_task(
-                self._rebirth(loop.time()), name=f"sparkplug:{self.config.name}:rebirth"
-            )
-            return
-        n = self._rebirths_coalesced.hit()
-        if n is not None:
+        elif (n := self._rebirths_coalesced.hit()) is not None:
             self.log.warning("uplink %s: %d Rebirth request(s) within rebirth_min_interval %gs of the last birth "
                              "coalesced into one rebirth (%d in this session)", self.config.name, n,
                              float(self.config.rebirth_min_interval), self._rebirths_coalesced.total)  # fmt: skip
         if self._rebirth_pending is None:
-            self._rebirth_pending = tg.create_task(
-                self._rebirth(loop.time()), name=f"sparkplug:{self.config.name}:rebirth"
-            )
+            self._rebirth_pending = tg.create_task(self._rebirth(), name=f"sparkplug:{self.config.name}:rebirth")
 
-    async def _rebirth(self, requested: float) -> None:
-        """Rebirth once the interval since the last birth is over, unless a birth since `requested`
-        (a data-driven rebirth) already answered the request."""
+    async def _rebirth(self) -> None:
+        """Rebirth once the interval since the last birth is over, until no request is newer than the
+        last birth's start (a data-driven rebirth answers requests too)."""
         loop = asyncio.get_running_loop()
         try:
-            wait = self._last_birth + self.config.rebirth_min_interval - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)  # a birth meanwhile answers the request (checked below)
-            async with self._lock:
-                if self._last_birth < requested and self._dead is None and self._host_online:
-                    await self._birth()
+            while self._rebirth_wanted >= self._last_birth:
+                wait = self._last_birth + self.config.rebirth_min_interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                async with self._lock:
+                    if self._dead is not None or not self._host_online:
+                        return  # the next session starts with a birth
+                    if self._rebirth_wanted >= self._last_birth:
+                        await self._birth()
         except Transient as exc:  # the session is dead now; the Sender starts a new one, with a birth
             self.log.warning("uplink %s: rebirth not published: %s", self.config.name, exc)
         finally:
