@@ -11,7 +11,7 @@ import logging
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from edged.model import Batch, Gap, Sample, Status
 from edged.plugin import Backoff, PluginContext
 from peers.modbus_server import ModbusPeer, Unit
 from peers.mosquitto import Mosquitto
+from peers.waiting import eventually
 from uplink.sparkplug import Config as SpConfig
 from uplink.sparkplug import Uplink as SpUplink
 from uplink.sparkplug import command_value
@@ -88,8 +89,20 @@ class Host:
         return [m for m in self.messages if m.kind in kinds]
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        await self.publish_many(topic, [payload], retain=retain)
+
+    async def publish_many(self, topic: str, payloads: list[bytes], *, retain: bool = False) -> None:
+        """In this order, over one connection, each acknowledged by the broker (QoS 1)."""
         async with aiomqtt.Client("127.0.0.1", self.port, identifier="sp-test-cmd") as client:
-            await client.publish(topic, payload, qos=1, retain=retain)
+            for payload in payloads:
+                await client.publish(topic, payload, qos=1, retain=retain)
+
+    async def marker(self) -> None:
+        """Publish a marker and wait until it comes back: what the broker took before it (a node's
+        messages included) has then reached this host, since the broker keeps the order."""
+        topic = f"{NAMESPACE}/{GROUP}/MARKER/{len(self.messages)}-{time.monotonic_ns()}"
+        await self.publish(topic, b"")
+        await eventually(lambda: any(m.topic == topic for m in self.messages), 15, "the marker")
 
     async def state(self, online: bool, ts: int) -> None:
         await self.publish(
@@ -182,7 +195,7 @@ async def host_and_node(
     buf = Buffer(tmp_path / "buffer.db", BufferConfig(flush_interval=0.02))  # type: ignore[arg-type]
     async with buf, asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(host.run(), name="host")]
-        await asyncio.wait_for(host.connected.wait(), 5)
+        await eventually(host.connected.is_set, 15, "the test host")
         sender = Sender(
             buf, up, lambda: SpUplink(up, ctx(cfg, tmp_path)), gateway_id=GW, log=logging.getLogger("test"),
             backoff=Backoff(initial=0.1, cap=0.3),
@@ -193,14 +206,9 @@ async def host_and_node(
         finally:
             for t in tasks:
                 t.cancel()
-
-
-async def wait_for(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+            # bounded, so a cancellation lost inside the uplink fails here instead of hanging the run
+            _, stuck = await asyncio.wait(tasks, timeout=15)
+            assert not stuck, f"still running 15 s after cancel: {[(t.get_name(), t.cancelling()) for t in stuck]}"
 
 
 async def produce(buf: Buffer, tags: list[str], rate_hz: float, stop: asyncio.Event, counter: list[int]) -> None:
@@ -226,14 +234,14 @@ def values(host: Host, alias_names: dict[int, str], *, historical: bool | None =
 
 async def test_births_data_aliases_and_quality(tmp_path: Path, broker: Mosquitto) -> None:
     async with host_and_node(tmp_path, broker.port) as (host, buf, _, _tg):
-        await wait_for(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         ts = time.time_ns()
         buf.put([
             Sample("boiler/pressure", ts, 12.5, Status.GOOD, 100, "bar"),
             Sample("pump/speed", ts, 1500, Status.UNCERTAIN_SENSOR_NOT_ACCURATE, 60, "rpm"),
             Sample("boiler/level", ts + 10**6, None, Status.BAD_SENSOR_FAILURE, 0),
         ])  # fmt: skip
-        await wait_for(lambda: len(host.of("DDATA")) == 2, 5, "data")
+        await eventually(lambda: len(host.of("DDATA")) == 2, 15, "data")
     nbirth, *_ = host.of("NBIRTH")
     assert host.messages[0] is nbirth and nbirth.qos == 0 and not nbirth.retain
     assert nbirth.topic == f"{NAMESPACE}/{GROUP}/NBIRTH/{GW}"
@@ -264,15 +272,13 @@ async def test_births_data_aliases_and_quality(tmp_path: Path, broker: Mosquitto
 
 async def test_new_tag_or_type_is_announced_by_a_rebirth(tmp_path: Path, broker: Mosquitto) -> None:
     async with host_and_node(tmp_path, broker.port) as (host, buf, _, _tg):
-        await wait_for(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         buf.put([Sample("boiler/level", time.time_ns(), True), Sample("uptime", time.time_ns(), 42)])
-        await wait_for(lambda: host.of("NDATA"), 5, "node data")
+        await eventually(lambda: host.of("NDATA"), 15, "node data")
         assert len(host.of("NBIRTH")) == 2, "one rebirth announced both changes"
-        for v in ("ERR", False, 3.5):  # a tag of mixed types becomes a String once, not a rebirth per flip
-            buf.put([Sample("boiler/level", time.time_ns(), v)])
-            await buf.flush()
-            await asyncio.sleep(0.1)
-        await wait_for(lambda: len(host.of("DDATA")) == 4, 5, "mixed values")
+        for n, v in enumerate(("ERR", False, 3.5), start=2):  # mixed types: a String once, not a rebirth per flip
+            buf.put([Sample("boiler/level", time.time_ns(), v)])  # one batch each
+            await eventually(lambda n=n: len(host.of("DDATA")) == n, 15, f"mixed value {v!r}")
     nbirths = host.of("NBIRTH")
     assert len(nbirths) == 3
     mixed = [m for m in host.of("DBIRTH") if m.device == "boiler"][-1]
@@ -294,12 +300,12 @@ async def test_new_tag_or_type_is_announced_by_a_rebirth(tmp_path: Path, broker:
 
 async def test_seq_wraps_from_255_to_0(tmp_path: Path, broker: Mosquitto) -> None:
     async with host_and_node(tmp_path, broker.port, batch_size=1) as (host, buf, _, _tg):
-        await wait_for(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         for i in range(300):
             buf.put([Sample("boiler/pressure", time.time_ns(), float(i))])
             if i % 50 == 0:
                 await buf.flush()
-        await wait_for(lambda: len(host.of("DDATA")) == 300, 20, "300 DDATA")
+        await eventually(lambda: len(host.of("DDATA")) == 300, 20, "300 DDATA")
     check_session_rules(host.messages)
     seqs = [m.payload.seq for m in host.of("NBIRTH", "DBIRTH", "DDATA")]
     assert seqs[:3] == [0, 1, 2] and seqs[255:258] == [255, 0, 1], "wraps 255 -> 0 without a new NBIRTH"
@@ -308,18 +314,20 @@ async def test_seq_wraps_from_255_to_0(tmp_path: Path, broker: Mosquitto) -> Non
 
 async def test_rebirth_on_ncmd(tmp_path: Path, broker: Mosquitto) -> None:
     async with host_and_node(tmp_path, broker.port) as (host, buf, _, _tg):
-        await wait_for(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         ts = time.time_ns()
         buf.put([Sample("boiler/pressure", ts, 7.25, unit="bar"), Sample("pump/speed", ts, 10.0)])
-        await wait_for(lambda: len(host.of("DDATA")) == 2, 5, "data")
+        await eventually(lambda: len(host.of("DDATA")) == 2, 15, "data")
         ncmd = f"{NAMESPACE}/{GROUP}/NCMD/{GW}"
         await host.publish(ncmd, b"\xff\x00 not protobuf")  # ignored, logged
         cmd = pb.Payload(timestamp=int(time.time() * 1000))
         cmd.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
         await host.publish(ncmd, cmd.SerializeToString())
-        await wait_for(lambda: len(host.of("DBIRTH")) == 4, 5, "rebirth")
+        await eventually(
+            lambda: len(host.of("DBIRTH")) == 4, 15, "rebirth (at most rebirth_min_interval after the birth)"
+        )
         buf.put([Sample("boiler/pressure", time.time_ns(), 7.5)])
-        await wait_for(lambda: len(host.of("DDATA")) == 3, 5, "data after the rebirth")
+        await eventually(lambda: len(host.of("DDATA")) == 3, 15, "data after the rebirth")
     first, second = host.of("NBIRTH")
     assert metric(second.payload, "bdSeq").long_value == metric(first.payload, "bdSeq").long_value, "same session"
     check_session_rules(host.messages)
@@ -352,7 +360,7 @@ async def test_will_ndeath_on_abrupt_death_and_bdseq_across_restarts(tmp_path: P
     host = Host(broker.port)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(host.run(), name="host")
-        await asyncio.wait_for(host.connected.wait(), 5)
+        await eventually(host.connected.is_set, 15, "the test host")
         for run in range(2):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", NODE_SCRIPT, str(broker.port), str(tmp_path), stdout=asyncio.subprocess.PIPE
@@ -360,11 +368,11 @@ async def test_will_ndeath_on_abrupt_death_and_bdseq_across_restarts(tmp_path: P
             try:
                 assert proc.stdout is not None
                 assert (await proc.stdout.readline()).strip() == b"born"
-                await wait_for(lambda r=run: len(host.of("NBIRTH")) == r + 1, 5, "NBIRTH")
+                await eventually(lambda r=run: len(host.of("NBIRTH")) == r + 1, 15, "NBIRTH")
             finally:
                 proc.kill()  # SIGKILL: no NDEATH of its own, no DISCONNECT: the broker sends the Will
                 await proc.wait()
-            await wait_for(lambda r=run: len(host.of("NDEATH")) == r + 1, 5, "the Will")
+            await eventually(lambda r=run: len(host.of("NDEATH")) == r + 1, 15, "the Will")
         task.cancel()
     births, deaths = host.of("NBIRTH"), host.of("NDEATH")
     assert [metric(m.payload, "bdSeq").long_value for m in births] == [0, 1], "bdSeq persisted and incremented"
@@ -380,11 +388,11 @@ async def test_clean_close_publishes_ndeath_itself(tmp_path: Path, broker: Mosqu
     host = Host(broker.port)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(host.run(), name="host")
-        await asyncio.wait_for(host.connected.wait(), 5)
+        await eventually(host.connected.is_set, 15, "the test host")
         async with SpUplink(cfg, PluginContext(GW, tmp_path, logging.getLogger("test"))):
-            await wait_for(lambda: host.of("NBIRTH"), 5, "NBIRTH")
-        await wait_for(lambda: host.of("NDEATH"), 5, "NDEATH")
-        await asyncio.sleep(0.3)
+            await eventually(lambda: host.of("NBIRTH"), 15, "NBIRTH")
+        await eventually(lambda: host.of("NDEATH"), 15, "NDEATH")
+        await host.marker()  # a Will would have come before it
         task.cancel()
     (death,) = host.of("NDEATH")  # published before DISCONNECT, so the broker drops the Will
     assert metric(death.payload, "bdSeq").long_value == 0
@@ -394,17 +402,19 @@ async def test_broker_restart_new_session_and_no_loss(tmp_path: Path, broker: Mo
     stop, counter = asyncio.Event(), [0]
     tags = ["boiler/pressure", "pump/speed"]
     async with host_and_node(tmp_path, broker.port, batch_size=50) as (host, buf, sender, tg):
-        await wait_for(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         prod = tg.create_task(produce(buf, tags, 50, stop, counter), name="producer")
-        await wait_for(lambda: len(host.of("DDATA")) > 5, 5, "live data")
+        await eventually(lambda: len(host.of("DDATA")) > 5, 15, "live data")
         bd0 = metric(host.of("NBIRTH")[0].payload, "bdSeq").long_value
         broker.restart()
-        await wait_for(lambda: len(host.of("NBIRTH")) >= 2, 10, "a new session")
-        await asyncio.sleep(0.5)
+        await eventually(lambda: len(host.of("NBIRTH")) >= 2, 15, "a new session")
+        reborn_at = len(host.messages)
+        await eventually(lambda: len([m for m in host.messages[reborn_at:] if m.kind == "DDATA"]) > 5, 15,
+                         "live data in the new session")  # fmt: skip
         stop.set()
         await prod
-        await wait_for(lambda: not buf.store.unacked("spb", buf.head) and sender.stats.sent_live > 0, 10, "catch-up")
-        await asyncio.sleep(0.2)
+        await eventually(lambda: not buf.store.unacked("spb", buf.head) and sender.stats.sent_live > 0, 15, "catch-up")
+        await host.marker()  # QoS 0 is acknowledged once written: let the host receive the last ones
     bd1 = metric(host.of("NBIRTH")[-1].payload, "bdSeq").long_value
     assert bd1 != bd0, "a new CONNECT, a new bdSeq"
     reborn = [m for m in host.of("DBIRTH") if m.device == "boiler"][-1]
@@ -420,44 +430,87 @@ async def test_broker_restart_new_session_and_no_loss(tmp_path: Path, broker: Mo
 async def test_idle_node_rebirths_after_a_broker_restart(tmp_path: Path, broker: Mosquitto) -> None:
     """No data flowing: the Sender notices the dead session on its own and the node is born again."""
     async with host_and_node(tmp_path, broker.port) as (host, _buf, sender, _tg):
-        await wait_for(lambda: len(host.of("NBIRTH")) == 1, 5, "the first birth")
+        await eventually(lambda: len(host.of("NBIRTH")) == 1, 15, "the first birth")
         broker.restart()
-        await wait_for(lambda: len(host.of("NBIRTH")) >= 2, 10, "a new birth without any new sample")
-        assert sender.stats.connects >= 2
+        await eventually(lambda: len(host.of("NBIRTH")) >= 2, 15, "a new birth without any new sample")
+        # the NBIRTH is published inside the uplink's __aenter__, before the Sender counts the connect
+        await eventually(lambda: sender.stats.connects >= 2, 15, "the Sender's second connect")
+
+
+async def test_a_cancel_aiomqtt_swallows_while_reconnecting_still_stops_the_sender(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hang of a Sender cancelled during a reconnect, made deterministic. On 3.11 aiomqtt's
+    `asyncio.wait_for` returns the CONNACK instead of raising when the cancel lands in the same loop
+    iteration the CONNACK arrives in: the Sender then sat in `Buffer.wait_beyond` forever with
+    `cancelling() == 2`. The cancel is injected at exactly that moment (a done callback on aiomqtt's
+    connect future, which runs before wait_for's own); the uplink must re-raise it."""
+    real_connect = aiomqtt.Client.__aenter__
+    armed: list[asyncio.Task[Any]] = []
+
+    async def connect(client: aiomqtt.Client) -> aiomqtt.Client:
+        if armed and client.identifier.startswith("edged-"):
+            victim = armed.pop()
+            client._connected.add_done_callback(lambda _: victim.cancel())
+        return await real_connect(client)
+
+    monkeypatch.setattr(aiomqtt.Client, "__aenter__", connect)
+    async with host_and_node(tmp_path, broker.port) as (host, _buf, _sender, _tg):
+        await eventually(lambda: len(host.of("NBIRTH")) == 1, 15, "the first birth")
+        (sender_task,) = [t for t in asyncio.all_tasks() if t.get_name() == "sender"]
+        armed.append(sender_task)
+        broker.restart()
+        await eventually(lambda: not armed, 15, "the reconnect")
+        await eventually(sender_task.done, 15, "the Sender to stop on the cancel that came with the CONNACK")
+        assert sender_task.cancelled()
+        await host.marker()
+    assert len(host.of("NBIRTH")) == 1, "no birth after the cancel"
 
 
 # ----------------------------------------------------------------------------------------- primary host
 
 
-async def test_store_and_forward_while_primary_host_offline(tmp_path: Path, broker: Mosquitto) -> None:
+def node_log(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records if r.name == "test.sparkplug")
+
+
+async def test_store_and_forward_while_primary_host_offline(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="test.sparkplug")
+    waiting = "waiting for primary host scada to be online"
     stop, counter = asyncio.Event(), [0]
     tags = ["boiler/pressure", "pump/speed"]
     async with host_and_node(tmp_path, broker.port, primary_host_id="scada") as (host, buf, sender, tg):
-        await asyncio.sleep(0.5)
+        await eventually(lambda: node_log(caplog, waiting) >= 1, 15, "the node connected, waiting for the host")
+        await host.marker()
         assert not host.of("NBIRTH"), "no birth before the primary host is online"
         await host.state(True, 1000)
-        await wait_for(lambda: len(host.of("DBIRTH")) == 2, 5, "births")
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
         prod = tg.create_task(produce(buf, tags, 40, stop, counter), name="producer")
-        await wait_for(lambda: len(host.of("DDATA")) >= 4, 5, "live data")
+        await eventually(lambda: len(host.of("DDATA")) >= 4, 15, "live data")
 
         await host.state(False, 2000)
-        await wait_for(lambda: host.of("NDEATH"), 5, "NDEATH on host offline")
+        await eventually(lambda: host.of("NDEATH"), 15, "NDEATH on host offline")
         offline_at = len(host.messages)
-        await wait_for(lambda: sender.stats.state == "connecting", 5, "a new session waiting for the host")
-        await asyncio.sleep(0.3)
+        await eventually(lambda: node_log(caplog, waiting) >= 2, 15, "a new session waiting for the host")
         stale = json.dumps({"online": True, "timestamp": 1500}).encode()
         await host.publish(f"{NAMESPACE}/STATE/scada", stale)  # older than the offline STATE: ignored
-        await asyncio.sleep(1.0)
-        assert not [m for m in host.messages[offline_at:] if m.kind != "STATE"], "nothing published while offline"
+        await eventually(lambda: node_log(caplog, "STATE older than the last one ignored") >= 1, 15, "stale STATE")
+        await host.marker()
+        others = [m for m in host.messages[offline_at:] if m.kind not in ("STATE", "MARKER")]
+        assert not others, "nothing published while offline"
         assert buf.store.unacked("spb", buf.head), "the data waits in the buffer"
 
         await host.state(True, 3000)
-        await wait_for(lambda: len(host.of("NBIRTH")) == 2, 5, "births after the host is back")
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(host.of("NBIRTH")) == 2, 15, "births after the host is back")
+        back_at = len(host.messages)
+        await eventually(lambda: len([m for m in host.messages[back_at:] if m.kind == "DDATA"]) >= 4, 15,
+                         "live data after the host is back")  # fmt: skip
         stop.set()
         await prod
-        await wait_for(lambda: not buf.store.unacked("spb", buf.head), 10, "catch-up")
-        await asyncio.sleep(0.2)
+        await eventually(lambda: not buf.store.unacked("spb", buf.head), 15, "catch-up")
+        await host.marker()
     first, second = host.of("NBIRTH")
     (death,) = host.of("NDEATH")
     bd = metric(first.payload, "bdSeq").long_value
@@ -485,7 +538,7 @@ async def test_gaps_and_ignition_quality_codes(tmp_path: Path, broker: Mosquitto
     host = Host(broker.port)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(host.run(), name="host")
-        await asyncio.wait_for(host.connected.wait(), 5)
+        await eventually(host.connected.is_set, 15, "the test host")
         async with SpUplink(cfg, PluginContext(GW, tmp_path, logging.getLogger("test"))) as up:
             ts = time.time_ns()
             await up.send(Batch(GW, 5, 9, True, [], [Gap(5, 9, ts - 10**9, ts, 5)]))
@@ -493,7 +546,7 @@ async def test_gaps_and_ignition_quality_codes(tmp_path: Path, broker: Mosquitto
             await up.send(
                 Batch(GW, 10, 11, False, [bad, Sample("boiler/pressure", ts, 2.0, Status.UNCERTAIN, 0, seq=11)])
             )
-            await wait_for(lambda: host.of("DDATA"), 5, "data")
+            await eventually(lambda: host.of("DDATA"), 15, "data")
         task.cancel()
     names = check_session_rules(host.messages)
     (gap,) = host.of("NDATA")[0].payload.metrics
@@ -561,7 +614,12 @@ def press_state(peer: ModbusPeer) -> tuple[list[int], list[int]]:
     return peer.registers(1, "h", 0, 4), peer.registers(1, "c", 0)
 
 
-def command_config(tmp_path: Path, broker_port: int, modbus_port: int, device_timeout: str = "500ms") -> Config:
+def command_config(
+    tmp_path: Path, broker_port: int, modbus_port: int, device_timeout: str = "500ms", *, spb_allowed: bool = True,
+    commands_enabled: bool = True, **uplink: Any,
+) -> Config:  # fmt: skip
+    sources = ["spb"] if spb_allowed else ["cloud"]
+    uplink.setdefault("rebirth_min_interval", "0s")
     return parse(
         {
             "gateway": {"id": GW, "data_dir": str(tmp_path)},
@@ -579,17 +637,17 @@ def command_config(tmp_path: Path, broker_port: int, modbus_port: int, device_ti
             ],
             "uplinks": [
                 {"name": "spb", "type": "sparkplug", "group_id": GROUP, "port": broker_port, "timeout": "2s",
-                 "primary_host_id": "scada"},
+                 "primary_host_id": "scada", **uplink},
                 {"name": "cloud", "type": "mqtt", "port": broker_port},
             ],
             "commands": {
-                "enabled": True,
+                "enabled": commands_enabled,
                 "max_age": "30s",
                 "timeout": "3s",
                 "tags": [
-                    {"tag": "press/setpoint", "sources": ["spb"], "min": 0.0, "max": 150.0},
+                    {"tag": "press/setpoint", "sources": sources, "min": 0.0, "max": 150.0},
                     {"tag": "press/mode", "sources": ["cloud"], "allowed": [0, 1, 2]},  # not this uplink
-                    {"tag": "press/pump", "sources": ["spb"]},
+                    {"tag": "press/pump", "sources": sources},
                 ],
             },
         }
@@ -605,11 +663,15 @@ async def gated_node(
     with_gate: bool = True,
     retained: bytes | None = None,
     device_timeout: str = "500ms",
-) -> AsyncIterator[tuple[Host, Store]]:
+    while_offline: Callable[[Host, Store], Awaitable[None]] | None = None,
+    **options: Any,
+) -> AsyncIterator[tuple[Host, Store, SpUplink]]:
     """A Sparkplug node (primary host "scada" online) whose writes go through a gate in front of a
     really connected Modbus driver, auditing into a real buffer file; a host recording everything.
-    `retained`: a DCMD left retained on the broker, handed to the node when it subscribes."""
-    cfg = command_config(tmp_path, broker.port, peer.port, device_timeout)
+    `retained`: a DCMD left retained on the broker, handed to the node when it subscribes.
+    `while_offline`: runs while the node waits for the primary host, and must bring it online.
+    `options`: for command_config (spb_allowed, uplink keys)."""
+    cfg = command_config(tmp_path, broker.port, peer.port, device_timeout, **options)
     up = cfg.uplinks[0]
     assert isinstance(up, SpConfig)
     host = Host(broker.port)
@@ -625,13 +687,16 @@ async def gated_node(
                 extra["commands"] = CommandGate(cfg, AuditTrail.for_store(store), lookup)
             async with asyncio.TaskGroup() as tg:
                 task = tg.create_task(host.run(), name="host")
-                await asyncio.wait_for(host.connected.wait(), 5)
-                await host.state(True, 1000)
+                await eventually(host.connected.is_set, 15, "the test host")
+                if while_offline is None:
+                    await host.state(True, 1000)
+                else:
+                    tg.create_task(while_offline(host, store), name="while-offline")
                 if retained is not None:
                     await host.publish(DCMD, retained, retain=True)
-                async with SpUplink(up, PluginContext(GW, tmp_path, log, extra)):
-                    await wait_for(lambda: host.of("DBIRTH"), 5, "births")
-                    yield host, store
+                async with SpUplink(up, PluginContext(GW, tmp_path, log, extra)) as node:
+                    await eventually(lambda: host.of("DBIRTH"), 15, "births")
+                    yield host, store, node
                 task.cancel()
 
 
@@ -658,26 +723,32 @@ def write_payload(
 
 
 async def audited(store: Store, n: int) -> None:
-    await wait_for(lambda: len(store.audit_rows()) >= n and all(r.result for r in store.audit_rows()), 5,
-                   f"{n} audit rows with an outcome")  # fmt: skip
+    await eventually(lambda: len(store.audit_rows()) >= n and all(r.result for r in store.audit_rows()), 15,
+                     f"{n} audit rows with an outcome")  # fmt: skip
+
+
+async def settled(host: Host, node: SpUplink) -> None:
+    """The node's command tasks are finished (read-backs published) and the host has what it sent."""
+    await eventually(lambda: node.counters()["commands_in_flight"] == 0, 15, "the node's commands to finish")
+    await host.marker()
 
 
 async def test_dcmd_write_lands_and_the_readback_follows_in_ddata(
     tmp_path: Path, broker: Mosquitto, press: ModbusPeer
 ) -> None:
-    async with gated_node(tmp_path, broker, press) as (host, store):
+    async with gated_node(tmp_path, broker, press) as (host, store, node):
         names = check_session_rules(host.messages)
         alias = {n: a for a, n in names.items()}
         await host.publish(DCMD, write_payload(120.5, name="setpoint"))
-        await wait_for(lambda: host.of("DDATA"), 5, "the read-back DDATA")
+        await eventually(lambda: host.of("DDATA"), 15, "the read-back DDATA")
         assert press.registers(1, "h", SP, 2) == f32(120.5), "written to the device"
         # by alias, a Float value with only the payload's timestamp
         await host.publish(DCMD, write_payload(121.25, alias=alias["setpoint"], datatype=pb.Float, metric_ts=False))
-        await wait_for(lambda: len(host.of("DDATA")) == 2, 5, "the second read-back")
+        await eventually(lambda: len(host.of("DDATA")) == 2, 15, "the second read-back")
         # a coil: written, but its metric was born Double (no value yet), so the poll's rebirth answers
         await host.publish(DCMD, write_payload(True, name="pump", datatype=pb.Boolean))
         await audited(store, 3)
-        await asyncio.sleep(0.2)
+        await settled(host, node)
         rows = store.audit_rows()
     assert press.registers(1, "h", SP, 2) == f32(121.25)
     assert press.registers(1, "c", 0) == [1]
@@ -716,7 +787,7 @@ async def test_refused_writes_write_nothing_and_ncmd_rebirth_still_works(
          "'press/setpoint' is not a node metric: write it with a DCMD to device press"),
     ]  # fmt: skip
     retained = write_payload(120.0, name="setpoint")
-    async with gated_node(tmp_path, broker, press, retained=retained) as (host, store):
+    async with gated_node(tmp_path, broker, press, retained=retained) as (host, store, node):
         await audited(store, 1)
         await host.publish(DCMD, b"", retain=True)  # clear it from the broker
         for i, (topic, payload, _, _) in enumerate(cases[1:], start=2):
@@ -727,9 +798,9 @@ async def test_refused_writes_write_nothing_and_ncmd_rebirth_still_works(
         rebirth.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
         rebirth.metrics.add(name="edged/gap", datatype=pb.Int64, long_value=0, timestamp=rebirth.timestamp)
         await host.publish(NCMD, rebirth.SerializeToString())
-        await wait_for(lambda: len(host.of("NBIRTH")) == 2, 5, "rebirth")
+        await eventually(lambda: len(host.of("NBIRTH")) == 2, 15, "rebirth")
         await audited(store, len(cases) + 1)
-        await asyncio.sleep(0.2)
+        await settled(host, node)
         rows = store.audit_rows()
     assert press_state(press) == before, "nothing reached the device"
     assert not host.of("DDATA"), "no read-back for a refused write"
@@ -748,14 +819,14 @@ async def test_a_rebirth_does_not_wait_for_a_device_that_stopped_answering(
     tmp_path: Path, broker: Mosquitto, press: ModbusPeer
 ) -> None:
     """The write runs beside the listener, outside the publish lock: the NCMD is served meanwhile."""
-    async with gated_node(tmp_path, broker, press, device_timeout="2s") as (host, store):
+    async with gated_node(tmp_path, broker, press, device_timeout="2s") as (host, store, _node):
         press.fault = "mute"
         await host.publish(DCMD, write_payload(120.0, name="setpoint"))
-        await wait_for(lambda: [r for r in store.audit_rows() if r.written_ns], 5, "the write on the wire")
+        await eventually(lambda: [r for r in store.audit_rows() if r.written_ns], 15, "the write on the wire")
         rebirth = pb.Payload(timestamp=int(time.time() * 1000))
         rebirth.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
         await host.publish(NCMD, rebirth.SerializeToString())
-        await wait_for(lambda: len(host.of("NBIRTH")) == 2, 5, "the rebirth")
+        await eventually(lambda: len(host.of("NBIRTH")) == 2, 15, "the rebirth")
         (row,) = store.audit_rows()
         assert row.result is None, "reborn while the device had not answered yet"
         await audited(store, 1)
@@ -765,18 +836,176 @@ async def test_a_rebirth_does_not_wait_for_a_device_that_stopped_answering(
     assert not host.of("DDATA")
 
 
-async def test_without_a_gate_writes_are_refused_with_a_log_line(
+async def test_without_a_gate_dcmd_is_not_subscribed_and_ncmd_writes_are_refused_with_a_log_line(
     tmp_path: Path, broker: Mosquitto, press: ModbusPeer, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = press_state(press)
-    async with gated_node(tmp_path, broker, press, with_gate=False) as (host, store):
-        with caplog.at_level(logging.WARNING, logger="test.sparkplug.commands"):
-            await host.publish(DCMD, write_payload(120.0, name="setpoint"))
-            await wait_for(lambda: "no command gate" in caplog.text, 5, "the refusal in the log")
-        await asyncio.sleep(0.2)
+    caplog.set_level(logging.INFO, logger="test.sparkplug.commands")
+    async with gated_node(tmp_path, broker, press, with_gate=False) as (host, store, node):
+        await host.publish(DCMD, write_payload(120.0, name="setpoint"))  # subscribed, it would come first
+        await host.publish(NCMD, write_payload(120.0, name="setpoint"))
+        await eventually(lambda: "no command gate" in caplog.text, 15, "the refusal in the log")
+        await settled(host, node)
         assert store.audit_rows() == []
-    assert "DCMD write to 'setpoint' refused: commands are not available here" in caplog.text
+    assert "DCMD not subscribed" in caplog.text
+    assert "NCMD write to 'setpoint' refused: commands are not available here" in caplog.text
+    assert "DCMD write" not in caplog.text
     assert press_state(press) == before and not host.of("DDATA")
+
+
+@pytest.mark.parametrize("required", [True, False])
+async def test_writes_wait_for_the_primary_host_unless_configured_otherwise(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer, caplog: pytest.LogCaptureFixture, required: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger="test.sparkplug.commands")
+
+    async def while_offline(host: Host, store: Store) -> None:
+        await eventually(lambda: "waiting for primary host scada" in caplog.text, 15, "the node subscribed")
+        await host.publish(DCMD, write_payload(120.0, name="setpoint"))
+        await audited(store, 1)
+        await host.state(True, 1000)
+
+    options = {"while_offline": while_offline, "commands_require_primary_host": required}
+    async with gated_node(tmp_path, broker, press, **options) as (host, store, node):
+        await host.publish(DCMD, write_payload(121.0, name="setpoint"))
+        await audited(store, 2)
+        await settled(host, node)
+        rows = store.audit_rows()
+    first = (120.0, "rejected", "unauthorised") if required else (120.0, "accepted", "ok")
+    assert [(r.value, r.result, r.code) for r in rows] == [first, (121.0, "accepted", "ok")]
+    if required:
+        assert rows[0].reason is not None and "primary host scada is not online" in rows[0].reason
+    assert press.registers(1, "h", SP, 2) == f32(121.0)
+
+
+def rebirth_request() -> bytes:
+    p = pb.Payload(timestamp=int(time.time() * 1000))
+    p.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
+    return p.SerializeToString()
+
+
+@pytest.mark.parametrize("options", [{"spb_allowed": False}, {"commands_enabled": False}], ids=["not-listed", "off"])
+async def test_dcmd_is_not_even_subscribed_unless_the_gate_lets_this_uplink_write(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer, options: dict[str, Any]
+) -> None:
+    """Sparkplug proves no sender: without an allow-list entry for this source the node does not
+    take DCMDs at all (nothing decoded, nothing audited)."""
+    before = press_state(press)
+    async with gated_node(tmp_path, broker, press, **options) as (host, store, node):
+        await host.publish(DCMD, write_payload(120.0, name="setpoint"))
+        await host.publish(NCMD, rebirth_request())  # the node reads it after the DCMD, had it subscribed
+        await eventually(lambda: len(host.of("NBIRTH")) == 2, 15, "the rebirth")
+        await settled(host, node)
+        assert store.audit_rows() == []
+    assert press_state(press) == before and not host.of("DDATA")
+
+
+async def test_a_replayed_dcmd_is_refused_as_a_duplicate(tmp_path: Path, broker: Mosquitto, press: ModbusPeer) -> None:
+    async with gated_node(tmp_path, broker, press) as (host, store, node):
+        captured = write_payload(120.0, name="setpoint")
+        await host.publish(DCMD, captured)
+        await audited(store, 1)
+        await host.publish(DCMD, write_payload(100.0, name="setpoint"))  # a new command: a new timestamp
+        await audited(store, 2)
+        await host.publish(DCMD, captured)  # replayed within max_age
+        await audited(store, 3)
+        await settled(host, node)
+        rows = store.audit_rows()
+    assert [(r.value, r.result, r.code) for r in rows] == [
+        (120.0, "accepted", "ok"), (100.0, "accepted", "ok"), (120.0, "rejected", "duplicate"),
+    ]  # fmt: skip
+    assert rows[2].cmd_id == rows[0].cmd_id != rows[1].cmd_id
+    assert rows[2].reason is not None and f"audit row {rows[0].id}" in rows[2].reason
+    assert press.registers(1, "h", SP, 2) == f32(100.0), "the replay did not run again"
+    assert len(host.of("DDATA")) == 2, "a read-back for each accepted write only"
+
+
+async def test_oversized_commands_are_dropped_undecoded_and_logged_once(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = press_state(press)
+    big = write_payload("x" * 70_000, name="setpoint", datatype=pb.String)
+    caplog.set_level(logging.WARNING, logger="test.sparkplug.commands")
+    async with gated_node(tmp_path, broker, press) as (host, store, node):
+        await host.publish_many(DCMD, [big] * 20)
+        await host.publish_many(NCMD, [big] * 2)
+        await eventually(lambda: node.counters()["commands_oversized"] == 22, 15, "22 oversized payloads")
+        await host.publish(DCMD, write_payload(120.0, name="setpoint"))  # the node still takes commands
+        await audited(store, 1)
+        await settled(host, node)
+        rows = store.audit_rows()
+    assert [(r.value, r.result) for r in rows] == [(120.0, "accepted")], "nothing stored of the oversized ones"
+    assert press_state(press) != before
+    lines = [r.getMessage() for r in caplog.records if "oversized" in r.getMessage()]
+    assert len(lines) == 1, "one log line for the burst"
+    assert "1 oversized NCMD/DCMD payload(s) dropped undecoded" in lines[0] and "max_command_bytes 65536" in lines[0]
+
+
+@pytest.mark.timeout(90)
+async def test_a_rebirth_flood_gives_a_bounded_number_of_births(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    interval = 3.0
+    caplog.set_level(logging.WARNING, logger="test.sparkplug.commands")
+    async with gated_node(tmp_path, broker, press, rebirth_min_interval=f"{interval:g}s") as (host, store, node):
+        start = time.monotonic()
+        await host.publish_many(NCMD, [rebirth_request() for _ in range(300)])
+        await eventually(lambda: node.counters()["rebirth_requests"] == 300, 30, "300 rebirth requests read")
+        elapsed = time.monotonic() - start
+        await eventually(lambda: node.counters()["rebirth_pending"] == 0, 30, "the coalesced rebirth")
+        await host.marker()
+        counters = node.counters()
+        assert store.audit_rows() == [], "Node Control is not a write"
+    births = len(host.of("NBIRTH")) - 1
+    assert 1 <= births <= 2 + int(elapsed / interval), (births, elapsed)
+    assert len(host.of("DBIRTH")) == births + 1, "one DBIRTH (one device) per NBIRTH"
+    assert counters["rebirths_coalesced"] >= 300 - births
+    check_session_rules(host.messages)
+    lines = [r.getMessage() for r in caplog.records if "coalesced into one rebirth" in r.getMessage()]
+    assert 1 <= len(lines) <= 1 + int(elapsed / 60)
+
+
+FLT_MAX = struct.unpack("<f", b"\xff\xff\x7f\x7f")[0]
+
+
+async def test_a_malformed_metric_is_refused_alone_and_the_rest_of_the_message_stands(
+    tmp_path: Path, broker: Mosquitto, press: ModbusPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name that is not UTF-8, a Float at FLT_MAX, timestamps beyond what an int64 of nanoseconds
+    (SQLite, datetime) holds, an overlong string: each refused and audited on its own, without a
+    traceback, while the Rebirth beside them and the good write in the same DCMD are carried out."""
+    caplog.set_level(logging.INFO)
+    long_text = "x" * 5000
+    async with gated_node(tmp_path, broker, press) as (host, store, node):
+        now = int(time.time() * 1000)
+        ncmd = pb.Payload(timestamp=now)
+        ncmd.metrics.add(name="BADNAME", datatype=pb.Double, double_value=1.0, timestamp=now)
+        ncmd.metrics.add(name="Node Control/Rebirth", datatype=pb.Boolean, boolean_value=True)
+        await host.publish(NCMD, ncmd.SerializeToString().replace(b"BADNAME", b"\xff\xfeBADNA"))
+        dcmd = pb.Payload(timestamp=now)
+        dcmd.metrics.add(name="setpoint", datatype=pb.Float, float_value=FLT_MAX, timestamp=now)
+        dcmd.metrics.add(name="BADNAME", datatype=pb.Double, double_value=1.0, timestamp=now)
+        dcmd.metrics.add(name="setpoint", datatype=pb.Double, double_value=1.0, timestamp=2**64 - 1)
+        dcmd.metrics.add(name="setpoint", datatype=pb.Double, double_value=1.0, timestamp=10**13)  # year 2286
+        dcmd.metrics.add(name="setpoint", datatype=pb.String, string_value=long_text, timestamp=now)
+        dcmd.metrics.add(name="setpoint", datatype=pb.Double, double_value=120.0, timestamp=now)
+        await host.publish(DCMD, dcmd.SerializeToString().replace(b"BADNAME", b"\xff\xfeBADNA"))
+        await eventually(lambda: len(host.of("NBIRTH")) == 2, 15, "the rebirth beside the bad metric")
+        await audited(store, 7)
+        await settled(host, node)
+        rows = store.audit_rows()
+    got = sorted((r.code or "", r.reason or "") for r in rows)
+    assert [code for code, _ in got] == ["malformed"] * 5 + ["ok", "out_of_range"], got
+    reasons = " | ".join(reason for _, reason in got)
+    assert reasons.count("a name must be UTF-8 text") == 2, "NCMD and DCMD"
+    assert f"timestamp {2**64 - 1}" in reasons and f"timestamp {10**13}" in reasons
+    assert "a string of 5000 characters (at most 1024)" in reasons
+    (long_row,) = [r for r in rows if isinstance(r.value, str)]
+    assert long_row.value == "x" * 64 + "... (5000 characters)", "the audit keeps a truncated value"
+    assert press.registers(1, "h", SP, 2) == f32(120.0), "the good write of the same DCMD landed"
+    assert len(host.of("DDATA")) == 1
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    assert node.counters()["commands_malformed_metrics"] == 5
 
 
 @pytest.mark.parametrize(
@@ -787,6 +1016,7 @@ async def test_without_a_gate_writes_are_refused_with_a_log_line(
         ({"long_value": 2**64 - 1}, pb.Unknown, (-1, None)),
         ({"long_value": 2**64 - 1}, pb.UInt64, (2**64 - 1, None)),
         ({"float_value": 0.1}, pb.Float, (0.1, None)),
+        ({"float_value": FLT_MAX}, pb.Float, (3.4028235e38, None)),  # shortest decimal, not an OverflowError
         ({"double_value": 0.1}, pb.Double, (0.1, None)),
         ({"boolean_value": True}, pb.Boolean, (True, None)),
         ({"string_value": "auto"}, pb.String, ("auto", None)),

@@ -8,17 +8,23 @@ Transient and stays in the buffer; after the next birth it comes back as histori
 with `is_historical = true` on every metric. Topics, metrics and persisted files: README.md.
 
 Writes: DCMD metrics (and NCMD metrics other than Node Control) are setpoint commands. Each goes
-through the daemon's command gate (edged.commands: allow-list, limits, staleness, audit), which is
-closed without one. The command handlers run beside the listener, never under the publish lock, so
-STATE and rebirth handling never wait on a device. Sparkplug has no reply channel: an accepted write
-is answered by a DDATA carrying the read-back value; every outcome is in the gate's log and audit.
+through the daemon's command gate (edged.commands: allow-list, limits, staleness, duplicates, audit),
+which is closed without one. Sparkplug authenticates no sender, so the node takes as little as it can:
+DCMD is subscribed only when the gate lets this uplink write some tag, writes only while the primary
+host is online, payloads above `max_command_bytes` are dropped undecoded, and Rebirth requests are
+rate-limited. A command's id is derived from its timestamps and metric, so a replayed DCMD is a
+duplicate for the gate. The command handlers run beside the listener, never under the publish lock,
+so STATE and rebirth handling never wait on a device. Sparkplug has no reply channel: an accepted
+write is answered by a DDATA carrying the read-back value; every outcome is in the gate's log and audit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import math
 import os
 import re
 import socket
@@ -34,6 +40,7 @@ import aiomqtt
 import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
+from edged.aio import honour_cancel
 from edged.commands import Command, CommandGate, CommandResult, new_id
 from edged.config import Config as DaemonConfig
 from edged.config import Duration, Secret, UplinkBase, tag_matcher
@@ -61,7 +68,10 @@ NODE_CONTROL = "Node Control/"
 _CMD_RUNNING = 4  # commands at the gate at once (it serialises the writes per device anyway)
 _CMD_WAITING = 64  # commands received and not finished; beyond it the listener waits (a flood)
 _CMD_DRAIN_S = 5.0  # a closing session waits this long at most for writes already at the gate
-_MAX_TS_MS = 10**14  # year 5138: a larger "timestamp" is not Unix milliseconds
+_MAX_TS_MS = (2**63 - 1) // 1_000_000  # year 2262: the most an int64 of nanoseconds (SQLite, Sample) holds
+_MAX_STRING = 1024  # characters of a string command value; a longer one is refused
+_SHOWN = 64  # characters of an overlong value or name kept in log lines and the audit trail
+_REPORT_S = 60.0  # a recurring problem (oversized payloads, rebirth floods) is logged at most this often
 _SCALAR_VALUES = {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
 _UNSIGNED = {pb.UInt8, pb.UInt16, pb.UInt32, pb.UInt64}
 
@@ -90,9 +100,16 @@ class Config(UplinkBase, kw_only=True):
     quality_codes: Literal["opc_da", "ignition8"] = "opc_da"
     keepalive: Duration = Duration(30.0)
     timeout: Duration = Duration(10.0)
+    max_command_bytes: int = 65536  # a larger NCMD/DCMD payload is dropped before it is decoded
+    commands_require_primary_host: bool = True  # with primary_host_id: writes only while it is online
+    rebirth_min_interval: Duration = Duration(5.0)  # Rebirth NCMDs closer together are coalesced; 0: off
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_command_bytes < 256:
+            raise ValueError(f"max_command_bytes {self.max_command_bytes} is below 256")
+        if self.rebirth_min_interval < 0:
+            raise ValueError("rebirth_min_interval must not be negative")
         _check_id("group_id", self.group_id)
         if self.edge_node_id is not None:
             _check_id("edge_node_id", self.edge_node_id)
@@ -193,8 +210,11 @@ def _float32(v: float) -> float:
     typed, not the 0.10000000149011612 that float32 holds."""
     for digits in range(1, 10):  # 9 significant digits always round-trip a float32
         shorter = float(f"{v:.{digits}g}")
-        if struct.unpack("<f", struct.pack("<f", shorter))[0] == v:
-            return shorter
+        try:
+            if struct.unpack("<f", struct.pack("<f", shorter))[0] == v:
+                return shorter
+        except OverflowError:  # near FLT_MAX the rounded decimal is beyond float32: keep looking
+            continue
     return v
 
 
@@ -219,12 +239,67 @@ def command_value(m: pb.Payload.Metric, datatype: int) -> tuple[Value, str | Non
     elif which == "float_value":
         assert isinstance(value, float)
         value = _float32(value)
+    elif which == "string_value" and isinstance(value, str) and len(value) > _MAX_STRING:
+        return _clip(value), f"a string of {len(value)} characters (at most {_MAX_STRING})"
     return value, None
+
+
+def _clip(text: str) -> str:
+    """An overlong name or value as kept in log lines and the audit trail."""
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
+
+
+def _name(m: pb.Payload.Metric) -> str | None:
+    """A CMD metric's name; None when it is not UTF-8 (the protobuf runtime then hands out bytes)."""
+    name: object = m.name
+    return name if isinstance(name, str) else None
+
+
+def _raw_name(m: pb.Payload.Metric) -> bytes:
+    name: object = m.name
+    return name if isinstance(name, bytes) else str(name).encode()
 
 
 def _label(m: pb.Payload.Metric) -> str:
     """How a CMD metric is named in log lines and refusals."""
-    return repr(m.name) if m.name else f"alias {m.alias}"
+    name = _name(m)
+    if name is None:
+        return f"name {_raw_name(m)[:_SHOWN]!r} (not UTF-8)"
+    return repr(_clip(name)) if name else f"alias {m.alias}"
+
+
+def command_id(device: str | None, p: pb.Payload, index: int, m: pb.Payload.Metric) -> str:
+    """A CMD metric's command id, from the payload's timestamp, the device, the metric's position and
+    the metric itself (name or alias, timestamp, value): a replayed message gives the same ids, so the
+    gate refuses it as a duplicate (by source and id); `seq` cannot tell commands apart (it wraps at 256)."""
+    digest = hashlib.blake2b(f"{device or ''}\0{index}\0".encode() + m.SerializeToString(), digest_size=8)
+    ts = m.timestamp if m.HasField("timestamp") else "-"
+    return f"spb-{p.timestamp}-{ts}-{digest.hexdigest()}"
+
+
+@dataclass(slots=True)
+class _Burst:
+    """Counts a recurring problem and says when to log it: the first time, then at most once per
+    `_REPORT_S` with how many there were meanwhile, so a flood costs one log line, not one per message."""
+
+    total: int = 0
+    unreported: int = 0
+    reported_at: float = -math.inf
+
+    def hit(self) -> int | None:
+        """Count one; the number to report when a log line is due, else None."""
+        self.total += 1
+        self.unreported += 1
+        now = time.monotonic()
+        if now - self.reported_at < _REPORT_S:
+            return None
+        self.reported_at, n, self.unreported = now, self.unreported, 0
+        return n
+
+
+def _bytes(raw: object) -> bytes:
+    """An MQTT message's payload as bytes (aiomqtt hands out bytes, or str/int/float/None)."""
+    return bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
 
 
 def _ms(ts_ns: int) -> int:
@@ -294,6 +369,14 @@ class Uplink:
         self._cmd_running = asyncio.Semaphore(_CMD_RUNNING)
         self._cmd_waiting = asyncio.Semaphore(_CMD_WAITING)
         self._commands: set[asyncio.Task[None]] = set()  # handlers not finished yet
+        self._dcmd = False  # DCMD subscribed: the gate lets this uplink write some tag
+        self._last_birth = -math.inf  # loop time the last birth started
+        self._rebirth_wanted = -math.inf  # loop time of the newest Rebirth request
+        self._rebirth_pending: asyncio.Task[None] | None = None  # the coalesced answer to a Rebirth flood
+        self._rebirth_requests = 0
+        self._rebirths_coalesced = _Burst()
+        self._oversized = _Burst()
+        self._bad_metrics = 0  # CMD metrics refused as malformed (unreadable names, values, timestamps)
         base = f"{NAMESPACE}/{config.group_id}"
         self._topic = {k: f"{base}/{k}/{self.node_id}" for k in ("NBIRTH", "NDEATH", "NDATA", "NCMD")}
         self._topic["DCMD"] = f"{base}/DCMD/{self.node_id}/+"
@@ -467,7 +550,7 @@ class Uplink:
         payload.seq = self.seq
         self.seq = (self.seq + 1) % 256
         try:
-            await client.publish(topic, payload.SerializeToString(), qos=qos, retain=False)
+            await honour_cancel(client.publish(topic, payload.SerializeToString(), qos=qos, retain=False))
         except (aiomqtt.MqttError, OSError) as exc:
             self._kill(f"publish failed: {exc}")
             raise Transient(f"publish to {self.config.host} failed: {exc}") from exc
@@ -476,6 +559,7 @@ class Uplink:
     async def _birth(self) -> None:
         """NBIRTH (seq 0, bdSeq, rebirth control) and a DBIRTH per device; called with the lock held."""
         self.seq = 0
+        self._last_birth = asyncio.get_running_loop().time()  # a Rebirth request from now on needs another
         devices: dict[str | None, list[Metric]] = {None: []}
         for key, m in self._metrics.items():
             devices.setdefault(None if key == _GAP_KEY else split_tag(key)[0], []).append(m)
@@ -544,17 +628,22 @@ class Uplink:
         )
         client.pending_calls_threshold = 10_000
         try:
-            await stack.enter_async_context(client)
+            await honour_cancel(self._connect(client, stack))
         except (aiomqtt.MqttError, OSError) as exc:
             raise _mqtt_error(exc, c.host) from exc
         self._client = client
         stack.push_async_callback(self._end_session)
         tg = await stack.enter_async_context(asyncio.TaskGroup())
-        try:
-            await client.subscribe(self._topic["NCMD"], qos=1)
-            await client.subscribe(self._topic["DCMD"], qos=1)
+        self._dcmd = self._gate is not None and bool(self._gate.tags_for(c.name))
+        if not self._dcmd:
+            self.log.info("uplink %s: DCMD not subscribed: no [[commands.tags]] entry lets source %r write (or "
+                          "commands are disabled)", c.name, c.name)  # fmt: skip
+        try:  # STATE first: its retained message says whether the host is online before any command
             if self._state_topic:
-                await client.subscribe(self._state_topic, qos=1)
+                await honour_cancel(client.subscribe(self._state_topic, qos=1))
+            await honour_cancel(client.subscribe(self._topic["NCMD"], qos=1))
+            if self._dcmd:
+                await honour_cancel(client.subscribe(self._topic["DCMD"], qos=1))
         except (aiomqtt.MqttError, OSError) as exc:
             raise _mqtt_error(exc, c.host) from exc
         listener = tg.create_task(self._listen(client), name=f"sparkplug:{c.name}:listen")
@@ -570,6 +659,16 @@ class Uplink:
         async with self._lock:
             await self._birth()
         await asyncio.to_thread(self._save_state)  # aliases handed out by this birth
+
+    async def _connect(self, client: aiomqtt.Client, stack: contextlib.AsyncExitStack) -> None:
+        """CONNECT, with the DISCONNECT registered at once: a cancellation aiomqtt swallowed (and
+        honour_cancel re-raises) still closes the connection it made."""
+        await client.__aenter__()
+        stack.push_async_callback(self._disconnect, client)
+
+    async def _disconnect(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):  # timed out: the session is over either way
+            await honour_cancel(client.__aexit__(None, None, None))
 
     async def _end_session(self) -> None:
         """Intentional disconnect: NDEATH first (Sparkplug requires it), then DISCONNECT follows.
@@ -588,7 +687,7 @@ class Uplink:
         self._ndeath_sent = True
         with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):  # a lost connection sent the Will
             async with asyncio.timeout(2.0):
-                await client.publish(self._topic["NDEATH"], self._ndeath(), qos=1, retain=False)
+                await honour_cancel(client.publish(self._topic["NDEATH"], self._ndeath(), qos=1, retain=False))
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         """NCMD, DCMD and STATE; ends, marking the session dead, when the connection is lost.
@@ -600,14 +699,13 @@ class Uplink:
             try:
                 async for msg in client.messages:
                     raw = msg.payload
-                    payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
                     try:
                         if msg.topic.matches(self._topic["NCMD"]):
-                            await self._on_cmd(commands, None, payload, msg.retain)
-                        elif msg.topic.matches(self._topic["DCMD"]):
-                            await self._on_cmd(commands, str(msg.topic).split("/")[4], payload, msg.retain)
+                            await self._on_cmd(commands, None, raw, msg.retain)
+                        elif self._dcmd and msg.topic.matches(self._topic["DCMD"]):
+                            await self._on_cmd(commands, str(msg.topic).split("/")[4], raw, msg.retain)
                         elif self._state_topic and msg.topic.matches(self._state_topic):
-                            await self._on_state(client, payload)
+                            await self._on_state(client, _bytes(raw))
                     except (aiomqtt.MqttError, OSError, Transient) as exc:
                         self._kill(f"connection lost: {exc}")
                         return
@@ -618,9 +716,23 @@ class Uplink:
             except aiomqtt.MqttError as exc:
                 self._kill(f"connection lost: {exc}")
 
-    async def _on_cmd(self, tg: asyncio.TaskGroup, device: str | None, payload: bytes, retained: bool) -> None:
-        """An NCMD (device None) or DCMD: Node Control first, then one gated write per other metric."""
+    async def _on_cmd(self, tg: asyncio.TaskGroup, device: str | None, raw: object, retained: bool) -> None:
+        """An NCMD (device None) or DCMD: Node Control first, then one gated write per other metric.
+
+        Sparkplug authenticates nobody, so an oversized payload is dropped before it is decoded or
+        anything is stored; a metric that cannot be read is refused on its own, the others stand.
+        """
         kind = "DCMD" if device is not None else "NCMD"
+        size = len(raw) if isinstance(raw, bytes | bytearray | str) else 0
+        if size > self.config.max_command_bytes:
+            n = self._oversized.hit()
+            if n is not None:
+                self.log.warning("uplink %s: %d oversized NCMD/DCMD payload(s) dropped undecoded (latest: %s of %d "
+                                 "bytes, max_command_bytes %d); %d in this session, reported at most every %gs",
+                                 self.config.name, n, kind, size, self.config.max_command_bytes,
+                                 self._oversized.total, _REPORT_S)  # fmt: skip
+            return
+        payload = _bytes(raw)
         try:
             p = pb.Payload.FromString(payload)
         except Exception as exc:  # protobuf's DecodeError, whose module differs between runtimes
@@ -630,39 +742,88 @@ class Uplink:
                 what = Command(new_id(), self.config.name, self.config.primary_host_id or None, "", None, 0)
                 await self._spawn(tg, self._gate, what, ("malformed", f"undecodable {kind} payload: {exc}"))
             return
-        metrics = list(p.metrics) if device is not None else await self._node_control(p.metrics)
+        metrics = list(p.metrics) if device is not None else self._node_control(tg, p.metrics)
         if metrics and self._gate is None:
             names = ", ".join(_label(m) for m in metrics)
             self.log.warning("uplink %s: %s write to %s refused: commands are not available here (no command "
                              "gate)", self.config.name, kind, names)  # fmt: skip
             return
-        for m in metrics:
+        host = self.config.primary_host_id
+        host_needed = host is not None and self.config.commands_require_primary_host and not self._host_online
+        for i, m in enumerate(metrics):
             assert self._gate is not None
-            cmd, refusal = self._command(device, p, m)
+            try:
+                cmd, refusal = self._command(device, p, i, m)
+            except Exception as exc:  # an unreadable metric is refused alone, never the whole message
+                cmd = Command(new_id(), self.config.name, host, "", None, 0)
+                refusal = ("malformed", f"{kind} metric #{i + 1} cannot be read: {type(exc).__name__}: {exc}")
+            if refusal is not None and refusal[0] == "malformed":
+                self._bad_metrics += 1
             if retained and refusal is None:
                 why = f"retained {kind} refused: a command must not be retained (it would repeat on every subscribe)"
                 refusal = ("malformed", why)
+            elif host_needed and refusal is None:
+                refusal = ("unauthorised", f"primary host {host} is not online: writes are taken only while it is "
+                                           "(commands_require_primary_host)")  # fmt: skip
             await self._spawn(tg, self._gate, cmd, refusal)
 
-    async def _node_control(self, metrics: Iterable[pb.Payload.Metric]) -> list[pb.Payload.Metric]:
+    def _node_control(self, tg: asyncio.TaskGroup, metrics: Iterable[pb.Payload.Metric]) -> list[pb.Payload.Metric]:
         """Handle `Node Control/Rebirth` (before anything else); the other metrics are writes."""
         writes: list[pb.Payload.Metric] = []
         rebirth = False
         for m in metrics:
-            if m.name == REBIRTH:
+            name = _name(m)
+            if name == REBIRTH:
                 rebirth = rebirth or (m.WhichOneof("value") == "boolean_value" and m.boolean_value)
-            elif m.name.startswith(NODE_CONTROL) or m.name == BDSEQ:
-                self.log.warning("uplink %s: NCMD metric %r not supported, ignored", self.config.name, m.name)
+            elif name is not None and (name.startswith(NODE_CONTROL) or name == BDSEQ):
+                self.log.warning("uplink %s: NCMD metric %s not supported, ignored", self.config.name, _label(m))
             else:
                 writes.append(m)
-        if rebirth and self._born:  # not born yet: the birth that is about to happen answers it
-            self.log.info("uplink %s: rebirth requested by NCMD", self.config.name)
-            async with self._lock:
-                await self._birth()
+        if rebirth:
+            self._rebirth_requested(tg)
         return writes
 
+    def _rebirth_requested(self, tg: asyncio.TaskGroup) -> None:
+        """A Rebirth NCMD: at most one rebirth per `rebirth_min_interval`; the requests in between
+        are counted and answered together by one rebirth when the interval is over."""
+        self._rebirth_requests += 1
+        if not self._born:  # not born yet: the birth that is about to happen answers it
+            return
+        loop = asyncio.get_running_loop()
+        self._rebirth_wanted = loop.time()
+        if (
+            self._rebirth_pending is None
+            and self._rebirth_wanted >= self._last_birth + self.config.rebirth_min_interval
+        ):
+            self.log.info("uplink %s: rebirth requested by NCMD", self.config.name)
+        elif (n := self._rebirths_coalesced.hit()) is not None:
+            self.log.warning("uplink %s: %d Rebirth request(s) within rebirth_min_interval %gs of the last birth "
+                             "coalesced into one rebirth (%d in this session)", self.config.name, n,
+                             float(self.config.rebirth_min_interval), self._rebirths_coalesced.total)  # fmt: skip
+        if self._rebirth_pending is None:
+            self._rebirth_pending = tg.create_task(self._rebirth(), name=f"sparkplug:{self.config.name}:rebirth")
+
+    async def _rebirth(self) -> None:
+        """Rebirth once the interval since the last birth is over, until no request is newer than the
+        last birth's start (a data-driven rebirth answers requests too)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._rebirth_wanted >= self._last_birth:
+                wait = self._last_birth + self.config.rebirth_min_interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                async with self._lock:
+                    if self._dead is not None or not self._host_online:
+                        return  # the next session starts with a birth
+                    if self._rebirth_wanted >= self._last_birth:
+                        await self._birth()
+        except Transient as exc:  # the session is dead now; the Sender starts a new one, with a birth
+            self.log.warning("uplink %s: rebirth not published: %s", self.config.name, exc)
+        finally:
+            self._rebirth_pending = None
+
     def _command(
-        self, device: str | None, p: pb.Payload, m: pb.Payload.Metric
+        self, device: str | None, p: pb.Payload, index: int, m: pb.Payload.Metric
     ) -> tuple[Command, tuple[str, str] | None]:
         """The Command a CMD metric asks for, and (code, reason) when the uplink refuses it itself."""
         c = self.config
@@ -677,7 +838,7 @@ class Uplink:
             refusal = ("malformed", f"{why}: a command must carry when it was issued, in Unix milliseconds")
         ts_ns = ts_ms * 1_000_000 if 0 < ts_ms < _MAX_TS_MS else 0
         tag = GAP_METRIC if path == _GAP_KEY else path
-        return Command(new_id(), c.name, c.primary_host_id or None, tag, value, ts_ns), refusal
+        return Command(command_id(device, p, index, m), c.name, c.primary_host_id or None, tag, value, ts_ns), refusal
 
     def _resolve(self, device: str | None, m: pb.Payload.Metric) -> tuple[str, tuple[str, str] | None]:
         """The tag path a CMD metric names (by name, else by alias), and why it cannot be written.
@@ -687,8 +848,11 @@ class Uplink:
         """
         where = f"device {device}" if device is not None else "the node"
         label = _label(m)
-        if m.name:
-            path = f"{device}/{m.name}" if device is not None else _GAP_KEY if m.name == GAP_METRIC else m.name
+        name = _name(m)
+        if name is None:
+            return "", ("malformed", f"metric {label}: a name must be UTF-8 text")
+        if name:
+            path = f"{device}/{name}" if device is not None else _GAP_KEY if name == GAP_METRIC else name
         elif m.HasField("alias"):
             path = self._by_alias.get(m.alias, "")
         else:
@@ -697,7 +861,7 @@ class Uplink:
         if path not in self._metrics or owner != device:
             if device is None and owner is not None and path in self._metrics:
                 return path, ("unknown_tag", f"{label} is not a node metric: write it with a DCMD to device {owner}")
-            return (path if m.name else ""), ("unknown_tag", f"{label} is not a metric of {where} in its birth")
+            return (_clip(path) if name else ""), ("unknown_tag", f"{label} is not a metric of {where} in its birth")
         if device is None:
             return path, ("not_writable", f"{label} is a node metric: only device metrics take writes (DCMD)")
         return path, None
@@ -762,6 +926,8 @@ class Uplink:
                 self.log.warning("uplink %s: malformed STATE ignored: %s", self.config.name, exc)
                 return
         if state.timestamp is not None and self._host_ts is not None and state.timestamp < self._host_ts:
+            self.log.debug("uplink %s: STATE older than the last one ignored (timestamp %d < %d)",
+                           self.config.name, state.timestamp, self._host_ts)  # fmt: skip
             return  # older than what we already know: an out-of-order retained message
         self._host_ts = state.timestamp if state.timestamp is not None else self._host_ts
         was, self._host_online = self._host_online, state.online
@@ -773,9 +939,20 @@ class Uplink:
             async with self._lock:
                 self._kill(f"primary host {self.config.primary_host_id} is offline")
                 await self._send_ndeath(client)
-                await client.__aexit__(None, None, None)
+                await self._disconnect(client)
 
     # ------------------------------------------------------------------ Uplink protocol
+
+    def counters(self) -> dict[str, float]:
+        """This session's command-side figures (the Sender shows them in status and metrics)."""
+        return {
+            "rebirth_requests": self._rebirth_requests,
+            "rebirths_coalesced": self._rebirths_coalesced.total,
+            "rebirth_pending": int(self._rebirth_pending is not None),
+            "commands_oversized": self._oversized.total,
+            "commands_malformed_metrics": self._bad_metrics,
+            "commands_in_flight": len(self._commands),
+        }
 
     def is_closed(self) -> bool:
         """The session ended (connection lost, primary host offline). The Sender asks while idle,
