@@ -525,7 +525,7 @@ def _check_commands(
             )
         if cmds.sources[name].require_signature and not cmds.sources[name].keys:
             raise ConfigError(
-                "give the signing keys (keys = { k1 = { env = \"...\" } }), or require_signature = false "
+                'give the signing keys (keys = { k1 = { env = "..." } }), or require_signature = false '
                 "(broker ACLs only)",
                 file=file,
                 path=f"commands.sources.{name}",
@@ -577,7 +577,7 @@ def _check_commands(
             ):
                 raise ConfigError(
                     f"source {src!r} receives MQTT commands: say how they are authenticated, with signing keys "
-                    f"([commands.sources.{src}] keys = {{ k1 = {{ env = \"...\" }} }}) or "
+                    f'([commands.sources.{src}] keys = {{ k1 = {{ env = "..." }} }}) or '
                     f"[commands.sources.{src}] require_signature = false (broker ACLs only)",
                     file=file,
                     path=f"{label}.sources",
