@@ -166,13 +166,6 @@ class AuditTables:
         db.execute("UPDATE meta SET value = value + ? WHERE key='audit_rows'", (rows,))
         db.execute("UPDATE meta SET value = value + ? WHERE key='audit_bytes'", (nbytes,))
 
-    def _update(self, row: int, sql: str, args: tuple[Any, ...]) -> None:
-        with self._durable() as db:
-            self._audit_counters(db)
-            before = self._row_bytes(db, row)
-            db.execute(sql, args)
-            self._count(db, 0, self._row_bytes(db, row) - before)
-
     def _bound(self, db: sqlite3.Connection, max_rows: int, max_bytes: int, keep: int) -> int:
         """Drop the oldest rows until both bounds hold (never the row `keep`); returns how many."""
         rows, nbytes = self._stats(db)
@@ -242,13 +235,29 @@ class AuditTables:
                 db.execute("INSERT OR REPLACE INTO command_writes VALUES(?, ?)", (tag, _ns(written_ns)))
 
     def audit_finish(
-        self, row: int, *, result: str, code: str, reason: str, readback: Any, finished_ns: int, old: Any = None
+        self,
+        row: int,
+        *,
+        result: str,
+        code: str,
+        reason: str,
+        readback: Any,
+        finished_ns: int,
+        old: Any = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        self._update(
-            row,
-            "UPDATE audit SET result=?, code=?, reason=?, readback=?, finished_ns=?, old=coalesce(old, ?) WHERE id=?",
-            (result, code, reason, json_text(readback), _ns(finished_ns), json_text(old), row),
-        )
+        """The outcome; the bound holds after it too (the reason and read-back add to the row)."""
+        with self._durable() as db:
+            self._audit_counters(db)
+            before = self._row_bytes(db, row)
+            db.execute(
+                "UPDATE audit SET result=?, code=?, reason=?, readback=?, finished_ns=?, old=coalesce(old, ?)"
+                " WHERE id=?",
+                (result, code, reason, json_text(readback), _ns(finished_ns), json_text(old), row),
+            )
+            self._count(db, 0, self._row_bytes(db, row) - before)
+            self._bound(db, max_rows, max_bytes, row)
 
     def audit_claim_id(self, source: str, cmd_id: str, cmd_ts_ns: int, now_ns: int, window_ns: int) -> int | None:
         """The duplicate check, atomic: None and the id recorded when (source, cmd_id) was not seen

@@ -666,6 +666,8 @@ class CommandGate:
                 readback=audit_value(result.readback),
                 finished_ns=result.ts_ns,
                 old=audit_value(result.old),
+                max_rows=self._audit_bound[0],
+                max_bytes=self._audit_bound[1],
             )
 
     def _result(
