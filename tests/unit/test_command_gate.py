@@ -36,9 +36,10 @@ from edged.commands import (
     sign,
     timestamp_ns,
 )
-from edged.config import Config, parse
+from edged.config import Config, audit_max_bytes, parse
 from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Sample, Status, Value
+from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import decode_command
 
 NS = 1_000_000_000
@@ -766,3 +767,36 @@ async def test_an_inbox_row_runs_as_cli_whatever_source_it_claims(rig: Rig) -> N
     assert (row.source, row.code) == ("cli", "unauthorised")  # press/mode may be written by cloud only
     assert row.user == "mallory (inbox row claimed source 'cloud')"
     assert rig.driver.writes == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"reply_to_prefix": "edged/{gateway}/"}, "replies could land on the gateway's own topic 'edged/g/cmd'"),
+        ({"reply_topic": "edged/{gateway}/live"}, "replies could land on the gateway's own topic 'edged/g/live'"),
+        ({"reply_to_prefix": "a/#"}, "reply_to_prefix must be a topic prefix without wildcards"),
+        ({"reply_to_prefix": "r/{site}/"}, "reply_to_prefix: unknown placeholder 'site'"),
+        ({"max_command_size": "1MiB"}, "max_command_size must be between 256 and 65536 bytes"),
+    ],
+)
+def test_mqtt_reply_and_size_settings_are_checked_at_load(settings: dict[str, Any], message: str) -> None:
+    raw: dict[str, Any] = {
+        "gateway": {"id": "gw", "data_dir": "/tmp"},
+        "devices": [DEVICE],
+        "uplinks": [SIGNED | settings],
+    }
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    assert message in str(err.value)
+    ok = parse(raw | {"uplinks": [SIGNED | {"reply_to_prefix": "cloud/answers/{gateway}/"}]}).uplinks[0]
+    assert isinstance(ok, MqttConfig) and ok.reply_prefix("gw") == "cloud/answers/gw/"
+    answered = b'{"id": "a", "tag": "p/s", "value": 1, "ts": 1790000000000, "reply_to": "cloud/answers/gw/x"}'
+    assert decode_command(answered, "cloud", reply_prefix=ok.reply_prefix("gw")).problem is None
+
+
+def test_the_audit_byte_bound_follows_the_buffer_and_leaves_it_room() -> None:
+    raw: dict[str, Any] = {"gateway": {"id": "gw", "data_dir": "/tmp"}, "devices": [DEVICE], "uplinks": []}
+    assert audit_max_bytes(parse(raw | {"buffer": {"max_bytes": "8MiB"}})) == 512 * 1024
+    assert audit_max_bytes(parse(raw)) == 16 * 1024**2  # 1 GiB buffer: capped
+    with pytest.raises(ConfigError, match=r"audit_max_bytes \(4194304\) must be at most a quarter of"):
+        parse(raw | {"buffer": {"max_bytes": "8MiB"}, "commands": {"audit_max_bytes": "4MiB"}})
