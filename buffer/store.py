@@ -30,6 +30,10 @@ from typing import Any
 
 import msgspec
 
+from buffer.audit import SCHEMA as AUDIT_SCHEMA
+from buffer.audit import AuditRow as AuditRow  # re-exported: callers import them from here
+from buffer.audit import AuditTables
+from buffer.audit import InboxItem as InboxItem
 from edged.errors import BufferRefused, BufferUnavailable, BufferUnusable, StorageError
 from edged.files import ensure_mode
 from edged.model import Gap, Sample
@@ -56,21 +60,8 @@ CREATE TABLE IF NOT EXISTS gaps(
     lo_ts_ns INTEGER NOT NULL, hi_ts_ns INTEGER NOT NULL, count INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS gaps_by_uplink ON gaps(uplink, lo_seq);
 """
-# Commands (see the "commands" section of Store): the audit trail and the `edged write` inbox.
-# Additive tables, so a buffer made before them gets them on its next open (schema stays 1).
-_COMMANDS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit(
-    id INTEGER PRIMARY KEY AUTOINCREMENT, received_ns INTEGER NOT NULL, source TEXT NOT NULL, user TEXT,
-    cmd_id TEXT, tag TEXT, value TEXT, cmd_ts_ns INTEGER, old TEXT, written_ns INTEGER,
-    result TEXT, code TEXT, reason TEXT, readback TEXT, finished_ns INTEGER);
-CREATE INDEX IF NOT EXISTS audit_by_tag ON audit(tag, written_ns);
-CREATE INDEX IF NOT EXISTS audit_by_cmd ON audit(source, cmd_id);
-CREATE TABLE IF NOT EXISTS commands(
-    id INTEGER PRIMARY KEY AUTOINCREMENT, submitted_ns INTEGER NOT NULL, cmd_id TEXT NOT NULL,
-    source TEXT NOT NULL, user TEXT, tag TEXT NOT NULL, value TEXT NOT NULL, cmd_ts_ns INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending', result TEXT);
-"""
-_SCHEMA += _COMMANDS_SCHEMA
+# Commands (buffer/audit.py): the audit trail, the ids seen and the `edged write` inbox.
+_SCHEMA += AUDIT_SCHEMA
 
 _CORE_TABLES = ("meta", "tags", "samples", "uplinks", "acks", "gaps")
 OPEN_WAIT_S = 20.0  # a locked buffer: wait this long, then exit 1 (below WatchdogSec=30, TimeoutStartSec=60)
@@ -127,47 +118,6 @@ class BufferStatus:
     set_aside: list[SetAside] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    """One command as the audit trail holds it; `result` is None while it is (or was left) in flight."""
-
-    id: int
-    received_ns: int
-    source: str
-    user: str | None
-    cmd_id: str | None
-    tag: str | None
-    value: Any
-    cmd_ts_ns: int | None
-    old: Any
-    written_ns: int | None  # set when every check passed and the write went to the device
-    result: str | None
-    code: str | None
-    reason: str | None
-    readback: Any
-    finished_ns: int | None
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class InboxItem:
-    id: int
-    cmd_id: str
-    source: str
-    user: str | None
-    tag: str
-    value: Any
-    cmd_ts_ns: int
-
-
-def _json(value: Any) -> str | None:
-    """Command values as JSON text, so a bool, an int and a float stay what they were."""
-    return None if value is None else msgspec.json.encode(value).decode()
-
-
-def _unjson(text: str | None) -> Any:
-    return None if text is None else msgspec.json.decode(text)
-
-
 @functools.cache
 def _core_columns() -> dict[str, frozenset[str]]:
     """The columns each core table has in the schema this edged writes (from the script itself)."""
@@ -198,7 +148,7 @@ def subtract(lo: int, hi: int, ranges: Iterable[Range]) -> list[Range]:
     return holes
 
 
-class Store:
+class Store(AuditTables):
     """One connection to the buffer database. Not thread-safe: use it from one thread."""
 
     def __init__(
@@ -676,115 +626,7 @@ class Store:
         return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
     # ------------------------------------------------------------------ commands
-    # The audit trail of every command (edged.commands) and the inbox through which `edged write`
-    # hands a command to a running daemon. Audit rows are written with synchronous=FULL: a command
-    # is on disk before anything reaches the wire, and a crash in between leaves the row in flight.
-    # Sample retention never touches these tables; `audit_trim` applies commands.audit_retention.
-
-    @contextlib.contextmanager
-    def _durable(self) -> Iterator[sqlite3.Connection]:
-        level = self.db.execute("PRAGMA synchronous").fetchone()[0]
-        self.db.execute("PRAGMA synchronous=FULL")
-        try:
-            with self.transaction() as db:
-                yield db
-        finally:
-            self.db.execute(f"PRAGMA synchronous={int(level)}")
-
-    def audit_begin(
-        self,
-        *,
-        received_ns: int,
-        source: str,
-        user: str | None,
-        cmd_id: str | None,
-        tag: str | None,
-        value: Any,
-        cmd_ts_ns: int | None,
-    ) -> int:
-        """Record a command as received (in flight); returns its audit row id."""
-        with self._durable() as db:
-            cur = db.execute(
-                "INSERT INTO audit(received_ns, source, user, cmd_id, tag, value, cmd_ts_ns) VALUES(?,?,?,?,?,?,?)",
-                (received_ns, source, user, cmd_id, tag, _json(value), cmd_ts_ns),
-            )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
-
-    def audit_wire(self, row: int, *, old: Any, written_ns: int) -> None:
-        """Every check passed and the write goes to the device now."""
-        with self._durable() as db:
-            db.execute("UPDATE audit SET old=?, written_ns=? WHERE id=?", (_json(old), written_ns, row))
-
-    def audit_finish(
-        self, row: int, *, result: str, code: str, reason: str, readback: Any, finished_ns: int, old: Any = None
-    ) -> None:
-        with self._durable() as db:
-            db.execute(
-                "UPDATE audit SET result=?, code=?, reason=?, readback=?, finished_ns=?, old=coalesce(old, ?)"
-                " WHERE id=?",
-                (result, code, reason, _json(readback), finished_ns, _json(old), row),
-            )
-
-    def audit_seen(self, source: str, cmd_id: str, since_ns: int, exclude: int) -> int | None:
-        """The audit row of an earlier command with this id from this source (QoS 1 redelivery)."""
-        row = self.db.execute(
-            "SELECT id FROM audit WHERE source=? AND cmd_id=? AND received_ns>=? AND id<>? LIMIT 1",
-            (source, cmd_id, since_ns, exclude),
-        ).fetchone()
-        return int(row[0]) if row else None
-
-    def audit_last_write(self, tag: str) -> int | None:
-        """When a write to the tag last went to the wire (any outcome): min_interval counts from it."""
-        row = self.db.execute("SELECT max(written_ns) FROM audit WHERE tag=?", (tag,)).fetchone()
-        return int(row[0]) if row and row[0] is not None else None
-
-    def audit_rows(self, since_ns: int | None = None, until_ns: int | None = None) -> list[AuditRow]:
-        """Audit rows received in [since, until), oldest first (none in a buffer made before them)."""
-        try:
-            rows = self.db.execute(
-                "SELECT id, received_ns, source, user, cmd_id, tag, value, cmd_ts_ns, old, written_ns, result,"
-                " code, reason, readback, finished_ns FROM audit WHERE received_ns >= ? AND received_ns < ?"
-                " ORDER BY id",
-                (since_ns if since_ns is not None else -(2**63), until_ns if until_ns is not None else 2**63 - 1),
-            ).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []
-            raise
-        out = []
-        for r in rows:
-            rid, received, source, user, cmd_id, tag, value, cmd_ts, old, written, result, code, reason, back, done = r
-            out.append(
-                AuditRow(
-                    rid,
-                    received,
-                    source,
-                    user,
-                    cmd_id,
-                    tag,
-                    _unjson(value),
-                    cmd_ts,
-                    _unjson(old),
-                    written,
-                    result,
-                    code,
-                    reason,
-                    _unjson(back),
-                    done,
-                )
-            )
-        return out
-
-    def audit_trim(self, before_ns: int) -> int:
-        """Delete audit rows received before `before_ns` (audit retention), and settled inbox rows."""
-        with self.transaction() as db:
-            n = db.execute("DELETE FROM audit WHERE received_ns < ?", (before_ns,)).rowcount
-            db.execute(
-                "DELETE FROM commands WHERE state <> 'pending' AND submitted_ns < ?",
-                (time.time_ns() - 3_600_000_000_000,),
-            )
-        return int(n)
+    # The audit trail and the inbox are in buffer/audit.py (AuditTables).
 
     def newest_sample(self, tag: str, *, scan: int = 200_000) -> Sample | None:
         """The newest stored sample of a tag among the last `scan` rows (bounded: samples has no tag index)."""
@@ -798,43 +640,6 @@ class Store:
             (head - scan, known[0]),
         ).fetchall()
         return self._rows_to_samples(rows)[0] if rows else None
-
-    def inbox_submit(self, *, cmd_id: str, source: str, user: str | None, tag: str, value: Any, cmd_ts_ns: int) -> int:
-        """`edged write` beside a running daemon: queue the command for the daemon to execute."""
-        with self._durable() as db:
-            cur = db.execute(
-                "INSERT INTO commands(submitted_ns, cmd_id, source, user, tag, value, cmd_ts_ns) VALUES(?,?,?,?,?,?,?)",
-                (time.time_ns(), cmd_id, source, user, tag, _json(value), cmd_ts_ns),
-            )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
-
-    def inbox_take(self, limit: int = 20) -> list[InboxItem]:
-        """Claim pending inbox commands (the daemon): each is taken once, then executed."""
-        with self.transaction() as db:
-            rows = db.execute(
-                "UPDATE commands SET state='taken' WHERE id IN"
-                " (SELECT id FROM commands WHERE state='pending' ORDER BY id LIMIT ?)"
-                " RETURNING id, cmd_id, source, user, tag, value, cmd_ts_ns",
-                (limit,),
-            ).fetchall()
-        return sorted(InboxItem(r[0], r[1], r[2], r[3], r[4], _unjson(r[5]), r[6]) for r in rows)
-
-    def inbox_done(self, item: int, result: bytes) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE commands SET state='done', result=? WHERE id=?", (result.decode(), item))
-
-    def inbox_state(self, item: int) -> tuple[str, bytes | None]:
-        row = self.db.execute("SELECT state, result FROM commands WHERE id=?", (item,)).fetchone()
-        if row is None:
-            return ("gone", None)
-        return (row[0], row[1].encode() if row[1] is not None else None)
-
-    def inbox_cancel(self, item: int) -> bool:
-        """Withdraw a command the daemon has not taken yet; False when it already has."""
-        with self.transaction() as db:
-            n = db.execute("UPDATE commands SET state='cancelled' WHERE id=? AND state='pending'", (item,)).rowcount
-        return bool(n)
 
     # ------------------------------------------------------------------ status
 

@@ -6,23 +6,28 @@ goes through `CommandGate.submit`, which answers a `CommandResult` and never rai
 cancellation). In this fixed order (docs/commands.md), the first failing check decides:
 
  1. enabled         commands are on ([commands] enabled = true)
- 2. stale           the command's timestamp is within max_age of now (no late replays, no clock skew)
- 3. duplicate       no earlier command with the same id from the same source within max_age
- 4. known tag       the tag exists in the config
- 5. listed          the tag is listed under [[commands.tags]] (and its driver can write, checked at load)
- 6. authorised      the source (uplink name or "cli") is in the entry's `sources`
- 7. type            the value is a number / boolean / string as the tag holds
- 8. allowed         the value is one of `allowed` (when given)
- 9. min/max         the value is within min..max (when given)
+ 2. size            id, tag, user, reply_to and a text value within their limits (`too_large`)
+ 3. signature       a source that signs (MQTT, [commands.sources.<name>]) sent a valid HMAC-SHA256
+                    over `canonical(cmd)` with one of its keys (`unsigned`, `bad_signature`)
+ 4. stale           the command's timestamp is within max_age of now, and at most max_future ahead
+ 5. duplicate       no earlier command with the same id from the same source within the
+                    duplicate window (max_age + max_future; a table of its own, kept across restarts)
+ 6. known tag       the tag exists in the config
+ 7. listed          the tag is listed under [[commands.tags]] (and its driver can write, checked at load)
+ 8. authorised      the source (uplink name or "cli") is in the entry's `sources`
+ 9. type            the value is a number / boolean / string as the tag holds
+10. allowed         the value is one of `allowed` (when given)
+11. min/max         the value is within min..max (when given)
     -- from here on under the device's lock: one write per device at a time --
-10. max_step        |value - last known value| <= max_step (when given; an unknown current value refuses)
-11. min_interval    the last write to the tag went out at least min_interval ago (when given)
-12. connected       the device's driver is connected now
+12. max_step        |value - last known value| <= max_step (when given; an unknown current value refuses)
+13. min_interval    the last write to the tag went out at least min_interval ago (when given)
+14. connected       the device's driver is connected now
 then the driver writes and reads back. Nothing reaches the wire unless every check passed.
 
 Every command is in the audit trail (the buffer database) from the moment it is received, before
-any check; the row records when it went to the wire and is completed with the outcome, so a crash
-in between leaves a row showing the command was in flight. No audit row, no write.
+any check (its text truncated to bounded sizes, within the audit trail's own row and byte bound);
+the row records when it went to the wire and is completed with the outcome, so a crash in between
+leaves a row showing the command was in flight. No audit row, no write.
 
 Results: `accepted` (written and read back equal), `rejected` (nothing was written: refused by the
 gate or cleanly by the device), `failed` (the write may or may not have reached the device: no
@@ -36,6 +41,9 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import hashlib
+import hmac
+import json
 import logging
 import math
 import re
@@ -48,8 +56,20 @@ from typing import Any, Final, Literal, Protocol
 
 import msgspec
 
-from buffer.store import InboxItem, Store
-from edged.config import CommandsConfig, CommandTag, Config, DeviceBase, TagBase, command_value_kind
+from buffer.audit import AuditStats, InboxItem
+from buffer.store import Store
+from edged.config import (
+    COMMAND_SOURCE_CLI,
+    CommandsConfig,
+    CommandSource,
+    CommandTag,
+    Config,
+    DeviceBase,
+    TagBase,
+    audit_max_bytes,
+    command_signing,
+    command_value_kind,
+)
 from edged.errors import EdgedError, Permanent, StorageError, Transient
 from edged.model import Sample, Severity, Value, severity
 
@@ -70,6 +90,9 @@ STATUS: Final[dict[str, int]] = {
     "ok": 0x00000000,  # Good
     "disabled": 0x803B0000,  # BadNotWritable
     "malformed": 0x80070000,  # BadDecodingError
+    "too_large": 0x80080000,  # BadEncodingLimitsExceeded
+    "unsigned": 0x80130000,  # BadSecurityChecksFailed
+    "bad_signature": 0x80130000,  # BadSecurityChecksFailed
     "stale": 0x80230000,  # BadInvalidTimestamp
     "duplicate": 0x80E40000,  # BadRequestNotAllowed
     "unknown_tag": 0x80340000,  # BadNodeIdUnknown
@@ -92,10 +115,18 @@ STATUS: Final[dict[str, int]] = {
 }
 
 
+class Signature(msgspec.Struct, frozen=True):
+    """`sig` of a signed command: the key id and the hex HMAC-SHA256 of `canonical(cmd)`."""
+
+    kid: str
+    hmac: str
+
+
 class Command(msgspec.Struct, frozen=True):
     """One write request. `ts_ns` is when the sender issued it (its clock), for the staleness check;
     `id` is the sender's id (duplicates from one source are refused); `user` is who asked, as the
-    source knows it (authenticated for OPC UA sessions, self-declared in an MQTT payload)."""
+    source knows it (authenticated for OPC UA sessions, self-declared in an MQTT payload, where the
+    signature proves the whole command came from a key holder). `reply_to` is signed with it."""
 
     id: str
     source: str  # uplink name, or "cli"
@@ -103,6 +134,75 @@ class Command(msgspec.Struct, frozen=True):
     tag: str  # device/tag
     value: Value
     ts_ns: int
+    reply_to: str | None = None
+    sig: Signature | None = None
+
+
+# Sizes a command's fields may have; a command beyond them is refused as too_large (and audited
+# truncated). Text in the audit trail, in answers and in logs is cut to these sizes as well.
+MAX_ID, MAX_TAG, MAX_USER, MAX_REPLY_TO, MAX_TEXT_VALUE = 128, 256, 128, 256, 1024
+AUDIT_VALUE_CHARS, MAX_REASON, LOG_VALUE_CHARS = 1024, 512, 120
+INT64 = 2**63
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
+def oversized(cmd: Command) -> str | None:
+    """Why the command is too large, or None: checked before anything else looks at it."""
+    for name, text, limit in (
+        ("id", cmd.id, MAX_ID),
+        ("tag", cmd.tag, MAX_TAG),
+        ("user", cmd.user, MAX_USER),
+        ("reply_to", cmd.reply_to, MAX_REPLY_TO),
+        ("value", cmd.value if isinstance(cmd.value, str) else None, MAX_TEXT_VALUE),
+    ):
+        if text is not None and len(text) > limit:
+            return f"command too large: {name} has {len(text)} characters (at most {limit})"
+    if isinstance(cmd.value, int) and not isinstance(cmd.value, bool) and not -INT64 <= cmd.value < INT64:
+        return "command too large: the value does not fit 64 bits"
+    return None
+
+
+def canonical(
+    cmd_id: str, tag: str, value: Value, ts_ns: int, user: str | None = None, reply_to: str | None = None
+) -> bytes:
+    """The bytes a signature covers: the UTF-8 of this JSON object, keys in this order, no spaces,
+    non-ASCII as is, `ts` in integer nanoseconds (unix ms x 1000000), absent `user`/`reply_to` as
+    null. This is what Python's `json.dumps(doc, separators=(",", ":"), ensure_ascii=False)` and
+    JavaScript's `JSON.stringify(doc)` produce (docs/commands.md)."""
+    doc = {"id": cmd_id, "tag": tag, "value": value, "ts": ts_ns, "user": user, "reply_to": reply_to}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def sign(key: bytes, kid: str, cmd: Command) -> Signature:
+    """The signature a sender holding `key` puts on `cmd` (for tests and Python senders)."""
+    mac = hmac.new(key, canonical(cmd.id, cmd.tag, cmd.value, cmd.ts_ns, cmd.user, cmd.reply_to), hashlib.sha256)
+    return Signature(kid, mac.hexdigest())
+
+
+def signature_problem(cmd: Command, rule: CommandSource) -> tuple[str, str] | None:
+    """(code, reason) when `cmd` does not meet its source's signing rule, else None."""
+    if cmd.sig is None:
+        if rule.require_signature:
+            return "unsigned", f"unsigned command: source {cmd.source} requires a signature (sig)"
+        return None
+    if not rule.keys:
+        return None  # broker ACLs only: there is nothing to check a signature against
+    key = rule.keys.get(cmd.sig.kid)
+    if key is None:
+        return "bad_signature", f"unknown key id {cut(cmd.sig.kid, 64)!r} for source {cmd.source}"
+    try:
+        given = bytes.fromhex(cmd.sig.hmac)
+        body = canonical(cmd.id, cmd.tag, cmd.value, cmd.ts_ns, cmd.user, cmd.reply_to)
+    except (ValueError, TypeError):
+        return "bad_signature", "bad signature: hmac is not a hex HMAC-SHA256 of the command"
+    expected = hmac.new(key.reveal().encode(), body, hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, given):
+        return "bad_signature", f"bad signature (key {cmd.sig.kid}): the command was altered or signed otherwise"
+    return None
 
 
 class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,22 +343,32 @@ def parse_value(text: str, kind: Kind | None) -> Value:
 
 
 _MIN_MS = 10**11  # 1973 in unix ms: anything smaller is almost certainly seconds, not milliseconds
+_MAX_MS = (INT64 - 1) // 1_000_000  # 2262: the last millisecond a 64-bit nanosecond count holds
 
 
 def timestamp_ns(value: object) -> int:
-    """A command's `ts`: unix milliseconds (number) or ISO 8601 with a time zone."""
+    """A command's `ts`: unix milliseconds (number) or ISO 8601 with a time zone, 1973..2262 (what
+    a 64-bit nanosecond count, and so SQLite, holds)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value) or not _MIN_MS <= value < 10**14:
-            raise ValueError(f"ts {value!r} is not unix milliseconds (e.g. {time.time_ns() // 1_000_000})")
+        if not math.isfinite(value) or not _MIN_MS <= value <= _MAX_MS:
+            raise ValueError(f"ts {cut(repr(value), 40)} is not unix milliseconds (e.g. {time.time_ns() // 1_000_000})")
         return int(value * 1_000_000)
     if isinstance(value, str):
+        text = cut(value, 40)
         try:
             t = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"ts {value!r} is not ISO 8601 (e.g. 2026-11-24T06:00:00Z)") from None
+            raise ValueError(f"ts {text!r} is not ISO 8601 (e.g. 2026-11-24T06:00:00Z)") from None
         if t.tzinfo is None:
-            raise ValueError(f"ts {value!r} has no time zone: add Z (UTC) or an offset such as +01:00")
-        return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+            raise ValueError(f"ts {text!r} has no time zone: add Z (UTC) or an offset such as +01:00")
+        try:
+            seconds = int(t.timestamp())
+        except (OverflowError, ValueError):
+            seconds = -1
+        ns = seconds * 1_000_000_000 + t.microsecond * 1000
+        if not _MIN_MS * 1_000_000 <= ns <= _MAX_MS * 1_000_000:
+            raise ValueError(f"ts {text!r} is outside 1973..2262")
+        return ns
     raise ValueError("ts must be unix milliseconds or an ISO 8601 string")
 
 
@@ -316,6 +426,7 @@ class CommandGate:
         self._written: dict[str, int] = {}  # tag -> when a write last went to the wire (this process)
         self._readback: dict[str, tuple[int, Value]] = {}  # tag -> (when, value) of the last accepted write
         self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()  # (source, result) -> n
+        self.refusals: collections.Counter[tuple[str, str]] = collections.Counter()  # (source, code) -> n
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -325,6 +436,8 @@ class CommandGate:
             dev.tag_path(t): (dev, t) for dev in config.devices for t in dev.tags
         }
         self._entries: dict[str, CommandTag] = {e.tag: e for e in config.commands.tags}
+        self._signing: dict[str, CommandSource] = command_signing(config)
+        self._audit_bound = (config.commands.audit_max_rows, audit_max_bytes(config))
 
     @property
     def enabled(self) -> bool:
@@ -361,6 +474,11 @@ class CommandGate:
                 result = await self._run(cmd, received, row, state)
             except _Refused as r:
                 result = self._result(cmd, r.result, r.code, r.reason, old=state.get("old"))
+            except Exception as exc:  # a bug must become an answer, never an unanswered command
+                log.exception("command %s: the gate failed unexpectedly", cut(cmd.id, MAX_ID))
+                maybe = " (the write may or may not have reached the device)" if "wire" in state else ""
+                reason = f"internal error {type(exc).__name__}{maybe}"
+                result = self._result(cmd, Result.FAILED if maybe else Result.REJECTED, "internal", reason)
         except asyncio.CancelledError:
             result = self._result(
                 cmd,
@@ -394,11 +512,23 @@ class CommandGate:
         c = self.config
         if not c.enabled:
             raise _Refused("disabled", "commands are disabled")
+        too_large = oversized(cmd)
+        if too_large is not None:
+            raise _Refused("too_large", too_large)
+        rule = self._signing.get(cmd.source)
+        if rule is not None:
+            unsigned = signature_problem(cmd, rule)
+            if unsigned is not None:
+                raise _Refused(*unsigned)
         self._check_age(cmd, received)
-        max_age_ns = int(c.max_age * 1e9)
-        earlier = await self._db("audit_seen", cmd.source, cmd.id, received - max_age_ns, row) if cmd.id else None
-        if earlier is not None:
-            raise _Refused("duplicate", f"duplicate command id {cmd.id!r} from {cmd.source} (audit row {earlier})")
+        if cmd.id:
+            window_ns = int(c.duplicate_window * 1e9)
+            earlier = await self._db("audit_claim_id", cmd.source, cmd.id, cmd.ts_ns, received, window_ns)
+            if earlier is not None:
+                ago = (received - earlier) / 1e9
+                raise _Refused(
+                    "duplicate", f"duplicate command id {cmd.id!r} from {cmd.source} (first seen {ago:.1f}s ago)"
+                )
         found = self._tags.get(cmd.tag)
         if found is None:
             raise _Refused("unknown_tag", f"unknown tag {cmd.tag!r}")
@@ -456,7 +586,7 @@ class CommandGate:
                 raise _Refused("device_down", f"device not connected: {device.name}: {exc}", Result.FAILED) from None
             if writer is None:
                 raise _Refused("device_down", f"device not connected: {device.name}", Result.FAILED)
-            await self._db("audit_wire", row, old=old, written_ns=now)
+            await self._db("audit_wire", row, old=old, written_ns=now, tag=cmd.tag)
             state["wire"] = True
             self._written[cmd.tag] = now
             try:
@@ -471,11 +601,15 @@ class CommandGate:
 
     def _check_age(self, cmd: Command, now: int) -> None:
         age = (now - cmd.ts_ns) / 1e9
-        max_age = float(self.config.max_age)
+        max_age, max_future = float(self.config.max_age), float(self.config.max_future)
         if age > max_age:
             raise _Refused("stale", f"command is {age:.1f}s old (max_age {max_age:g}s): refused, never replayed late")
-        if -age > max_age:
-            raise _Refused("stale", f"command timestamp is {-age:.1f}s in the future: check the sender's clock")
+        if -age > max_future:
+            raise _Refused(
+                "stale",
+                f"command timestamp is {-age:.1f}s in the future (max_future {max_future:g}s): "
+                "check the sender's clock",
+            )
 
     async def _last_known(self, tag: str) -> Value:
         """The newer of the buffer's newest sample and this gate's last read-back; a Bad sample
@@ -493,22 +627,27 @@ class CommandGate:
     async def _db(self, name: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return await self._audit.call(name, *args, **kwargs)
-        except (StorageError, sqlite3.Error, OSError, RuntimeError) as exc:
+        except (StorageError, sqlite3.Error, OSError, RuntimeError, OverflowError, ValueError) as exc:
             log.error("command audit: %s failed: %s", name, exc)
             reason = f"the audit trail cannot be written ({exc}): nothing was written"
             raise _Refused("audit_unavailable", reason) from exc
 
     async def _begin(self, cmd: Command, received: int) -> int | CommandResult:
+        """The audit row, written before any check, with every text cut to a bounded size: a flood of
+        large commands cannot grow the trail beyond its bound (rows and bytes)."""
+        max_rows, max_bytes = self._audit_bound
         try:
             row: int = await self._db(
                 "audit_begin",
                 received_ns=received,
-                source=cmd.source,
-                user=cmd.user,
-                cmd_id=cmd.id or None,
-                tag=cmd.tag or None,
-                value=cmd.value,
-                cmd_ts_ns=cmd.ts_ns or None,
+                source=cut(cmd.source, MAX_ID),
+                user=cut(cmd.user, MAX_USER) if cmd.user is not None else None,
+                cmd_id=cut(cmd.id, MAX_ID) or None,
+                tag=cut(cmd.tag, MAX_TAG) or None,
+                value=audit_value(cmd.value),
+                cmd_ts_ns=cmd.ts_ns if cmd.ts_ns and -INT64 < cmd.ts_ns < INT64 else None,
+                max_rows=max_rows,
+                max_bytes=max_bytes,
             )
         except _Refused as r:
             result = self._result(cmd, Result.REJECTED, r.code, r.reason)
@@ -524,9 +663,11 @@ class CommandGate:
                 result=result.result.value,
                 code=result.code,
                 reason=result.reason,
-                readback=result.readback,
+                readback=audit_value(result.readback),
                 finished_ns=result.ts_ns,
-                old=result.old,
+                old=audit_value(result.old),
+                max_rows=self._audit_bound[0],
+                max_bytes=self._audit_bound[1],
             )
 
     def _result(
@@ -541,13 +682,13 @@ class CommandGate:
         device_status: int | None = None,
     ) -> CommandResult:
         return CommandResult(
-            id=cmd.id or None,
-            tag=cmd.tag or None,
+            id=cut(cmd.id, MAX_ID) or None,
+            tag=cut(cmd.tag, MAX_TAG) or None,
             result=result,
             code=code,
-            reason=reason,
+            reason=cut(reason, MAX_REASON),
             old=old,
-            new=cmd.value,
+            new=audit_value(cmd.value),
             readback=readback,
             ts_ns=self._clock(),
             device_status=device_status,
@@ -555,13 +696,21 @@ class CommandGate:
 
     def _log(self, cmd: Command, res: CommandResult) -> None:
         self.outcomes[(cmd.source, res.result.value)] += 1
+        if not res.ok:
+            self.refusals[(cmd.source, res.code)] += 1
         level = logging.INFO if res.ok else logging.WARNING
+        cid = cut(cmd.id, 64)
         log.log(
             level,
-            "command %s from %s (user %s): %s = %r: %s: %s",
-            cmd.id, cmd.source, cmd.user or "-", cmd.tag or "-", cmd.value, res.result.value, res.reason,
-            extra={"command": cmd.id, "source": cmd.source},
+            "command %s from %s (user %s): %s = %s: %s: %s",
+            cid, cmd.source, cut(cmd.user or "-", 64), cut(cmd.tag or "-", 128),
+            cut(repr(cmd.value), LOG_VALUE_CHARS), res.result.value, res.reason,
+            extra={"command": cid, "source": cmd.source},
         )  # fmt: skip
+
+    async def audit_stats(self) -> AuditStats:
+        stats: AuditStats = await self._audit.call("audit_stats")
+        return stats
 
     # ------------------------------------------------------------------ `edged write` inbox
 
@@ -570,6 +719,7 @@ class CommandGate:
         retention; runs as a daemon task until cancelled."""
         loop = asyncio.get_running_loop()
         next_trim = loop.time()
+        dropped: int | None = None
         async with asyncio.TaskGroup() as tg:
             while True:
                 try:
@@ -582,6 +732,14 @@ class CommandGate:
                         trimmed = await self._audit.call("audit_trim", cutoff)
                         if trimmed:
                             log.info("command audit: %d rows older than the audit retention deleted", trimmed)
+                        stats = await self.audit_stats()
+                        if dropped is not None and stats.dropped > dropped:
+                            log.warning(
+                                "command audit: %d oldest rows dropped by its bound (%d rows, %d bytes): a "
+                                "flood of commands? see edged export --audit",
+                                stats.dropped - dropped, self._audit_bound[0], self._audit_bound[1],
+                            )  # fmt: skip
+                        dropped = stats.dropped
                 except (StorageError, sqlite3.Error, OSError, RuntimeError) as exc:
                     log.warning("command inbox: %s", exc)
                 except Exception:  # a bug here must not take the daemon down
@@ -589,7 +747,14 @@ class CommandGate:
                 await asyncio.sleep(poll_s)
 
     async def _inbox_one(self, item: InboxItem) -> None:
-        cmd = Command(item.cmd_id, item.source, item.user, item.tag, item.value, item.cmd_ts_ns)
+        """An inbox row runs as source `cli`, whatever it claims: any local process that can write
+        the buffer file can add one, so it gets exactly the rights of `edged write`."""
+        user = item.user
+        if item.source != COMMAND_SOURCE_CLI:
+            claimed = cut(str(item.source), 64)
+            log.warning("command inbox: row %d claims source %r: executed as source cli", item.id, claimed)
+            user = f"{user or '-'} (inbox row claimed source {claimed!r})"
+        cmd = Command(str(item.cmd_id), COMMAND_SOURCE_CLI, user, str(item.tag), item.value, int(item.cmd_ts_ns))
         result = await self.submit(cmd)
         try:
             await self._audit.call("inbox_done", item.id, msgspec.json.encode(result))
@@ -599,6 +764,13 @@ class CommandGate:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def audit_value(value: Value) -> Value:
+    """A value as the audit trail and the answers hold it: a long text cut (it was refused anyway)."""
+    if isinstance(value, str) and len(value) > AUDIT_VALUE_CHARS:
+        return cut(value, AUDIT_VALUE_CHARS)
+    return value
 
 
 # ----------------------------------------------------------------------------------------- `edged write`
@@ -630,7 +802,13 @@ async def write_standalone(config: Config, store: Store, cmd: Command) -> Comman
 def write_via_daemon(store: Store, cmd: Command, config: CommandsConfig, *, poll_s: float = 0.05) -> CommandResult:
     """A daemon runs on this buffer: hand it the command through the inbox table (it polls it) and
     wait for its answer. Never a second connection to the device behind the daemon's back. A
-    command the daemon does not take in time is withdrawn, so it can never run late."""
+    command the daemon does not take in time is withdrawn, so it can never run late. An oversized
+    command is refused before anything is stored."""
+    too_large = oversized(cmd)
+    if too_large is not None:
+        return CommandResult(id=cut(cmd.id, MAX_ID), tag=cut(cmd.tag, MAX_TAG), result=Result.REJECTED,
+                             code="too_large", reason=too_large, new=audit_value(cmd.value),
+                             ts_ns=time.time_ns())  # fmt: skip
     item = store.inbox_submit(
         cmd_id=cmd.id, source=cmd.source, user=cmd.user, tag=cmd.tag, value=cmd.value, cmd_ts_ns=cmd.ts_ns
     )

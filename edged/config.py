@@ -521,20 +521,71 @@ class CommandTag(Base):
             raise ValueError("min_interval must be a positive duration, e.g. '5s'")
 
 
+class CommandSource(Base):
+    """How the commands of one MQTT source are authenticated: HMAC-SHA256 signatures with these keys
+    (key id -> secret; several, so keys can be rotated), or `require_signature = false`: broker ACLs only."""
+
+    keys: dict[str, Secret] = {}
+    require_signature: bool = True
+
+    def __post_init__(self) -> None:
+        for kid, key in self.keys.items():
+            if not NAME_RE.match(kid) or len(kid) > 64:
+                raise ValueError(f"invalid key id {kid!r}: letters, digits, _ . - only, at most 64")
+            if len(key.reveal().encode()) < 16:
+                raise ValueError(f"key {kid!r} is too short: use at least 16 bytes, e.g. `openssl rand -hex 32`")
+
+
+# Uplink types whose commands carry no authenticated identity of their own: a command source of one
+# of these types must say how it is authenticated ([commands.sources.<name>]).
+SIGNED_SOURCE_TYPES = frozenset({"mqtt"})
+
+
 class CommandsConfig(Base):
     enabled: bool = False
     max_age: Duration = Duration(30.0)  # older commands (e.g. queued while offline) are refused
+    max_future: Duration = Duration(5.0)  # a command stamped further ahead of the gateway's clock is refused
     audit_retention: Duration = Duration(365 * 86400.0)  # audit rows are kept this long
+    audit_max_rows: int = 100_000  # the audit trail's own bound: oldest rows dropped (and counted)
+    audit_max_bytes: ByteSize | None = None  # default: 1/16 of [buffer] max_bytes, at most 16 MiB
     timeout: Duration = Duration(10.0)  # a driver write with read-back taking longer: failed
+    sources: dict[str, CommandSource] = {}  # MQTT uplink name -> how its commands are authenticated
     tags: list[CommandTag] = []
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.max_age <= 86400:
             raise ValueError("max_age must be between 100ms and 24h")
+        if not 0 <= self.max_future <= 60:
+            raise ValueError("max_future must be between 0s and 60s")
         if self.audit_retention < 86400:
             raise ValueError("audit_retention must be at least 1d")
+        if not 10 <= self.audit_max_rows <= 10_000_000:
+            raise ValueError("audit_max_rows must be between 10 and 10000000")
+        if self.audit_max_bytes is not None and self.audit_max_bytes < 64 * 1024:
+            raise ValueError("audit_max_bytes must be at least 64KiB")
         if not 0.1 <= self.timeout <= 300:
             raise ValueError("timeout must be between 100ms and 5m")
+
+    @property
+    def duplicate_window(self) -> float:
+        """Seconds a command id is remembered: as long as a command with that id can pass the age checks."""
+        return float(self.max_age) + float(self.max_future)
+
+
+def audit_max_bytes(config: Config) -> int:
+    """The audit trail's byte bound: what is configured, else 1/16 of the buffer (at most 16 MiB)."""
+    configured = config.commands.audit_max_bytes
+    return int(configured) if configured is not None else min(16 * 1024**2, int(config.buffer.max_bytes) // 16)
+
+
+def command_signing(config: Config) -> dict[str, CommandSource]:
+    """The signing rule of every source that has one: the configured ones, and a rule that cannot
+    be met (signatures required, no keys) for a signed-type uplink with commands but no entry."""
+    rules = dict(config.commands.sources)
+    for up in config.uplinks:
+        if up.type in SIGNED_SOURCE_TYPES and getattr(up, "commands", False) and up.name not in rules:
+            rules[up.name] = CommandSource()  # signatures required, no keys: every command is refused
+    return rules
 
 
 def command_value_kind(tag: Any) -> Literal["number", "bool", "string"] | None:
@@ -550,12 +601,38 @@ def command_value_kind(tag: Any) -> Literal["number", "bool", "string"] | None:
     return "number" if isinstance(dtype, str) and dtype else None
 
 
-def _check_commands(cmds: CommandsConfig, devices: list[Any], uplinks: list[Any], file: str) -> None:
-    """Every listed tag exists and its driver can write it; every source is an uplink or 'cli'."""
+def _check_commands(
+    cmds: CommandsConfig, devices: list[Any], uplinks: list[Any], file: str, buffer: BufferConfig | None = None
+) -> None:
+    """Every listed tag exists and its driver can write it; every source is an uplink or 'cli'; every
+    MQTT source says how it is authenticated; the audit bound leaves room for the samples."""
     from edged import registry  # local: registry imports this module
 
+    if buffer is not None and cmds.audit_max_bytes is not None and cmds.audit_max_bytes > buffer.max_bytes // 4:
+        raise ConfigError(
+            f"audit_max_bytes ({int(cmds.audit_max_bytes)}) must be at most a quarter of [buffer] max_bytes "
+            f"({int(buffer.max_bytes)}): the audit trail shares the buffer's size cap with the samples",
+            file=file,
+            path="commands.audit_max_bytes",
+        )
+    by_name = {u.name: u for u in uplinks}
+    for name in cmds.sources:
+        up = by_name.get(name)
+        if up is None or up.type not in SIGNED_SOURCE_TYPES:
+            raise ConfigError(
+                f"{name!r} is not an MQTT uplink: signing keys apply to MQTT command sources",
+                file=file,
+                path=f"commands.sources.{name}",
+            )
+        if cmds.sources[name].require_signature and not cmds.sources[name].keys:
+            raise ConfigError(
+                'give the signing keys (keys = { k1 = { env = "..." } }), or require_signature = false '
+                "(broker ACLs only)",
+                file=file,
+                path=f"commands.sources.{name}",
+            )
     tags = {dev.tag_path(t): (dev, t) for dev in devices for t in dev.tags}
-    sources = {u.name for u in uplinks} | {COMMAND_SOURCE_CLI}
+    sources = set(by_name) | {COMMAND_SOURCE_CLI}
     seen: dict[str, int] = {}
     for i, entry in enumerate(cmds.tags):
         label = f"commands.tags[{i}] ({entry.tag})"
@@ -589,6 +666,20 @@ def _check_commands(cmds: CommandsConfig, devices: list[Any], uplinks: list[Any]
                 known = ", ".join(sorted(sources))
                 raise ConfigError(
                     f"unknown source {src!r}: a source is an uplink name or 'cli' (known: {known})",
+                    file=file,
+                    path=f"{label}.sources",
+                )
+            up = by_name.get(src)
+            if (
+                up is not None
+                and up.type in SIGNED_SOURCE_TYPES
+                and getattr(up, "commands", False)
+                and src not in cmds.sources
+            ):
+                raise ConfigError(
+                    f"source {src!r} receives MQTT commands: say how they are authenticated, with signing keys "
+                    f'([commands.sources.{src}] keys = {{ k1 = {{ env = "..." }} }}) or '
+                    f"[commands.sources.{src}] require_signature = false (broker ACLs only)",
                     file=file,
                     path=f"{label}.sources",
                 )
@@ -731,7 +822,7 @@ def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | No
                 )
             tags_seen[full] = f"devices[{di}].tags[{ti}]"
     commands = _convert(raw.get("commands", {}), CommandsConfig, file=file, path="commands", base_dir=base)
-    _check_commands(commands, devices, uplinks, file)
+    _check_commands(commands, devices, uplinks, file, buffer)
     return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file, commands=commands)
 
 

@@ -123,6 +123,12 @@ class _Collector:
         for (source, result), n in sorted(d.commands.outcomes.items()):
             cmds.add_metric([source, result], n)
         yield cmds
+        refused = CounterMetricFamily(
+            "edged_command_refusals", "Write commands not accepted, by source and code", labels=["source", "code"]
+        )
+        for (source, code), n in sorted(d.commands.refusals.items()):
+            refused.add_metric([source, code], n)
+        yield refused
 
 
 def _plugin_counters(kind: str, counts: dict[str, dict[str, float]]) -> Any:

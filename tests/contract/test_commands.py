@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import signal
 import struct
 import sys
@@ -29,12 +30,14 @@ from buffer.store import Store
 from drivers.modbus import Driver as ModbusDriver
 from drivers.opcua import Driver as OpcuaDriver
 from edged import cli
-from edged.commands import AuditTrail, Command, CommandGate, CommandResult, Result
+from edged.commands import AuditTrail, Command, CommandGate, CommandResult, Result, canonical, sign
 from edged.config import Config, parse
+from edged.model import Sample
 from edged.plugin import PluginContext
 from peers.modbus_server import ModbusPeer, Unit
 from peers.mosquitto import Mosquitto, free_port
 from peers.opcua_server import PlantServer
+from peers.waiting import eventually
 from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import serve_commands
 from uplink.opcua import Uplink as OpcuaUplink
@@ -106,15 +109,24 @@ def registers(peer: ModbusPeer) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def modbus_gate(
-    tmp_path: Path, peer: ModbusPeer, sources: list[str], uplinks: list[dict[str, Any]] | None = None
+    tmp_path: Path,
+    peer: ModbusPeer,
+    sources: list[str],
+    uplinks: list[dict[str, Any]] | None = None,
+    *,
+    gateway: str = GW,
+    **settings: Any,
 ) -> AsyncIterator[tuple[CommandGate, Store, Config]]:
-    """A gate in front of a really connected Modbus driver, auditing into a real buffer file."""
+    """A gate in front of a really connected Modbus driver, auditing into a real buffer file;
+    `signing` is [commands.sources], other `settings` go into [commands]."""
+    signing = settings.pop("signing", {})
     cfg = parse(
         {
-            "gateway": {"id": GW, "data_dir": str(tmp_path)},
+            "gateway": {"id": gateway, "data_dir": str(tmp_path)},
+            "buffer": {"max_bytes": settings.pop("max_bytes", "1GiB")},
             "devices": [press_device(peer.port)],
             "uplinks": uplinks or [{"name": "cloud", "type": "mqtt"}, {"name": "scada", "type": "mqtt"}],
-            "commands": commands(sources),
+            "commands": commands(sources) | {"sources": signing} | settings,
         }
     )
     ctx = PluginContext(GW, tmp_path, logging.getLogger("test.commands.press"))
@@ -295,7 +307,8 @@ async def test_mqtt_commands_and_replies_through_mosquitto(
     tmp_path: Path, peer: ModbusPeer, mosquitto: Mosquitto
 ) -> None:
     up = {"name": "cloud", "type": "mqtt", "host": "127.0.0.1", "port": mosquitto.port, "commands": True}
-    async with modbus_gate(tmp_path, peer, ["cloud"], uplinks=[up]) as (gate, _, cfg):
+    acl_only = {"cloud": {"require_signature": False}}
+    async with modbus_gate(tmp_path, peer, ["cloud"], uplinks=[up], signing=acl_only) as (gate, _, cfg):
         up_cfg = cfg.uplinks[0]
         assert isinstance(up_cfg, MqttConfig)
         log = logging.getLogger("test.commands.mqtt")
@@ -307,7 +320,7 @@ async def test_mqtt_commands_and_replies_through_mosquitto(
             asyncio.TaskGroup() as tg,
         ):
             await client.subscribe("edged/gw/cmd/reply", qos=1)
-            await client.subscribe("optimizer/replies", qos=1)
+            await client.subscribe("edged/gw/cmd/reply/optimizer", qos=1)
             now_ms = time.time_ns() // 1_000_000
             base = {"tag": "press/setpoint", "ts": now_ms, "user": "optimizer"}
             # retained on the broker: handed to the listener when it subscribes, and refused
@@ -331,8 +344,8 @@ async def test_mqtt_commands_and_replies_through_mosquitto(
             retained = await next_reply()
             assert (retained["id"], retained["result"]) == ("m0", "rejected")
             assert "retained message refused" in retained["reason"]
-            ok = await ask({"id": "m1", "value": 120.0, **base, "reply_to": "optimizer/replies"})
-            assert ok["topic"] == "optimizer/replies"
+            ok = await ask({"id": "m1", "value": 120.0, **base, "reply_to": "edged/gw/cmd/reply/optimizer"})
+            assert ok["topic"] == "edged/gw/cmd/reply/optimizer"
             assert {k: ok[k] for k in ("id", "tag", "result", "old", "new", "readback")} == {
                 "id": "m1", "tag": "press/setpoint", "result": "accepted", "old": None, "new": 120.0, "readback": 120.0,
             }  # fmt: skip
@@ -539,3 +552,243 @@ async def test_edged_write_beside_a_running_daemon(tmp_path: Path, peer: ModbusP
     assert len(lines) == 3
     assert ",bob," in lines[1] and ",accepted,ok," in lines[1]
     assert ",rejected,out_of_range," in lines[2]
+
+
+# ----------------------------------------------------------------------------------------- MQTT: signed commands
+
+DOC = Path(__file__).parents[2] / "docs" / "commands.md"
+DOC_KEY = b"the key shared with the gateway"  # the key in the docs' example
+
+
+def doc_sender() -> dict[str, Any]:
+    """The Python sender of docs/commands.md, run as written."""
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S) if "def signed_command" in b]
+    ns: dict[str, Any] = {}
+    exec(block, ns)  # the documentation's own example
+    return ns
+
+
+def signed_wire(cmd_id: str, value: Any, ts_ms: int, *, reply_to: str | None = None, key: bytes = DOC_KEY) -> bytes:
+    """A signed command with a chosen timestamp (the docs' sender always stamps now)."""
+    cmd = Command(cmd_id, "optimizer", "optimizer", "press/setpoint", value, ts_ms * 1_000_000, reply_to)
+    sig = sign(key, "k1", cmd)
+    doc = {"id": cmd_id, "tag": cmd.tag, "value": value, "ts": ts_ms, "user": "optimizer", "reply_to": reply_to}
+    return json.dumps(doc | {"sig": {"kid": sig.kid, "hmac": sig.hmac}}).encode()
+
+
+class Replies:
+    """A test client's view of one broker: publish commands, collect every answer by topic."""
+
+    def __init__(self, client: aiomqtt.Client, command_topic: str) -> None:
+        self.client = client
+        self.command_topic = command_topic
+        self.got: list[dict[str, Any]] = []
+
+    async def collect(self) -> None:
+        async for msg in self.client.messages:
+            doc: dict[str, Any] = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+            self.got.append(doc | {"topic": str(msg.topic)})
+
+    async def ask(self, payload: bytes, reply_id: str | None) -> dict[str, Any]:
+        """Publish and wait for the answer carrying `reply_id` (None: a command without a readable id)."""
+        n = len(self.got)
+        await self.client.publish(self.command_topic, payload, qos=1)
+        await eventually(lambda: any(r["id"] == reply_id for r in self.got[n:]), 15, f"the answer to {reply_id}")
+        return next(r for r in self.got[n:] if r["id"] == reply_id)
+
+
+async def listening(log: logging.Logger, topic: str) -> _Seen:
+    seen = _Seen(f"listening for commands on {topic}")
+    log.addHandler(seen)
+    log.setLevel(logging.INFO)
+    return seen
+
+
+@pytest.mark.timeout(90)
+async def test_signed_mqtt_commands_and_every_refusal_through_mosquitto(
+    tmp_path: Path, peer: ModbusPeer, mosquitto: Mosquitto
+) -> None:
+    gw = "press-gw"  # the gateway of the docs' example
+    up = {"name": "optimizer", "type": "mqtt", "host": "127.0.0.1", "port": mosquitto.port, "commands": True}
+    signing = {"optimizer": {"keys": {"k1": DOC_KEY.decode()}}}
+    async with modbus_gate(
+        tmp_path, peer, ["optimizer"], [up], gateway=gw, signing=signing, max_age="6s", max_future="4s"
+    ) as (gate, store, cfg):
+        up_cfg = cfg.uplinks[0]
+        assert isinstance(up_cfg, MqttConfig)
+        log = logging.getLogger("test.commands.signed")
+        seen = await listening(log, f"edged/{gw}/cmd")
+        sender = doc_sender()
+        # the canonical bytes shown in the docs are what the gateway computes
+        shown = re.search(r'^\{"id":"opt-0001".*\}$', DOC.read_text(), re.M)
+        assert shown is not None
+        canon = json.loads(shown.group(0))
+        assert canonical(**{"cmd_id" if k == "id" else "ts_ns" if k == "ts" else k: v for k, v in canon.items()}) == (
+            shown.group(0).encode()
+        )
+        async with (
+            aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="optimizer-test") as client,
+            asyncio.TaskGroup() as tg,
+        ):
+            for topic in (f"edged/{gw}/cmd/reply/#", f"edged/{gw}/cmd/reply", f"edged/{gw}/live"):
+                await client.subscribe(topic, qos=1)
+            r = Replies(client, f"edged/{gw}/cmd")
+            collector = tg.create_task(r.collect(), name="replies")
+            listener = tg.create_task(serve_commands(up_cfg, PluginContext(gw, tmp_path, log), gate), name="listener")
+            async with asyncio.timeout(10):
+                await seen.event.wait()
+
+            ok = await r.ask(sender["payload"], "opt-0001")  # the docs' example, as it stands
+            assert (ok["result"], ok["readback"], ok["topic"]) == ("accepted", 120.0, f"edged/{gw}/cmd/reply/optimizer")
+            assert registers(peer)[SP : SP + 2] == f32(120.0)
+            replay = await r.ask(sender["payload"], "opt-0001")
+            assert (replay["code"], replay["result"]) == ("duplicate", "rejected")
+
+            now_ms = time.time_ns() // 1_000_000
+            unsigned = json.dumps({"id": "u1", "tag": "press/setpoint", "value": 90.0, "ts": now_ms}).encode()
+            assert (await r.ask(unsigned, "u1"))["code"] == "unsigned"
+            wrong_key = sender["signed_command"](b"a guessed key, not the real one", "k1", "b1", "press/setpoint", 90.0)
+            assert (await r.ask(wrong_key, "b1"))["code"] == "bad_signature"
+            tampered = json.loads(sender["signed_command"](DOC_KEY, "k1", "b2", "press/setpoint", 90.0))
+            tampered["value"] = 140.0
+            assert (await r.ask(json.dumps(tampered).encode(), "b2"))["code"] == "bad_signature"
+            future = await r.ask(signed_wire("f9", 90.0, now_ms + 10_000), "f9")
+            assert future["code"] == "stale" and "in the future (max_future 4s)" in future["reason"]
+            big = await r.ask(json.dumps({"id": "x", "value": "v" * 60_000}).encode(), None)
+            assert (big["code"], big["topic"]) == ("too_large", f"edged/{gw}/cmd/reply")
+            aimed = await r.ask(signed_wire("a1", 90.0, now_ms, reply_to=f"edged/{gw}/live"), "a1")
+            assert (aimed["code"], aimed["topic"]) == ("malformed", f"edged/{gw}/cmd/reply")
+            assert "is not under 'edged/press-gw/cmd/reply/'" in aimed["reason"]
+            assert registers(peer)[SP : SP + 2] == f32(120.0)  # none of those reached the device
+
+            # stamped ahead (within max_future), then a newer setpoint, then the first replayed after max_age
+            first_ms = time.time_ns() // 1_000_000
+            ahead = signed_wire("f1", 100.0, first_ms + 3_500)
+            assert (await r.ask(ahead, "f1"))["result"] == "accepted"
+            assert (await r.ask(signed_wire("f2", 105.0, first_ms), "f2"))["result"] == "accepted"
+            await asyncio.sleep(max(0.0, first_ms / 1000 + 6.5 - time.time()))  # the clock must pass max_age
+            late = await r.ask(ahead, "f1")
+            assert (late["result"], late["code"]) == ("rejected", "duplicate"), late
+            assert registers(peer)[SP : SP + 2] == f32(105.0)  # the newer setpoint stands
+            listener.cancel()
+            collector.cancel()
+        assert not [m for m in r.got if m["topic"] == f"edged/{gw}/live"]
+        rows = store.audit_rows()
+    assert [(row.cmd_id, row.code) for row in rows] == [
+        ("opt-0001", "ok"), ("opt-0001", "duplicate"), ("u1", "unsigned"), ("b1", "bad_signature"),
+        ("b2", "bad_signature"), ("f9", "stale"), (None, "too_large"), ("a1", "malformed"),
+        ("f1", "ok"), ("f2", "ok"), ("f1", "duplicate"),
+    ]  # fmt: skip
+    assert all(row.reason for row in rows) and rows[6].value is None
+
+
+ACL = """
+user gw
+topic read edged/gw/cmd
+topic write edged/gw/cmd/reply
+topic write edged/gw/cmd/reply/#
+
+user cloud
+topic write edged/gw/cmd
+topic read edged/gw/cmd/reply
+topic read edged/gw/cmd/reply/#
+
+user intruder
+topic read edged/gw/cmd/reply
+topic read edged/gw/cmd/reply/#
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_signed_commands_through_a_broker_with_passwords_and_acls(tmp_path: Path, peer: ModbusPeer) -> None:
+    (tmp_path / "broker").mkdir()
+    users = {"gw": "gw-pass-1", "cloud": "cloud-pass-1", "intruder": "intruder-pass-1"}
+    broker = Mosquitto(tmp_path / "broker", users=users, acl=ACL)
+    broker.start()
+    try:
+        up = {"name": "cloud", "type": "mqtt", "host": "127.0.0.1", "port": broker.port, "commands": True,
+              "username": "gw", "password": "gw-pass-1"}  # fmt: skip
+        signing = {"cloud": {"keys": {"k1": DOC_KEY.decode()}}}
+        async with modbus_gate(tmp_path, peer, ["cloud"], [up], signing=signing) as (gate, store, cfg):
+            up_cfg = cfg.uplinks[0]
+            assert isinstance(up_cfg, MqttConfig)
+            log = logging.getLogger("test.commands.acl")
+            seen = await listening(log, "edged/gw/cmd")
+            sender = doc_sender()["signed_command"]
+            async with (
+                aiomqtt.Client("127.0.0.1", broker.port, username="cloud", password="cloud-pass-1") as cloud,
+                aiomqtt.Client("127.0.0.1", broker.port, username="intruder", password="intruder-pass-1") as bad,
+                asyncio.TaskGroup() as tg,
+            ):
+                await cloud.subscribe("edged/gw/cmd/reply/#", qos=1)
+                r = Replies(cloud, "edged/gw/cmd")
+                collector = tg.create_task(r.collect(), name="replies")
+                ctx = PluginContext(GW, tmp_path, log)
+                listener = tg.create_task(serve_commands(up_cfg, ctx, gate), name="listener")
+                async with asyncio.timeout(10):
+                    await seen.event.wait()
+                # the broker drops what the intruder publishes (its ACL has no write on the command topic)
+                await bad.publish("edged/gw/cmd", sender(DOC_KEY, "k1", "i1", "press/setpoint", 140.0), qos=1)
+                reply_to = "edged/gw/cmd/reply/cloud"
+                ok = await r.ask(sender(DOC_KEY, "k1", "c1", "press/setpoint", 125.5, "cloud", reply_to), "c1")
+                assert (ok["result"], ok["readback"], ok["topic"]) == ("accepted", 125.5, reply_to)
+                assert registers(peer)[SP : SP + 2] == f32(125.5)
+                unsigned = {"id": "c2", "tag": "press/setpoint", "value": 1.0, "ts": time.time_ns() // 1_000_000,
+                            "reply_to": reply_to}  # fmt: skip
+                assert (await r.ask(json.dumps(unsigned).encode(), "c2"))["code"] == "unsigned"
+                listener.cancel()
+                collector.cancel()
+            rows = store.audit_rows()
+    finally:
+        broker.stop()
+    assert [(row.cmd_id, row.code, row.user) for row in rows] == [("c1", "ok", "cloud"), ("c2", "unsigned", None)]
+    assert registers(peer)[SP : SP + 2] == f32(125.5)
+
+
+# ----------------------------------------------------------------------------------------- MQTT: floods
+
+
+@pytest.mark.timeout(120)
+async def test_a_flood_of_large_commands_does_not_push_out_unsent_samples(
+    tmp_path: Path, peer: ModbusPeer, mosquitto: Mosquitto
+) -> None:
+    max_bytes = 8 * 1024 * 1024
+    up = {"name": "cloud", "type": "mqtt", "host": "127.0.0.1", "port": mosquitto.port, "commands": True}
+    async with modbus_gate(
+        tmp_path, peer, ["cloud"], [up], signing={"cloud": {"require_signature": False}}, enabled=False,
+        audit_max_rows=100, audit_max_bytes="64KiB", max_bytes="8MiB",
+    ) as (gate, store, cfg):  # fmt: skip
+        store.register_uplink("cloud")
+        t0 = time.time_ns()
+        for chunk in range(10):  # 100 000 samples nobody has acknowledged: about half the buffer
+            store.append([Sample(f"press/t{i % 50}", t0 + chunk * 10_000 + i, float(i), 0, 100) for i in range(10_000)])
+        owed = store.backlog("cloud")[0]
+        assert owed == 100_000 and store.used_bytes() < max_bytes * 0.7
+        up_cfg = cfg.uplinks[0]
+        assert isinstance(up_cfg, MqttConfig)
+        log = logging.getLogger("test.commands.flood")
+        seen = await listening(log, "edged/gw/cmd")
+        async with (
+            aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="flood") as client,
+            asyncio.TaskGroup() as tg,
+        ):
+            listener = tg.create_task(serve_commands(up_cfg, PluginContext(GW, tmp_path, log), gate), name="listener")
+            async with asyncio.timeout(10):
+                await seen.event.wait()
+            now_ms = time.time_ns() // 1_000_000
+            for i in range(250):  # 60 KB each: refused unread
+                doc = {"id": f"big{i}", "tag": "press/label", "value": "x" * 60_000, "ts": now_ms}
+                await client.publish("edged/gw/cmd", json.dumps(doc).encode(), qos=1)
+            for i in range(250):  # 7 KB each: read, refused, recorded cut to a bounded size
+                doc = {"id": f"mid{i}", "tag": "press/label", "value": "y" * 7_000, "ts": now_ms}
+                await client.publish("edged/gw/cmd", json.dumps(doc).encode(), qos=1)
+            await eventually(lambda: gate.outcomes[("cloud", "rejected")] == 500, 60, "every command answered")
+            listener.cancel()
+        stats = store.audit_stats()
+        assert stats.rows <= 100 and stats.bytes <= 64 * 1024 and stats.dropped == 500 - stats.rows
+        assert gate.refusals[("cloud", "too_large")] == 250 and gate.refusals[("cloud", "disabled")] == 250
+        trimmed = store.trim(retention_ns=10**18, max_bytes=max_bytes)
+        assert trimmed.deleted == 0 and store.backlog("cloud")[0] == owed
+        assert store.used_bytes() < max_bytes
+        rows = store.audit_rows()
+    assert rows[-1].cmd_id == "mid249" and isinstance(rows[-1].value, str) and len(rows[-1].value) < 1100

@@ -17,9 +17,12 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    """One broker process on a fixed port, so clients reconnect to the same address after restart."""
+    """One broker process on a fixed port, so clients reconnect to the same address after restart.
+    With `users` (name -> password) only they may connect; `acl` is a mosquitto ACL file's text."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, users: dict[str, str] | None = None, acl: str | None = None
+    ) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
@@ -27,8 +30,20 @@ class Mosquitto:
         self.port = port or free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
+        auth = "allow_anonymous true\n"
+        if users:
+            passwd = workdir / "mosquitto.passwd"
+            passwd.write_text("")
+            for name, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwd), name, password], check=True, capture_output=True)
+            passwd.chmod(0o600)
+            auth = f"allow_anonymous false\npassword_file {passwd}\n"
+        if acl is not None:
+            (workdir / "mosquitto.acl").write_text(acl)
+            (workdir / "mosquitto.acl").chmod(0o600)
+            auth += f"acl_file {workdir / 'mosquitto.acl'}\n"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+            f"listener {self.port} 127.0.0.1\n{auth}user {getpass.getuser()}\n"
             f"persistence true\npersistence_location {workdir}/\nautosave_interval 0\n"
             "max_inflight_messages 1000\nmax_queued_messages 100000\nlog_type error\n"
         )

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
+import hmac
 import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from buffer.store import Store
@@ -25,14 +28,18 @@ from edged.commands import (
     CommandResult,
     ReadbackMismatch,
     Result,
+    Signature,
+    canonical,
     export_audit,
     parse_value,
     same_value,
+    sign,
     timestamp_ns,
 )
-from edged.config import Config, parse
+from edged.config import Config, audit_max_bytes, parse
 from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Sample, Status, Value
+from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import decode_command
 
 NS = 1_000_000_000
@@ -184,7 +191,7 @@ async def test_values_keep_their_kind(rig: Rig) -> None:
     ("tag", "value", "kw", "code", "reason"),
     [
         ("press/setpoint", 120.0, {"age_s": 31}, "stale", "31.0s old (max_age 30s): refused, never replayed late"),
-        ("press/setpoint", 120.0, {"age_s": -31}, "stale", "31.0s in the future: check the sender's clock"),
+        ("press/setpoint", 120.0, {"age_s": -6}, "stale", "6.0s in the future (max_future 5s): check the sender"),
         ("press/nope", 1, {}, "unknown_tag", "unknown tag 'press/nope'"),
         ("oven/temp", 1.0, {}, "not_writable", "oven/temp is not writable by commands"),
         ("press/speed", 1, {}, "not_writable", "press/speed is not writable by commands (not listed under [commands])"),
@@ -487,6 +494,9 @@ def test_timestamps() -> None:
             timestamp_ns(bad)
 
 
+PREFIX = "edged/gw/cmd/reply/"
+
+
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
@@ -499,22 +509,49 @@ def test_timestamps() -> None:
         (b'{"id": "", "tag": "p/s", "value": 1, "ts": 1790000000000}', "id must be 1 to 128 characters"),
         (b'{"id": "a", "tag": "p/s", "value": 1, "ts": 1790000000000, "reply_to": "a/#"}', "reply_to 'a/#'"),
         (b'{"id": "a", "tag": "p/s", "value": 1, "ts": 1790000000000, "reply_to": "edged/gw/cmd"}', "reply_to"),
+        (b'{"id": "a", "tag": "p/s", "value": 1, "ts": 1790000000000, "reply_to": "edged/gw/live"}', "not under"),
+        (b'{"id": "a", "tag": "p/s", "value": 1, "ts": 1790000000000, "reply_to": "edged/gw/cmd/replyX"}', "not under"),
+        (b'{"id": "a", "value": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "malformed"),  # RecursionError before
+        (b'{"id": "a", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested too deeply"),
+        (b'{"id": "a", "tag": "p/s", "value": 1, "ts": "9999-12-31T23:59:59Z"}', "outside 1973..2262"),
+        (b'{"id": "a", "tag": "p/s", "value": 1, "ts": "0001-01-01T00:00:00+01:00"}', "outside 1973..2262"),
+        (b'{"id": "a", "tag": "p/s", "value": 1, "ts": 99999999999999}', "not unix milliseconds"),
+        (b'{"id": "a", "tag": "p/s", "value": 1, "ts": 1790000000000, "sig": "x"}', "Expected `object"),
     ],
 )
 def test_mqtt_command_payloads(payload: bytes, problem: str) -> None:
-    cmd, reply_to, got = decode_command(payload, "cloud", "edged/gw/cmd")
-    assert got is not None and problem in got
-    assert cmd.source == "cloud" and cmd.value is None
-    assert reply_to is None
+    got = decode_command(payload, "cloud", reply_prefix=PREFIX, max_bytes=300_000)
+    assert got.problem is not None and problem in got.problem
+    assert got.code == "malformed" and len(got.problem) <= 400
+    assert got.cmd.source == "cloud" and got.cmd.value is None
+    assert got.reply_to is None
 
 
-def test_mqtt_command_payload_ok_and_partial_ids() -> None:
-    good = b'{"id": "j1", "tag": "p/s", "value": 120.0, "ts": "2026-09-21T14:13:20Z", "user": "opt", "reply_to": "r/1"}'
-    cmd, reply_to, problem = decode_command(good, "cloud", "edged/gw/cmd")
-    assert problem is None and reply_to == "r/1"
-    assert cmd == Command("j1", "cloud", "opt", "p/s", 120.0, T0)
-    cmd, reply_to, problem = decode_command(b'{"id": "j2", "tag": "p/s", "reply_to": "r/2"}', "cloud", "x")
-    assert (cmd.id, cmd.tag, reply_to) == ("j2", "p/s", "r/2") and problem is not None
+def test_mqtt_command_payload_ok_partial_ids_and_size() -> None:
+    good = (
+        b'{"id": "j1", "tag": "p/s", "value": 120.0, "ts": "2026-09-21T14:13:20Z", "user": "opt",'
+        b' "reply_to": "edged/gw/cmd/reply/opt", "sig": {"kid": "k1", "hmac": "00"}}'
+    )
+    got = decode_command(good, "cloud", reply_prefix=PREFIX)
+    assert got.problem is None and got.reply_to == "edged/gw/cmd/reply/opt"
+    assert got.cmd == Command("j1", "cloud", "opt", "p/s", 120.0, T0, "edged/gw/cmd/reply/opt", Signature("k1", "00"))
+    got = decode_command(
+        b'{"id": "j2", "tag": "p/s", "reply_to": "edged/gw/cmd/reply/2"}', "cloud", reply_prefix=PREFIX
+    )
+    assert (got.cmd.id, got.cmd.tag, got.reply_to) == ("j2", "p/s", "edged/gw/cmd/reply/2") and got.problem
+    big = decode_command(b'{"id": "j3", "value": "' + b"x" * 9000 + b'"}', "cloud", reply_prefix=PREFIX)
+    assert (big.code, big.cmd.id, big.reply_to) == ("too_large", "", None)
+    assert big.problem == "command too large: 9025 bytes (max_command_size 8192): not read"
+
+
+async def test_a_timestamp_beyond_64_bits_is_answered_and_audited(rig: Rig) -> None:
+    for ts in (10**30, -(10**30)):
+        res = await rig.gate.submit(Command(f"t{ts > 0}", "cloud", None, "press/setpoint", 120.0, ts))
+        assert (res.result, res.code) == (Result.REJECTED, "stale")
+    assert [(r.code, r.cmd_ts_ns) for r in rig.store.audit_rows()] == [("stale", None), ("stale", None)]
+    res = await rig.send("press/setpoint", 2**70)
+    assert (res.code, res.reason) == ("too_large", "command too large: the value does not fit 64 bits")
+    assert rig.store.audit_rows()[-1].value == 2**70 and rig.driver.writes == []
 
 
 async def test_outcomes_are_counted_for_metrics(rig: Rig) -> None:
@@ -524,3 +561,242 @@ async def test_outcomes_are_counted_for_metrics(rig: Rig) -> None:
     assert rig.gate.outcomes[("cloud", "accepted")] == 1
     assert rig.gate.outcomes[("cloud", "rejected")] == 1
     assert rig.gate.outcomes[("intruder", "rejected")] == 1
+
+
+# ----------------------------------------------------------------------------------------- signatures
+
+KEY = "0123456789abcdef-cloud-key"
+SIGNED = {"name": "cloud", "type": "mqtt", "commands": True}
+
+
+def signed_config(**source: Any) -> Config:
+    raw: dict[str, Any] = {
+        "gateway": {"id": "gw", "data_dir": "/tmp"},
+        "devices": [DEVICE],
+        "uplinks": [SIGNED, {"name": "scada", "type": "mqtt"}],
+        "commands": COMMANDS | {"sources": {"cloud": source or {"keys": {"k1": KEY, "k2": "another-key-0123456"}}}},
+    }
+    return parse(raw)
+
+
+def test_canonical_form_is_fixed_order_compact_json() -> None:
+    got = canonical("j1", "press/setpoint", 120.0, T0, "opt", "edged/gw/cmd/reply/x")
+    assert got == (
+        b'{"id":"j1","tag":"press/setpoint","value":120.0,"ts":1790000000000000000,"user":"opt",'
+        b'"reply_to":"edged/gw/cmd/reply/x"}'
+    )
+    assert (
+        canonical("j", "p/s", True, 1, None, None)
+        == b'{"id":"j","tag":"p/s","value":true,"ts":1,"user":null,"reply_to":null}'
+    )
+    assert (
+        canonical("j", "p/s", "Grüße\n", 1)
+        == '{"id":"j","tag":"p/s","value":"Grüße\\n","ts":1,"user":null,"reply_to":null}'.encode()
+    )
+    expected = hmac.new(KEY.encode(), got, hashlib.sha256).hexdigest()
+    cmd = Command("j1", "cloud", "opt", "press/setpoint", 120.0, T0, "edged/gw/cmd/reply/x")
+    assert sign(KEY.encode(), "k1", cmd) == Signature("k1", expected)
+
+
+def signed(rig: Rig, cid: str, value: Value, *, key: str = KEY, kid: str = "k1", age_s: float = 0.0) -> Command:
+    cmd = Command(cid, "cloud", "opt", "press/setpoint", value, rig.clock.now - int(age_s * NS))
+    return msgspec.structs.replace(cmd, sig=sign(key.encode(), kid, cmd))
+
+
+@pytest.fixture
+def srig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path, signed_config())
+    r.seed("press/setpoint", 110.0)
+    try:
+        yield r
+    finally:
+        r.store.close()
+
+
+async def test_signed_commands_pass_and_every_other_is_refused(srig: Rig) -> None:
+    assert (await srig.gate.submit(signed(srig, "s1", 115.0))).ok
+    srig.clock.now += 6 * NS
+    assert (await srig.gate.submit(signed(srig, "s2", 116.0, kid="k2", key="another-key-0123456"))).ok
+    cases = [
+        (Command("s3", "cloud", "opt", "press/setpoint", 117.0, srig.clock.now), "unsigned", "requires a signature"),
+        (signed(srig, "s4", 117.0, key="not-the-key-0123456"), "bad_signature", "altered or signed otherwise"),
+        (signed(srig, "s5", 117.0, kid="k9"), "bad_signature", "unknown key id 'k9'"),
+        (msgspec.structs.replace(signed(srig, "s6", 117.0), value=140.0), "bad_signature", "altered"),
+        (msgspec.structs.replace(signed(srig, "s7", 117.0), reply_to="x/y"), "bad_signature", "altered"),
+        (msgspec.structs.replace(signed(srig, "s8", 117.0), sig=Signature("k1", "zz")), "bad_signature", "not a hex"),
+    ]
+    for cmd, code, reason in cases:
+        res = await srig.gate.submit(cmd)
+        assert (res.result, res.code) == (Result.REJECTED, code) and reason in res.reason, res.reason
+        assert res.status == 0x80130000  # BadSecurityChecksFailed
+    assert srig.driver.writes == [("setpoint", 115.0), ("setpoint", 116.0)]
+    assert [r.code for r in srig.store.audit_rows()] == ["ok", "ok"] + [c for _, c, _ in cases]
+    assert srig.gate.refusals[("cloud", "bad_signature")] == 5 and srig.gate.refusals[("cloud", "unsigned")] == 1
+    # a badly signed command does not burn its id: the real one still goes through
+    srig.clock.now += 6 * NS
+    assert (await srig.gate.submit(signed(srig, "s4", 117.0))).ok
+
+
+async def test_broker_acls_only_is_an_explicit_opt_out(tmp_path: Path) -> None:
+    r = Rig(tmp_path, signed_config(require_signature=False))
+    r.seed("press/setpoint", 110.0)
+    assert (await r.gate.submit(Command("u1", "cloud", "opt", "press/setpoint", 115.0, r.clock.now))).ok
+
+
+def test_every_mqtt_command_source_says_how_it_is_authenticated(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw: dict[str, Any] = {
+        "gateway": {"id": "gw", "data_dir": "/tmp"},
+        "devices": [DEVICE],
+        "uplinks": [SIGNED],
+        "commands": {"enabled": True, "tags": [{"tag": "press/mode", "sources": ["cloud"]}]},
+    }
+    with pytest.raises(ConfigError, match=r"source 'cloud' receives MQTT commands: say how they are authenticated"):
+        parse(raw)
+    with pytest.raises(ConfigError, match=r"commands.sources.cloud: give the signing keys"):
+        parse(raw | {"commands": raw["commands"] | {"sources": {"cloud": {}}}})
+    with pytest.raises(ConfigError, match="too short"):
+        parse(raw | {"commands": raw["commands"] | {"sources": {"cloud": {"keys": {"k1": "short"}}}}})
+    with pytest.raises(ConfigError, match="'erp' is not an MQTT uplink"):
+        parse(raw | {"commands": raw["commands"] | {"sources": {"erp": {"require_signature": False}}}})
+    monkeypatch.setenv("EDGED_TEST_KEY", KEY)
+    cfg = parse(
+        raw | {"commands": raw["commands"] | {"sources": {"cloud": {"keys": {"k1": {"env": "EDGED_TEST_KEY"}}}}}}
+    )
+    assert "EDGED_TEST_KEY" in repr(cfg.commands.sources["cloud"].keys["k1"]) and KEY not in repr(cfg.commands)
+
+
+async def test_an_mqtt_source_with_commands_but_no_rule_is_refused_unsigned(tmp_path: Path) -> None:
+    raw: dict[str, Any] = {
+        "gateway": {"id": "gw", "data_dir": "/tmp"},
+        "devices": [DEVICE],
+        "uplinks": [SIGNED, {"name": "other", "type": "mqtt"}],
+        "commands": {"enabled": True, "tags": [{"tag": "press/mode", "sources": ["other"]}]},
+    }
+    r = Rig(tmp_path, parse(raw))
+    res = await r.gate.submit(Command("x", "cloud", None, "press/mode", 1, r.clock.now))
+    assert res.code == "unsigned"
+
+
+# ----------------------------------------------------------------------------------------- size, replay
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("id", "i" * 129, "id has 129 characters (at most 128)"),
+        ("user", "u" * 129, "user has 129 characters"),
+        ("tag", "press/" + "t" * 251, "tag has 257 characters"),
+        ("reply_to", "r" * 257, "reply_to has 257 characters"),
+        ("value", "v" * 60_000, "value has 60000 characters (at most 1024)"),
+    ],
+)
+async def test_oversized_commands_are_refused_and_audited_cut(rig: Rig, field: str, value: str, why: str) -> None:
+    cmd = msgspec.structs.replace(Command("big", "cloud", "u", "press/label", "x", rig.clock.now), **{field: value})
+    res = await rig.gate.submit(cmd)
+    assert (res.result, res.code) == (Result.REJECTED, "too_large")
+    assert res.reason.startswith(f"command too large: {why}")
+    assert res.status == 0x80080000 and rig.driver.writes == []
+    (row,) = rig.store.audit_rows()
+    assert row.code == "too_large"
+    assert max(len(str(v)) for v in (row.cmd_id, row.user, row.tag, row.value)) < 1100
+
+
+async def test_a_future_stamped_command_replayed_after_max_age_is_a_duplicate(rig: Rig) -> None:
+    first = Command("f1", "cloud", "opt", "press/setpoint", 120.0, rig.clock.now + 4 * NS)  # within max_future
+    assert (await rig.gate.submit(first)).ok
+    rig.clock.now += 31_500_000_000  # replayed 31.5 s later: the stamp is only 27.5 s old
+    again = await rig.gate.submit(first)
+    assert again.code == "duplicate" and "first seen 31.5s ago" in again.reason
+    rig.clock.now += 4 * NS  # now older than max_age: stale, and the id may be forgotten
+    assert (await rig.gate.submit(first)).code == "stale"
+    assert rig.driver.writes == [("setpoint", 120.0)]
+
+
+async def test_the_duplicate_window_survives_a_restart_and_the_audit_bound(tmp_path: Path) -> None:
+    cfg = config(COMMANDS | {"audit_max_rows": 10})
+    r = Rig(tmp_path, cfg)
+    r.seed("press/setpoint", 110.0)
+    assert (await r.send("press/setpoint", 120.0, id="keep")).ok
+    for i in range(30):  # pushes the accepted row out of the bounded audit trail
+        await r.send("press/nope", 1, id=f"n{i}")
+    assert "keep" not in [row.cmd_id for row in r.store.audit_rows()]
+    r.store.close()
+    r.store = Store(tmp_path / "buffer.db")  # a restart
+    r.gate = CommandGate(cfg, AuditTrail.for_store(r.store), r._lookup, clock=r.clock)
+    r.clock.now += 2 * NS
+    assert (await r.send("press/setpoint", 121.0, id="keep")).code == "duplicate"
+    assert (await r.send("press/setpoint", 121.0, id="other")).code == "min_interval"  # from command_writes
+    assert r.store.audit_stats().dropped == 23  # 33 rows, 10 kept
+
+
+def test_the_audit_trail_is_bounded_in_rows_and_bytes(tmp_path: Path) -> None:
+    with Store(tmp_path / "b.db") as s:
+        for i in range(50):
+            row = s.audit_begin(received_ns=T0 + i, source="cloud", user="u", cmd_id=f"c{i}", tag="p/s",
+                                value="x" * 1000, cmd_ts_ns=T0, max_rows=1000, max_bytes=20_000)  # fmt: skip
+            s.audit_finish(row, result="rejected", code="type", reason="r" * 400, readback=None, finished_ns=T0,
+                           max_rows=1000, max_bytes=20_000)  # fmt: skip
+        stats = s.audit_stats()
+        rows = s.audit_rows()
+        assert 18_000 < stats.bytes <= 20_000 and stats.rows == len(rows) < 20
+        assert stats.dropped == 50 - len(rows) and rows[-1].cmd_id == "c49"
+        for i in range(50, 80):
+            s.audit_begin(received_ns=T0 + i, source="cloud", user=None, cmd_id=f"c{i}", tag="p/s", value=1,
+                          cmd_ts_ns=T0, max_rows=10, max_bytes=1_000_000)  # fmt: skip
+        stats = s.audit_stats()
+        assert stats.rows == 10 == len(s.audit_rows()) and stats.dropped == 70
+        assert stats.bytes == sum(
+            64 + len("cloud") + len(r.cmd_id or "") + len("p/s") + len("1") for r in s.audit_rows()
+        )
+        assert s.audit_trim(T0 + 75) == 5 and s.audit_stats().rows == 5
+
+
+async def test_an_inbox_row_runs_as_cli_whatever_source_it_claims(rig: Rig) -> None:
+    item = rig.store.inbox_submit(cmd_id="x2", source="cloud", user="mallory", tag="press/mode", value=1,
+                                  cmd_ts_ns=T0)  # fmt: skip
+    task = asyncio.create_task(rig.gate.serve_inbox(poll_s=0.01))
+    try:
+        async with asyncio.timeout(10):
+            while rig.store.inbox_state(item)[0] != "done":  # noqa: ASYNC110 - the gate polls the table
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    (row,) = rig.store.audit_rows()
+    assert (row.source, row.code) == ("cli", "unauthorised")  # press/mode may be written by cloud only
+    assert row.user == "mallory (inbox row claimed source 'cloud')"
+    assert rig.driver.writes == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"reply_to_prefix": "edged/{gateway}/"}, "replies could land on the gateway's own topic 'edged/g/cmd'"),
+        ({"reply_topic": "edged/{gateway}/live"}, "replies could land on the gateway's own topic 'edged/g/live'"),
+        ({"reply_to_prefix": "a/#"}, "reply_to_prefix must be a topic prefix without wildcards"),
+        ({"reply_to_prefix": "r/{site}/"}, "reply_to_prefix: unknown placeholder 'site'"),
+        ({"max_command_size": "1MiB"}, "max_command_size must be between 256 and 65536 bytes"),
+    ],
+)
+def test_mqtt_reply_and_size_settings_are_checked_at_load(settings: dict[str, Any], message: str) -> None:
+    raw: dict[str, Any] = {
+        "gateway": {"id": "gw", "data_dir": "/tmp"},
+        "devices": [DEVICE],
+        "uplinks": [SIGNED | settings],
+    }
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    assert message in str(err.value)
+    ok = parse(raw | {"uplinks": [SIGNED | {"reply_to_prefix": "cloud/answers/{gateway}/"}]}).uplinks[0]
+    assert isinstance(ok, MqttConfig) and ok.reply_prefix("gw") == "cloud/answers/gw/"
+    answered = b'{"id": "a", "tag": "p/s", "value": 1, "ts": 1790000000000, "reply_to": "cloud/answers/gw/x"}'
+    assert decode_command(answered, "cloud", reply_prefix=ok.reply_prefix("gw")).problem is None
+
+
+def test_the_audit_byte_bound_follows_the_buffer_and_leaves_it_room() -> None:
+    raw: dict[str, Any] = {"gateway": {"id": "gw", "data_dir": "/tmp"}, "devices": [DEVICE], "uplinks": []}
+    assert audit_max_bytes(parse(raw | {"buffer": {"max_bytes": "8MiB"}})) == 512 * 1024
+    assert audit_max_bytes(parse(raw)) == 16 * 1024**2  # 1 GiB buffer: capped
+    with pytest.raises(ConfigError, match=r"audit_max_bytes \(4194304\) must be at most a quarter of"):
+        parse(raw | {"buffer": {"max_bytes": "8MiB"}, "commands": {"audit_max_bytes": "4MiB"}})

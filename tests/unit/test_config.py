@@ -198,6 +198,7 @@ def test_every_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.Monke
     root = Path(__file__).parents[2]
     for cred in ("mqtt-password", "http-token", "opcua-password"):
         (tmp_path / cred).write_text("s3cret")
+    (tmp_path / "command-key").write_text("0123456789abcdef0123456789abcdef")  # signing keys: 16 bytes or more
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     for var in ("EDGED_OPCUA_PASSWORD", "EDGED_SCADA_PASSWORD", "EDGED_MQTT_PASSWORD", "EDGED_HTTP_TOKEN"):
         monkeypatch.setenv(var, "s3cret")

@@ -22,8 +22,20 @@ import aiomqtt
 import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
-from edged.commands import Command, CommandGate, CommandResult, timestamp_ns
-from edged.config import Duration, Secret, UplinkBase
+from edged.aio import honour_cancel
+from edged.commands import (
+    MAX_ID,
+    MAX_REPLY_TO,
+    MAX_TAG,
+    MAX_USER,
+    Command,
+    CommandGate,
+    CommandResult,
+    Signature,
+    cut,
+    timestamp_ns,
+)
+from edged.config import ByteSize, Duration, Secret, UplinkBase
 from edged.errors import Permanent, Transient
 from edged.model import Batch
 from edged.plugin import Backoff, PluginContext
@@ -56,6 +68,8 @@ class Config(UplinkBase):
     commands: bool = False
     command_topic: str = "edged/{gateway}/cmd"  # {gateway}, {uplink}
     reply_topic: str = "edged/{gateway}/cmd/reply"  # where results go when a command has no reply_to
+    reply_to_prefix: str | None = None  # a command's reply_to must start with it; default "<reply_topic>/"
+    max_command_size: ByteSize = ByteSize(8192)  # larger payloads are refused unread
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,6 +95,30 @@ class Config(UplinkBase):
                 raise ValueError(f"{key} {template!r} must be a topic without wildcards")
         if self.command_topic == self.reply_topic:
             raise ValueError("command_topic and reply_topic must differ (replies would come back as commands)")
+        if not 256 <= self.max_command_size <= 65536:
+            raise ValueError("max_command_size must be between 256 and 65536 bytes")
+        if self.reply_to_prefix is not None:
+            try:
+                prefix = self.reply_to_prefix.format(gateway="g", uplink="u")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"reply_to_prefix: unknown placeholder {exc} (use {{gateway}}, {{uplink}})") from None
+            if not prefix or "+" in prefix or "#" in prefix or prefix.startswith("$"):
+                raise ValueError("reply_to_prefix must be a topic prefix without wildcards")
+        prefix = self.reply_prefix("g")
+        ours = {self.command_topic.format(gateway="g", uplink="u")}
+        ours |= {self.topic.format(gateway="g", uplink="u", kind=k) for k in ("live", "historical", "gap")}
+        for topic in sorted(ours):
+            if topic.startswith(prefix) or topic == self.reply_topic.format(gateway="g", uplink="u"):
+                raise ValueError(
+                    f"replies could land on the gateway's own topic {topic!r}: choose a reply_topic / "
+                    "reply_to_prefix apart from topic and command_topic"
+                )
+
+    def reply_prefix(self, gateway: str) -> str:
+        """What a command's reply_to must start with: the gateway's broker rights answer there only."""
+        if self.reply_to_prefix is not None:
+            return self.reply_to_prefix.format(gateway=gateway, uplink=self.name)
+        return self.reply_topic.format(gateway=gateway, uplink=self.name) + "/"
 
 
 async def _connect(
@@ -104,7 +142,7 @@ async def _connect(
     )
     client.pending_calls_threshold = 10_000
     try:
-        await client.__aenter__()
+        await honour_cancel(client.__aenter__())
     except aiomqtt.MqttCodeError as exc:
         code = getattr(exc.rc, "value", exc.rc)
         if isinstance(exc, MqttConnectError) and code in _PERMANENT_CONNACK:
@@ -157,15 +195,21 @@ class Uplink:
         kind = "gap" if batch.gaps and not batch.samples else "historical" if batch.historical else "live"
         topic = self.config.topic.format(gateway=self.gateway, uplink=self.config.name, kind=kind)
         try:
-            await self._client.publish(topic, self.encode(batch), qos=self.config.qos, retain=self.config.retain)
+            await honour_cancel(
+                self._client.publish(topic, self.encode(batch), qos=self.config.qos, retain=self.config.retain)
+            )
         except (aiomqtt.MqttError, OSError) as exc:
             raise Transient(f"publish failed: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------------- commands
 
-_MAX_COMMAND_BYTES = 64 * 1024
 _MAX_IN_FLIGHT = 16  # commands handled at once (the gate serialises the writes per device)
+
+
+class WireSig(msgspec.Struct, forbid_unknown_fields=True):
+    kid: str
+    hmac: str
 
 
 class WireCommand(msgspec.Struct, forbid_unknown_fields=True):
@@ -177,6 +221,7 @@ class WireCommand(msgspec.Struct, forbid_unknown_fields=True):
     ts: int | float | str  # unix milliseconds, or ISO 8601 with a time zone
     user: str | None = None
     reply_to: str | None = None
+    sig: WireSig | None = None  # HMAC-SHA256 over edged.commands.canonical (docs/commands.md)
 
 
 class WireReply(msgspec.Struct):
@@ -199,49 +244,81 @@ def reply_payload(r: CommandResult) -> bytes:
     )
 
 
-def _bad_reply_to(topic: str, command_topic: str) -> bool:
-    return not 0 < len(topic) <= 256 or "+" in topic or "#" in topic or topic.startswith("$") or topic == command_topic
+class Decoded(msgspec.Struct, frozen=True):
+    """A command payload as read: the command (what could be read of it when malformed), where its
+    answer goes, and when it is refused already, the code and reason."""
 
-
-def decode_command(payload: bytes, source: str, command_topic: str) -> tuple[Command, str | None, str | None]:
-    """(command, reply_to, problem). A malformed payload still yields what could be read of it
-    (id, tag, user, reply_to), so the refusal is answered and audited under the sender's id."""
-    partial: dict[str, str] = {}
+    cmd: Command
+    reply_to: str | None
+    code: str | None = None
     problem: str | None = None
-    wire: WireCommand | None = None
-    ts_ns = 0
-    if len(payload) > _MAX_COMMAND_BYTES:
-        problem = f"malformed command: {len(payload)} bytes (at most {_MAX_COMMAND_BYTES})"
-    else:
-        try:
-            doc = msgspec.json.decode(payload)
-        except msgspec.DecodeError as exc:
-            problem = f"malformed JSON: {exc}"
-        else:
-            if not isinstance(doc, dict):
-                problem = "malformed command: expected a JSON object"
-            else:
-                keys = ("id", "tag", "user", "reply_to")
-                partial = {k: v for k, v in doc.items() if k in keys and isinstance(v, str)}
-                try:
-                    wire = msgspec.convert(doc, WireCommand)
-                    ts_ns = timestamp_ns(wire.ts)
-                except (msgspec.ValidationError, ValueError) as exc:
-                    problem = f"malformed command: {exc}"
-    reply_to = partial.get("reply_to")
-    if reply_to is not None and _bad_reply_to(reply_to, command_topic):
-        problem = problem or f"malformed command: reply_to {reply_to!r} is not a topic edged answers on"
-        reply_to = None
-    if wire is not None and problem is None:
-        for key, text, limit in (("id", wire.id, 128), ("tag", wire.tag, 256), ("user", wire.user or "-", 128)):
-            if not 0 < len(text) <= limit:
-                problem = f"malformed command: {key} must be 1 to {limit} characters"
-    if wire is None or problem is not None:
-        cmd = Command(
-            partial.get("id", "")[:128], source, partial.get("user"), partial.get("tag", "")[:256], None, ts_ns
+
+
+def reply_to_ok(topic: str, prefix: str) -> bool:
+    return 0 < len(topic) <= MAX_REPLY_TO and topic.startswith(prefix) and "+" not in topic and "#" not in topic
+
+
+def decode_command(payload: bytes, source: str, *, reply_prefix: str, max_bytes: int = 8192) -> Decoded:
+    """Read one command payload; never raises. A malformed payload still yields what could be read
+    of it (id, tag, user, reply_to), so the refusal is answered and audited under the sender's id;
+    an oversized one is not read at all."""
+    if len(payload) > max_bytes:
+        why = f"command too large: {len(payload)} bytes (max_command_size {max_bytes}): not read"
+        return Decoded(Command("", source, None, "", None, 0), None, "too_large", why)
+    try:
+        # typed first: it stops at the first wrong type, so nesting cannot run deep
+        wire = msgspec.json.decode(payload, type=WireCommand)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        return _partial(payload, source, reply_prefix, f"malformed command: {exc}")
+    problem = None
+    try:
+        ts_ns = timestamp_ns(wire.ts)
+    except ValueError as exc:
+        ts_ns, problem = 0, f"malformed command: {exc}"
+    for key, text, limit in (("id", wire.id, MAX_ID), ("tag", wire.tag, MAX_TAG), ("user", wire.user, MAX_USER)):
+        if text is not None and not 0 < len(text) <= limit:
+            problem = problem or f"malformed command: {key} must be 1 to {limit} characters"
+    reply_to = wire.reply_to
+    if reply_to is not None and not reply_to_ok(reply_to, reply_prefix):
+        problem = problem or (
+            f"malformed command: reply_to {cut(reply_to, 80)!r} is not under {reply_prefix!r}, where edged answers"
         )
-        return cmd, reply_to, problem or "malformed command"
-    return Command(wire.id, source, wire.user, wire.tag, wire.value, ts_ns), reply_to, None
+        reply_to = None
+    sig = Signature(wire.sig.kid, wire.sig.hmac) if wire.sig is not None else None
+    cmd = Command(
+        cut(wire.id, MAX_ID), source, wire.user, cut(wire.tag, MAX_TAG), wire.value, ts_ns, wire.reply_to, sig
+    )
+    if problem is not None:
+        return Decoded(msgspec.structs.replace(cmd, value=None), reply_to, "malformed", problem)
+    return Decoded(cmd, reply_to)
+
+
+def _partial(payload: bytes, source: str, reply_prefix: str, problem: str) -> Decoded:
+    """What can be read of a malformed payload, for the answer and the audit row."""
+    partial: dict[str, str] = {}
+    try:
+        doc = msgspec.json.decode(payload)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        problem = "malformed JSON: nested too deeply" if isinstance(exc, RecursionError) else f"malformed JSON: {exc}"
+    else:
+        if not isinstance(doc, dict):
+            problem = "malformed command: expected a JSON object"
+        else:
+            keys = ("id", "tag", "user", "reply_to")
+            partial = {k: v for k, v in doc.items() if k in keys and isinstance(v, str)}
+    reply_to = partial.get("reply_to")
+    if reply_to is not None and not reply_to_ok(reply_to, reply_prefix):
+        reply_to = None
+    user = partial.get("user")
+    cmd = Command(
+        cut(partial.get("id", ""), MAX_ID),
+        source,
+        cut(user, MAX_USER) if user is not None else None,
+        cut(partial.get("tag", ""), MAX_TAG),
+        None,
+        0,
+    )
+    return Decoded(cmd, reply_to, "malformed", cut(problem, 400))
 
 
 async def serve_commands(config: Config, ctx: PluginContext, gate: CommandGate) -> None:
@@ -263,6 +340,7 @@ class _CommandListener:
         self.log = ctx.log
         self.topic = config.command_topic.format(gateway=ctx.gateway_id, uplink=config.name)
         self.reply_topic = config.reply_topic.format(gateway=ctx.gateway_id, uplink=config.name)
+        self.reply_prefix = config.reply_prefix(ctx.gateway_id)
         self.identifier = f"{config.client_id or f'edged-{ctx.gateway_id}-{config.name}'}-cmd"
         self._client: aiomqtt.Client | None = None
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
@@ -277,7 +355,7 @@ class _CommandListener:
                 try:
                     client = await _connect(self.config, self.log, self.identifier, clean_session=False, nodelay=True)
                     try:
-                        await client.subscribe(self.topic, qos=1)
+                        await honour_cancel(client.subscribe(self.topic, qos=1))
                         self._client = client
                         self.log.info("uplink %s: listening for commands on %s", self.config.name, self.topic)
                         backoff.reset()
@@ -302,15 +380,17 @@ class _CommandListener:
         try:
             raw = msg.payload
             payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
-            cmd, reply_to, problem = decode_command(payload, self.config.name, self.topic)
+            got = decode_command(
+                payload, self.config.name, reply_prefix=self.reply_prefix, max_bytes=int(self.config.max_command_size)
+            )
             if msg.retain:
                 why = "retained message refused: a command must not be retained (it would repeat on every subscribe)"
-                result = await self.gate.refuse(cmd, "malformed", why)
-            elif problem is not None:
-                result = await self.gate.refuse(cmd, "malformed", problem)
+                result = await self.gate.refuse(got.cmd, "malformed", why)
+            elif got.problem is not None:
+                result = await self.gate.refuse(got.cmd, got.code or "malformed", got.problem)
             else:
-                result = await self.gate.submit(cmd)
-            await self._reply(reply_to or self.reply_topic, result)
+                result = await self.gate.submit(got.cmd)
+            await self._reply(got.reply_to or self.reply_topic, result)
         except Exception:
             self.log.exception("uplink %s: cannot handle a command on %s", self.config.name, msg.topic)
         finally:
@@ -321,7 +401,7 @@ class _CommandListener:
         try:
             if client is None:
                 raise Transient("not connected")
-            await client.publish(topic, reply_payload(result), qos=1)
+            await honour_cancel(client.publish(topic, reply_payload(result), qos=1))
         except (Transient, aiomqtt.MqttError, OSError) as exc:
             self.log.warning(
                 "uplink %s: the reply to command %s was lost (%s); its outcome (%s) is in the audit trail",
