@@ -63,12 +63,17 @@ def target(data: bytes) -> None:
     assert isinstance(err, Transient | Permanent) and str(err)
 
 
+def _status(code: int) -> bytes:
+    return (code - 100).to_bytes(2, "big")
+
+
 def seeds() -> list[bytes]:
     return [
-        (503).to_bytes(2, "big") + b"Retry-After: 120\n\nbusy",
-        (429).to_bytes(2, "big") + b"Retry-After: Wed, 21 Oct 2015 07:28:00 GMT\n\n",
-        (503).to_bytes(2, "big") + "Retry-After: ²\n\n".encode(),
-        (200).to_bytes(2, "big") + b'Content-Type: application/json\n\n{"rejected": [0, 3], "message": "no"}',
-        (301).to_bytes(2, "big") + b"Location: https://elsewhere/ingest\n\n",
-        (422).to_bytes(2, "big") + b"Content-Type: text/plain; charset=utf-8\n\nunknown tag",
+        _status(503) + b"Retry-After: 120\n\nbusy",
+        _status(429) + b"Retry-After: Wed, 21 Oct 2015 07:28:00 GMT\n\n",
+        _status(503) + "Retry-After: ²\n\n".encode(),
+        _status(200) + b'Content-Type: application/json\n\n{"rejected": [0, 3], "message": "no"}',
+        _status(301) + b"Location: https://elsewhere/ingest\n\n",
+        _status(422) + b"Content-Type: text/plain; charset=utf-8\n\nunknown tag",
+        _status(503) + b"Content-Type: text/plain; charset=latin-1\n\nWartung \xfc",
     ]

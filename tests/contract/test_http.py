@@ -188,6 +188,25 @@ async def test_garbled_retry_after_keeps_the_data(tmp_path: Path, peer: HttpPeer
     assert sender.stats.errors >= len(garbled)
 
 
+async def test_error_body_in_a_charset_that_is_no_text_codec_keeps_the_data(
+    tmp_path: Path, peer: HttpPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx's `.text` raises for charset=rot13/base64/idna; the excerpt for the log must not."""
+    charsets = ["rot13", "base64", "idna", "undefined"]  # more refusals than POISON_TRIES
+    peer.script.extend(
+        Reply(503, b"down for maintenance", headers={"Content-Type": f"text/plain; charset={cs}"}) for cs in charsets
+    )
+    cfg = http_config(peer.url, retry_for=0.2)
+    async with running(tmp_path, cfg) as (buf, sender):
+        buf.put([Sample(f"dev/t{k}", time.time_ns(), k) for k in range(4)])
+        await buf.flush()
+        await eventually(lambda: all_delivered(buf, peer), 30, "delivery after the endpoint recovers")
+        assert rel(buf, peer.seqs()) == [1, 2, 3, 4]
+    assert sender.stats.rejected == 0, "nothing skipped as a poisoned batch"
+    assert "down for maintenance" in caplog.text, "the body is still logged"
+    assert "failed unexpectedly" not in caplog.text
+
+
 async def test_retry_after_beyond_retry_for_goes_back_to_the_sender(tmp_path: Path, peer: HttpPeer) -> None:
     """A Retry-After longer than retry_for is raised as RetryAfter: the Sender waits that long (not its
     own short backoff) and then resends the same window under the same key."""

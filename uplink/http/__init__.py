@@ -196,7 +196,15 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 
 
 def _body_excerpt(resp: httpx.Response) -> str:
-    text = " ".join(resp.text.split())
+    """The start of the body for a log line. Not `resp.text`: the server names the charset, and one
+    that is no text codec (rot13, base64) or that refuses "replace" (idna) makes httpx raise, which
+    would turn a 503 into a plugin crash. Those fall back to UTF-8."""
+    raw = resp.content[: 8 * _BODY_SHOWN]
+    try:
+        text = raw.decode(resp.charset_encoding or "utf-8", "replace")
+    except (LookupError, UnicodeError):
+        text = raw.decode("utf-8", "replace")
+    text = " ".join(text.split())
     return text[:_BODY_SHOWN] + ("..." if len(text) > _BODY_SHOWN else "")
 
 
