@@ -18,7 +18,10 @@ from bench.fuzz_targets import TARGETS, load, run_one, seeds  # noqa: E402
 
 # Crashes in code another engineer is changing right now: reported to them, not fixed here. A case
 # listed here that passes (fixed) is fine; remove its line then.
-OPEN: dict[str, str] = {}
+OPEN: dict[str, str] = {
+    "sparkplug_command/crash-3769584fb7d582a3": "NCMD metric name with invalid UTF-8: protobuf gives bytes, "
+    "and _node_control's m.name.startswith(NODE_CONTROL) raises TypeError (the command is dropped, not refused)",
+}
 
 
 def _cases() -> list[object]:
