@@ -121,6 +121,8 @@ def decode(
             return raw.decode(encoding)
         except UnicodeDecodeError as exc:
             raise CodecError(f"string is not valid {encoding}: {exc.reason} at byte {exc.start}") from None
+        except UnicodeError as exc:  # the idna, punycode and undefined codecs raise the base class
+            raise CodecError(f"string is not valid {encoding}: {exc}") from None
         except LookupError:
             raise CodecError(f"unknown text encoding {encoding!r}") from None
     fmt, _ = _FORMATS[dtype]
@@ -156,6 +158,8 @@ def encode(
             data = value.encode(encoding)
         except UnicodeEncodeError as exc:
             raise CodecError(f"cannot encode {value!r} as {encoding}: {exc.reason}") from None
+        except UnicodeError as exc:  # idna: an empty or too long label; undefined: always
+            raise CodecError(f"cannot encode {value!r} as {encoding}: {exc}") from None
         except LookupError:
             raise CodecError(f"unknown text encoding {encoding!r}") from None
         if length is not None and len(data) > length:

@@ -14,6 +14,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from buffer import Buffer
@@ -143,6 +144,84 @@ async def test_retry_after_is_honoured_in_place(tmp_path: Path, peer: HttpPeer) 
     assert t[1] - t[0] >= 1.0, "retried no earlier than Retry-After: 1"
     assert t[2] - t[1] >= 1.0, "an HTTP-date Retry-After (2 s ahead, whole seconds) waits at least 1 s"
     assert sender.stats.errors == 0 and sender.stats.connects == 1, "retried in place, not reconnected"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2", 2.0),
+        (" 7\t", 7.0),
+        ("0", 0.0),
+        ("99999999999999999999", 3600.0),  # capped at an hour
+        ("²", None),  # str.isdigit() says yes, float() raised ValueError
+        ("١٢", None),  # Arabic-Indic digits: not delay-seconds
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 3600.0),
+        ("Wed, 21 Oct 2015 07:28:00 +9999", None),  # offset beyond a day
+        ("Wed, 21 Oct 2015 07:28:00 \uff27\uff2d\uff34", None),  # fullwidth "GMT"
+    ],
+)
+def test_retry_after_parsing_is_strict_and_bounded(value: str, expected: float | None) -> None:
+    from uplink.http import _retry_after
+
+    resp = httpx.Response(503, headers=[(b"Retry-After", value.encode())])
+    assert _retry_after(resp, time.time()) == expected
+
+
+async def test_garbled_retry_after_keeps_the_data(tmp_path: Path, peer: HttpPeer) -> None:
+    """A 503 whose Retry-After is no number (Unicode digits) is retried with the normal backoff,
+    past the Sender's poison limit, and delivered once the endpoint recovers: nothing skipped."""
+    garbled = ["²", "١٢٠٠", "²", "١٢٠٠", "²"]  # more refusals than POISON_TRIES
+    peer.script.extend(Reply(503, b"maintenance", headers={"Retry-After": v}) for v in garbled)
+    cfg = http_config(peer.url, retry_for=0.2)  # each refusal goes back to the Sender
+    async with running(tmp_path, cfg) as (buf, sender):
+        buf.put([Sample(f"dev/t{k}", time.time_ns(), k) for k in range(5)])
+        await buf.flush()
+        await eventually(lambda: all_delivered(buf, peer), 30, "delivery after the endpoint recovers")
+        assert rel(buf, peer.seqs()) == [1, 2, 3, 4, 5]
+    assert [r.reply.status for r in peer.requests] == [503] * len(garbled) + [200]
+    assert sender.stats.rejected == 0, "nothing skipped as a poisoned batch"
+    assert "ValueError" not in (sender.stats.last_error or "")
+    assert sender.stats.errors >= len(garbled)
+
+
+async def test_error_body_in_a_charset_that_is_no_text_codec_keeps_the_data(
+    tmp_path: Path, peer: HttpPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx's `.text` raises for charset=rot13/base64/idna; the excerpt for the log must not."""
+    charsets = ["rot13", "base64", "idna", "undefined"]  # more refusals than POISON_TRIES
+    peer.script.extend(
+        Reply(503, b"down for maintenance", headers={"Content-Type": f"text/plain; charset={cs}"}) for cs in charsets
+    )
+    cfg = http_config(peer.url, retry_for=0.2)
+    async with running(tmp_path, cfg) as (buf, sender):
+        buf.put([Sample(f"dev/t{k}", time.time_ns(), k) for k in range(4)])
+        await buf.flush()
+        await eventually(lambda: all_delivered(buf, peer), 30, "delivery after the endpoint recovers")
+        assert rel(buf, peer.seqs()) == [1, 2, 3, 4]
+    assert sender.stats.rejected == 0, "nothing skipped as a poisoned batch"
+    assert "down for maintenance" in caplog.text, "the body is still logged"
+    assert "failed unexpectedly" not in caplog.text
+
+
+async def test_retry_after_beyond_retry_for_goes_back_to_the_sender(tmp_path: Path, peer: HttpPeer) -> None:
+    """A Retry-After longer than retry_for is raised as RetryAfter: the Sender waits that long (not its
+    own short backoff) and then resends the same window under the same key."""
+    peer.script.append(Reply(503, headers={"Retry-After": "2"}))
+    cfg = http_config(peer.url, retry_for=0.5)
+    async with running(tmp_path, cfg) as (buf, sender):
+        buf.put([Sample(f"dev/t{k}", time.time_ns(), k) for k in range(3)])
+        await buf.flush()
+        await eventually(lambda: all_delivered(buf, peer), 20, "delivery after the wait")
+        assert sender.stats.errors == 1 and sender.stats.connects == 2
+        assert (sender.stats.last_error or "").startswith("RetryAfter:")
+    (key,) = {r.key for r in peer.requests}
+    t = peer.arrivals(key)
+    assert len(t) == 2
+    assert t[1] - t[0] >= 1.9, "the Sender waited for Retry-After (its own backoff is at most 0.3 s)"
 
 
 @pytest.mark.parametrize("on_reject", ["skip", "halt"])

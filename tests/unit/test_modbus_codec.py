@@ -210,3 +210,22 @@ def test_decoding_random_payloads_only_raises_codec_error(
         assert isinstance(value, (int, float, bool, str))
         return
     assert message  # a reason, never an empty error
+
+
+@pytest.mark.parametrize(
+    ("regs", "encoding"),
+    [
+        ([0x4E52, 0x580C, 0x1612], "punycode"),  # "Invalid extended code point": a bare UnicodeError
+        ([0x786E, 0x2D2D], "idna"),  # "xn--": an empty label
+        ([0x4142], "undefined"),
+    ],
+)
+def test_codecs_raising_plain_unicode_error_give_codec_error(regs: list[int], encoding: str) -> None:
+    with pytest.raises(CodecError, match=f"not valid {encoding}"):
+        decode(regs, "string", length=2 * len(regs), encoding=encoding)
+
+
+@pytest.mark.parametrize(("value", "encoding"), [("a..b", "idna"), ("x" * 70, "idna"), ("ab", "undefined")])
+def test_encoding_to_a_codec_raising_plain_unicode_error_gives_codec_error(value: str, encoding: str) -> None:
+    with pytest.raises(CodecError, match=f"as {encoding}"):
+        encode(value, "string", length=80, encoding=encoding)

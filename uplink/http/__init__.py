@@ -27,7 +27,7 @@ import msgspec
 
 import edged
 from edged.config import Duration, Secret, UplinkBase
-from edged.errors import EdgedError, Partial, Permanent, Transient
+from edged.errors import EdgedError, Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample, Value, severity
 from edged.plugin import Backoff, PluginContext
 from edged.tls import client_context
@@ -40,6 +40,8 @@ _RESERVED = {"authorization", "content-type", "content-encoding", "content-lengt
 _ENDPOINT_STATUSES = {401, 403, 404, 405, 407, 410, 421, 426}
 _RETRY_STATUSES = {408, 425, 429}  # plus every 5xx
 _BODY_SHOWN = 1000  # characters of an error body put into logs and exceptions
+_DELAY_SECONDS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "²" and "١٢"
+_RETRY_AFTER_CAP = 3600.0  # a longer Retry-After (or a date further ahead) is read as an hour
 
 
 class Config(UplinkBase, kw_only=True):
@@ -196,25 +198,38 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 
 
 def _body_excerpt(resp: httpx.Response) -> str:
-    text = " ".join(resp.text.split())
+    """The start of the body for a log line. Not `resp.text`: the server names the charset, and one
+    that is no text codec (rot13, base64) or that refuses "replace" (idna) makes httpx raise, which
+    would turn a 503 into a plugin crash. Those fall back to UTF-8."""
+    raw = resp.content[: 8 * _BODY_SHOWN]
+    try:
+        text = raw.decode(resp.charset_encoding or "utf-8", "replace")
+    except (LookupError, UnicodeError):
+        text = raw.decode("utf-8", "replace")
+    text = " ".join(text.split())
     return text[:_BODY_SHOWN] + ("..." if len(text) > _BODY_SHOWN else "")
 
 
 def _retry_after(resp: httpx.Response, now: float) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or garbled."""
+    """Seconds from a Retry-After header, RFC 9110: delay-seconds (ASCII digits) or an HTTP-date,
+    at most `_RETRY_AFTER_CAP`. None when absent or anything else: the normal backoff applies then,
+    since a garbled header must neither crash the send nor make us wait for a made-up time."""
     raw = resp.headers.get("retry-after")
     if raw is None:
         return None
-    raw = raw.strip()
-    if raw.isdigit():
-        return float(raw)
+    raw = raw.strip(" \t")
+    if _DELAY_SECONDS.fullmatch(raw):
+        return _RETRY_AFTER_CAP if len(raw) > 5 else min(float(raw), _RETRY_AFTER_CAP)
+    if not raw.isascii() or not 0 < len(raw) <= 64:
+        return None
     try:
         when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ahead = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, ahead), _RETRY_AFTER_CAP)
 
 
 def _status_error(resp: httpx.Response, url: str) -> EdgedError:
@@ -327,9 +342,11 @@ class Uplink:
                 self.log.warning("uplink %s: %s; retrying", c.name, err)
                 last = str(err)
             if wait is not None:  # the server said when: never earlier, up to retry_after_max
-                await asyncio.sleep(min(wait, float(c.retry_after_max)))
-                if loop.time() >= deadline:
-                    raise err
+                wait = min(wait, float(c.retry_after_max))
+                if loop.time() + wait > deadline:
+                    # past retry_for: the Sender waits it out (RetryAfter.delay), then resends this window
+                    raise RetryAfter(f"{err} (Retry-After: {wait:g} s)", wait)
+                await asyncio.sleep(wait)
             else:
                 delay = backoff.next_delay()
                 if loop.time() + delay > deadline:
