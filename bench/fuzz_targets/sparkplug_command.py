@@ -1,5 +1,5 @@
 """Sparkplug NCMD/DCMD payloads (protobuf) and primary host STATE messages, through the uplink's own
-handlers. Another engineer owns this path: crashes are reported, not fixed here.
+handlers.
 
 The handlers are coroutines that never suspend for these inputs (no command gate, not born), so
 they are driven with one `send(None)`: no event loop per input."""
@@ -57,8 +57,8 @@ def target(data: bytes) -> None:
         p = pb.Payload.FromString(body)
     except Exception:  # protobuf's DecodeError; _on_cmd refuses these (checked above)
         return
-    for m in p.metrics:  # what each write would become at the gate
-        cmd, refusal = _UP._command(device, p, m)
+    for i, m in enumerate(p.metrics):  # what each write would become at the gate
+        cmd, refusal = _UP._command(device, p, i, m)
         assert refusal is None or refusal[1], "a refusal says why"
         assert cmd.ts_ns >= 0
 

@@ -133,7 +133,8 @@ def test_sigkill_under_load_loses_nothing_committed(tmp_path: Path, mosquitto: M
     got = set(col.seqs)
     missing = set(range(first, head + 1)) - got
     # What the final SIGTERM flushed after the sender stopped is still owed, in the buffer: not lost.
-    assert missing == owed, f"{len(missing - owed)} committed samples lost, e.g. {sorted(missing - owed)[:5]}"
+    # (Owed may also hold a batch that arrived but whose acknowledgement the stop cut off: at-least-once.)
+    assert missing <= owed, f"{len(missing - owed)} committed samples lost, e.g. {sorted(missing - owed)[:5]}"
     assert len(owed) < 20 * 50, "only the last flush is still owed"
     dupes = len(col.seqs) - len(got)
     assert dupes <= (kills + 1) * 2 * 500, f"duplicates bounded by batches in flight ({dupes})"
