@@ -20,7 +20,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from buffer.store import BufferStatus, Range, Store, TrimResult, UplinkStatus, open_or_recover, subtract
+from buffer.store import (
+    BufferStatus,
+    Range,
+    Store,
+    TrimResult,
+    UplinkStatus,
+    open_or_recover,
+    subtract,
+    wal_pages,
+)
 from edged.config import BufferConfig
 from edged.model import Sample
 from edged.plugin import Backoff
@@ -33,6 +42,7 @@ __all__ = [
     "TrimResult",
     "UplinkStatus",
     "default_min_free",
+    "estimate_cap",
     "subtract",
     "warn_small_cap",
 ]
@@ -62,6 +72,24 @@ def warn_small_cap(logger: logging.Logger, path: Path, cap: int, config: BufferC
         int(config.max_bytes) / MiB,
     )
     return True
+
+
+def estimate_cap(config: BufferConfig, path: Path) -> tuple[int, int]:
+    """(samples the buffer at `path` can hold, min_free) from its file system, without opening it:
+    for `edged check-config`. Counts what the files already take, less WAL headroom and reserve."""
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # not created yet: the file system it will be on
+    st = os.statvfs(probe)
+    fs = st.f_blocks * st.f_frsize
+    min_free = default_min_free(fs) if config.min_free is None else int(config.min_free)
+    headroom = 2 * wal_pages(fs, 4096) * 4096  # 4096: SQLite's default page size
+    ours = 0
+    for suffix in ("", "-wal", ".reserve"):
+        with contextlib.suppress(OSError):
+            ours += Path(f"{path}{suffix}").stat().st_size
+    cap = ours + st.f_bavail * st.f_frsize - min_free - 2 * headroom  # the WAL's and the reserve's
+    return min(int(config.max_bytes), cap), min_free
 
 
 def _add(a: TrimResult, b: TrimResult) -> TrimResult:

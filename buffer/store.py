@@ -176,6 +176,11 @@ def _unjson(text: str | None) -> Any:
     return None if text is None else msgspec.json.decode(text)
 
 
+def wal_pages(fs_bytes: int, page_size: int) -> int:
+    """The auto-checkpoint size for a file system (see `Store.fit_wal`)."""
+    return min(1000, max(64, fs_bytes // 64 // page_size))
+
+
 def subtract(lo: int, hi: int, ranges: Iterable[Range]) -> list[Range]:
     """The parts of [lo, hi] not covered by `ranges` (sorted by start), oldest first."""
     holes: list[Range] = []
@@ -530,8 +535,7 @@ class Store:
         """Checkpoint at about 1/64 of the file system (64..1000 pages): on a small one the WAL,
         which needs room of its own between checkpoints, stays a small share of it."""
         page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
-        pages = min(1000, max(64, fs_bytes // 64 // page_size))
-        self.db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        self.db.execute(f"PRAGMA wal_autocheckpoint={wal_pages(fs_bytes, page_size)}")
 
     def wal_headroom(self) -> int:
         """What the WAL grows to between checkpoints: the auto-checkpoint size plus one transaction,
