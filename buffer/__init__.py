@@ -88,7 +88,7 @@ def estimate_cap(config: BufferConfig, path: Path) -> tuple[int, int]:
     for suffix in ("", "-wal", ".reserve"):
         with contextlib.suppress(OSError):
             ours += Path(f"{path}{suffix}").stat().st_size
-    cap = ours + st.f_bavail * st.f_frsize - min_free - 2 * headroom  # the WAL's and the reserve's
+    cap = ours + st.f_bavail * st.f_frsize - min_free - 3 * headroom  # the WAL's and the reserve's
     return min(int(config.max_bytes), cap), min_free
 
 
@@ -141,7 +141,7 @@ class Buffer:
         fs = self.store.fs_bytes()
         self.store.fit_wal(fs)
         self.min_free = default_min_free(fs) if self.config.min_free is None else int(self.config.min_free)
-        self.reserve_bytes = self.store.wal_headroom()
+        self.reserve_bytes = 2 * self.store.wal_headroom()  # see the reserve's comment
         self._ensure_reserve()
         room = self.store.space().room(2**62, self._keep_free())
         warn_small_cap(log, self.path, self.store.used_bytes() + room, self.config, self.min_free)
@@ -166,9 +166,10 @@ class Buffer:
         if len(self._pending) >= self.config.flush_rows:
             self._have_pending.set()
 
-    # A ballast file beside the buffer, as large as the WAL's working size: when the file system
-    # is full anyway (another process filled it, or the WAL was truncated), releasing it lets the
-    # checkpoint, the trim and the next writes through. Its space is accounted as taken while it is
+    # A ballast file beside the buffer, twice the WAL's working size: when the file system is full
+    # anyway (another process filled it, or the WAL was truncated), releasing it lets the checkpoint
+    # (which may still have to extend the file by what the WAL holds), the WAL's growth to its
+    # working size and the trim through. Its space is accounted as taken while it is
     # missing (`_keep_free`), so the buffer never grows into it and re-creating it never takes space
     # the WAL needs; it comes back only when the file system has room for it and the WAL both.
 
@@ -294,7 +295,7 @@ class Buffer:
         if res.deleted:
             self.last_trim = res
         if ok and self.alarm is not None:
-            log.warning("buffer writes recovered; disk space is available again")
+            log.warning("buffer writes recovered; disk space is available again (alarm cleared)")
             self.alarm = None
 
     async def _make_room(self) -> None:
@@ -339,11 +340,12 @@ class Buffer:
         while True:
             try:
                 res = await self.call(
-                    self.store.trim,
-                    retention_ns=int(self.config.retention * 1e9),
-                    max_bytes=int(self.config.max_bytes),
-                    now_ns=time.time_ns(),
-                    min_free=self._keep_free(),
+                    lambda: self.store.trim(
+                        retention_ns=int(self.config.retention * 1e9),
+                        max_bytes=int(self.config.max_bytes),
+                        now_ns=time.time_ns(),
+                        min_free=self._keep_free(),  # on the buffer thread: it stats the reserve
+                    )
                 )
                 await self.call(self.store.checkpoint)
             except sqlite3.Error as exc:
