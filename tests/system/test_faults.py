@@ -32,6 +32,23 @@ def test_min_free_trims_before_the_disk_fills(tmp_path: Path) -> None:
     assert res.by_size > 0 and store.status().uplinks[0].dropped == res.by_size
 
 
+def test_trim_on_a_full_disk_deletes_just_enough_then_nothing(tmp_path: Path) -> None:
+    """A full file system: the first trim frees ~2 % for new rows; with those free pages in the file
+    the buffer is not full any more and the next trims delete nothing (the file does not shrink)."""
+    store = Store(tmp_path / "b.db")
+    store.register_uplink("u")
+    for i in range(50):
+        store.append([Sample("d/t", i * 10_000 + k, float(k)) for k in range(10_000)])
+    store.free_bytes = lambda: 0  # type: ignore[method-assign]  # another process filled the disk
+    res = store.trim(retention_ns=10**30, max_bytes=10**12, now_ns=0)
+    assert 0 < res.by_size <= 500_000 * 0.03, res
+    for _ in range(3):
+        assert store.trim(retention_ns=10**30, max_bytes=10**12, now_ns=0).deleted == 0, "no cycle"
+    store.append([Sample("d/t", 10**12 + k, 1.0) for k in range(res.by_size // 4)])  # reuses free pages
+    assert store.trim(retention_ns=10**30, max_bytes=10**12, now_ns=0).deleted == 0
+    assert store.status().uplinks[0].dropped == res.by_size
+
+
 def test_corrupt_buffer_is_kept_aside_and_the_daemon_starts_fresh(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
