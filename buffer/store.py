@@ -569,9 +569,11 @@ class Store:
         margin = sp.margin(max_bytes, min_free)
         if room >= margin:
             return None
-        count = self.db.execute("SELECT count(*) FROM samples").fetchone()[0]
-        if count == 0:
+        first = self.first_seq()
+        if first is None:
             return None
+        # rows are only ever deleted oldest-first, so seqs are contiguous: no count(*) over the table
+        count = self._read_head() - first + 1
         per_row = max(1.0, sp.used / count)
         n = min(count, max(1, math.ceil((2 * margin - room) / per_row)))
         row = self.db.execute("SELECT seq FROM samples ORDER BY seq LIMIT 1 OFFSET ?", (n,)).fetchone()
@@ -586,7 +588,8 @@ class Store:
         max_rows: int = 500_000,
         min_free: int = 0,
     ) -> TrimResult:
-        """Apply retention and the size cap; returns what was deleted. Repeat while it deletes."""
+        """Apply retention and the size cap; returns what was deleted. Repeat while it deletes.
+        `min_free`: file-system space the buffer must not grow into (see `Space.room`)."""
         now = time.time_ns() if now_ns is None else now_ns
         age_b = self._age_boundary(now - retention_ns, max_rows)
         size_b = self._size_boundary(max_bytes, min_free)
