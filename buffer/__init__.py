@@ -9,6 +9,7 @@ batches to `Buffer.put`; the writer task commits them in one transaction per flu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -19,15 +20,81 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from buffer.store import BufferStatus, Range, SetAside, Store, TrimResult, UplinkStatus, open_or_recover, subtract
+from buffer.store import (
+    BufferStatus,
+    Range,
+    SetAside,
+    Store,
+    TrimResult,
+    UplinkStatus,
+    open_or_recover,
+    subtract,
+    wal_pages,
+)
 from edged.config import BufferConfig
 from edged.model import Sample
 from edged.plugin import Backoff
 
-__all__ = ["Buffer", "BufferStatus", "Range", "Store", "TrimResult", "UplinkStatus", "subtract"]
+__all__ = [
+    "Buffer",
+    "BufferStatus",
+    "Range",
+    "Store",
+    "TrimResult",
+    "UplinkStatus",
+    "default_min_free",
+    "estimate_cap",
+    "subtract",
+    "warn_small_cap",
+]
 
 T = TypeVar("T")
 log = logging.getLogger("edged.buffer")
+
+MiB = 1024**2
+
+
+def default_min_free(fs_bytes: int) -> int:
+    """min_free when the config leaves it out: 5 % of the file system, at least 1 MiB (logs and
+    the status file need some), at most 64 MiB. A fixed 64 MiB made the cap 0 on a small one."""
+    return min(64 * MiB, max(1 * MiB, fs_bytes // 20))
+
+
+def warn_small_cap(logger: logging.Logger, path: Path, cap: int, config: BufferConfig, min_free: int) -> bool:
+    """Warn when the file system holds far less of the buffer (`cap`) than max_bytes promises."""
+    if cap >= int(config.max_bytes) // 2:
+        return False
+    logger.warning(
+        "buffer %s: its file system holds only about %.1f MiB of samples (keeping min_free %.1f MiB free),"
+        " far below max_bytes %.1f MiB: beyond that the oldest samples are dropped, counted per uplink",
+        path,
+        max(0, cap) / MiB,
+        min_free / MiB,
+        int(config.max_bytes) / MiB,
+    )
+    return True
+
+
+def estimate_cap(config: BufferConfig, path: Path) -> tuple[int, int]:
+    """(samples the buffer at `path` can hold, min_free) from its file system, without opening it:
+    for `edged check-config`. Counts what the files already take, less WAL headroom and reserve."""
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # not created yet: the file system it will be on
+    st = os.statvfs(probe)
+    fs = st.f_blocks * st.f_frsize
+    min_free = default_min_free(fs) if config.min_free is None else int(config.min_free)
+    headroom = 2 * wal_pages(fs, 4096) * 4096  # 4096: SQLite's default page size
+    ours = 0
+    for suffix in ("", "-wal", ".reserve"):
+        with contextlib.suppress(OSError):
+            ours += Path(f"{path}{suffix}").stat().st_size
+    cap = ours + st.f_bavail * st.f_frsize - min_free - 3 * headroom  # the WAL's and the reserve's
+    return min(int(config.max_bytes), cap), min_free
+
+
+def _add(a: TrimResult, b: TrimResult) -> TrimResult:
+    return TrimResult(a.deleted + b.deleted, a.by_age + b.by_age, a.by_size + b.by_size, a.gaps + b.gaps)
 
 
 class Buffer:
@@ -51,6 +118,9 @@ class Buffer:
         self.alarm: str | None = None  # set while the disk refuses writes
         self.last_trim = TrimResult()
         self._trim_error: str | None = None
+        self._size_drops = 0  # by the writer's trims since maintenance last logged them
+        self.min_free = 0  # resolved against the file system on open
+        self.reserve_bytes = 0
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -67,8 +137,19 @@ class Buffer:
         self._store = await self.call(open_or_recover, self.path, synchronous=self.config.synchronous)
         self.head = self._store.head
         self.set_aside = tuple(await self.call(self._store.set_aside_events))
-        await self.call(self._ensure_reserve)
+        await self.call(self._fit_to_fs)
         return self
+
+    def _fit_to_fs(self) -> None:
+        """Size the WAL, min_free and the reserve to the file system, and say so when it cannot
+        hold anything near max_bytes (on a small one the file system, not max_bytes, is the cap)."""
+        fs = self.store.fs_bytes()
+        self.store.fit_wal(fs)
+        self.min_free = default_min_free(fs) if self.config.min_free is None else int(self.config.min_free)
+        self.reserve_bytes = 2 * self.store.wal_headroom()  # see the reserve's comment
+        self._ensure_reserve()
+        room = self.store.space().room(2**62, self._keep_free())
+        warn_small_cap(log, self.path, self.store.used_bytes() + room, self.config, self.min_free)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._pending:
@@ -90,21 +171,38 @@ class Buffer:
         if len(self._pending) >= self.config.flush_rows:
             self._have_pending.set()
 
-    # A ballast file beside the buffer: on a full disk, deleting the oldest rows needs WAL space too,
-    # so the reserve is released first to let the trim itself through, then re-created.
-    RESERVE_BYTES = 2 * 1024 * 1024
+    # A ballast file beside the buffer, twice the WAL's working size: when the file system is full
+    # anyway (another process filled it, or the WAL was truncated), releasing it lets the checkpoint
+    # (which may still have to extend the file by what the WAL holds), the WAL's growth to its
+    # working size and the trim through. Its space is accounted as taken while it is
+    # missing (`_keep_free`), so the buffer never grows into it and re-creating it never takes space
+    # the WAL needs; it comes back only when the file system has room for it and the WAL both.
 
     @property
     def _reserve_path(self) -> Path:
         return self.path.with_name(self.path.name + ".reserve")
 
+    def _reserve_missing(self) -> int:
+        try:
+            return max(0, self.reserve_bytes - self._reserve_path.stat().st_size)
+        except FileNotFoundError:
+            return self.reserve_bytes
+
+    def _keep_free(self) -> int:
+        """File-system space the buffer must not grow into: min_free and the missing reserve."""
+        return self.min_free + self._reserve_missing()
+
     def _ensure_reserve(self) -> bool:
+        missing = self._reserve_missing()
+        if not missing:
+            return True
+        sp = self.store.space()
+        if sp.fs_free < missing + max(0, sp.wal_headroom - sp.wal) + sp.margin(2**62, 0):
+            return False  # not into space the WAL needs: that would fail the next write (issue 12)
         p = self._reserve_path
         try:
-            if p.exists() and p.stat().st_size >= self.RESERVE_BYTES:
-                return True
             with open(p, "wb") as fh:
-                fh.write(b"\0" * self.RESERVE_BYTES)
+                fh.write(b"\0" * self.reserve_bytes)
                 fh.flush()
                 os.fsync(fh.fileno())
             return True
@@ -112,15 +210,26 @@ class Buffer:
             p.unlink(missing_ok=True)  # a partial reserve only wastes space
             return False
 
-    def _space_again(self) -> bool:
-        """The full-disk alarm ends when the reserve is back AND as much again is free: a WAL
-        truncation alone frees a little, which the next writes use up, and must not flap the alarm."""
-        if not self._ensure_reserve():
-            return False
-        try:
-            return self.store.free_bytes() >= 2 * self.RESERVE_BYTES
-        except OSError:
-            return False
+    def _keep_room(self) -> tuple[TrimResult, bool]:
+        """After a flush: trim the oldest when the room left is below the margin (just enough, see
+        `Store._size_boundary`), put the reserve back when there is clearly space for it, and say
+        whether the buffer has its margin (which clears the full-disk alarm)."""
+        total = TrimResult()
+        max_bytes = int(self.config.max_bytes)
+        sp = self.store.space()  # a few pragmas and a statvfs: cheap enough for every flush
+        for _ in range(50):  # each pass deletes about the estimate; a few passes at most
+            keep = self._keep_free()
+            if sp.room(max_bytes, keep) >= sp.margin(max_bytes, keep):
+                break
+            res = self.store.trim(retention_ns=int(self.config.retention * 1e9), max_bytes=max_bytes, min_free=keep)
+            total = _add(total, res)
+            sp = self.store.space()
+            if not res.deleted:
+                break
+        if self._reserve_missing() and self._ensure_reserve():
+            sp = self.store.space()
+        keep = self._keep_free()
+        return total, sp.room(max_bytes, keep) >= sp.margin(max_bytes, keep) // 2
 
     async def flush_at_exit(self) -> None:
         """The last flush on the way out: a failure is logged with what it costs, never raised."""
@@ -162,7 +271,7 @@ class Buffer:
                     pass
                 self._have_pending.clear()
                 try:
-                    await self.flush()
+                    n = await self.flush()
                 except (sqlite3.Error, OSError) as exc:
                     self.write_errors += 1
                     if self.alarm is None:
@@ -171,36 +280,57 @@ class Buffer:
                     await self._make_room()
                     await asyncio.sleep(backoff.next_delay())
                     continue
-                if self.alarm is not None and await self.call(self._space_again):
-                    log.warning("buffer writes recovered; disk space is available again")
-                    self.alarm = None
                 backoff.reset()
+                if n or self.alarm is not None:
+                    await self._after_flush()
         finally:
             # Shutting down: one last flush so nothing queued is lost (the caller stopped drivers first).
             if self._pending and self._store is not None:
                 await asyncio.shield(self.flush_at_exit())
 
-    async def _make_room(self) -> None:
-        """On a full disk, drop the oldest 5% so new samples fit (counted per uplink as gaps).
-
-        The WAL is truncated first: deleting needs WAL space too, and a truncated WAL gives file-system
-        space back; the freed database pages are then reused by new samples.
-        """
+    async def _after_flush(self) -> None:
+        """Keep the margin after every successful flush, so the disk does not fill between trims;
+        the alarm clears as soon as a write succeeded and the margin is there."""
         try:
-            self._reserve_path.unlink(missing_ok=True)
-            await self.call(self.store.checkpoint, "TRUNCATE")
-            used = await self.call(self.store.used_bytes)
-            res = await self.call(
-                self.store.trim, retention_ns=int(self.config.retention * 1e9), max_bytes=max(1, int(used * 0.95))
-            )
-            await self.call(self.store.checkpoint, "TRUNCATE")
-            self.last_trim = res
-            if res.deleted:
-                log.warning("disk full: dropped the %d oldest samples to make room", res.deleted)
+            res, ok = await self.call(self._keep_room)
         except (sqlite3.Error, OSError) as exc:
-            if self._trim_error != str(exc):
-                log.error("could not make room in the buffer: %s", exc)
-            self._trim_error = str(exc)
+            self._note_trim_error(exc)
+            return
+        self._size_drops += res.by_size
+        if res.deleted:
+            self.last_trim = res
+        if ok and self.alarm is not None:
+            log.warning("buffer writes recovered; disk space is available again (alarm cleared)")
+            self.alarm = None
+
+    async def _make_room(self) -> None:
+        """A write failed (disk full): release the reserve, checkpoint so the WAL restarts inside
+        its own file, and trim just enough of the oldest for new rows to reuse their pages
+        (counted per uplink as gaps). Free pages inside the file already are room: nothing is
+        deleted for a shortage only the file system can end, and no TRUNCATE gives the WAL's space
+        away to be fought over again."""
+
+        def run() -> TrimResult:
+            self._reserve_path.unlink(missing_ok=True)
+            with contextlib.suppress(sqlite3.Error):  # may not finish on a full disk; the trim still can
+                self.store.checkpoint("PASSIVE")
+            res, _ = self._keep_room()
+            return res
+
+        try:
+            res = await self.call(run)
+        except (sqlite3.Error, OSError) as exc:
+            self._note_trim_error(exc)
+            return
+        self._size_drops += res.by_size
+        if res.deleted:
+            self.last_trim = res
+            log.warning("disk full: dropped the %d oldest samples to make room", res.deleted)
+
+    def _note_trim_error(self, exc: Exception) -> None:
+        if self._trim_error != str(exc):  # once per distinct problem, not every flush
+            log.error("could not make room in the buffer: %s", exc)
+        self._trim_error = str(exc)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -215,11 +345,12 @@ class Buffer:
         while True:
             try:
                 res = await self.call(
-                    self.store.trim,
-                    retention_ns=int(self.config.retention * 1e9),
-                    max_bytes=int(self.config.max_bytes),
-                    now_ns=time.time_ns(),
-                    min_free=int(self.config.min_free),
+                    lambda: self.store.trim(
+                        retention_ns=int(self.config.retention * 1e9),
+                        max_bytes=int(self.config.max_bytes),
+                        now_ns=time.time_ns(),
+                        min_free=self._keep_free(),  # on the buffer thread: it stats the reserve
+                    )
                 )
                 await self.call(self.store.checkpoint)
             except sqlite3.Error as exc:
@@ -230,20 +361,14 @@ class Buffer:
             if self._trim_error is not None:
                 log.info("buffer trim works again")
                 self._trim_error = None
-            if self.alarm is not None and await self.call(self._space_again):
-                log.warning("disk space is available again; buffer alarm cleared")
-                self.alarm = None
-            total = TrimResult(
-                total.deleted + res.deleted,
-                total.by_age + res.by_age,
-                total.by_size + res.by_size,
-                total.gaps + res.gaps,
-            )
+            total = _add(total, res)
             if res.deleted == 0:
                 break
-        if total.by_size:
-            log.warning("buffer size cap reached: dropped %d oldest samples", total.by_size)
-        self.last_trim = total
+        dropped, self._size_drops = self._size_drops + total.by_size, 0
+        if dropped:
+            log.warning("buffer full: dropped the %d oldest samples (counted per uplink as gaps)", dropped)
+        if total.deleted:
+            self.last_trim = total
         return total
 
     # ------------------------------------------------------------------ readers

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -80,6 +81,32 @@ class TrimResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Space:
+    """The buffer's space, in bytes. The file does not shrink after a DELETE: its free pages are
+    reused by new rows first, so a full file system with free pages inside the file is not full."""
+
+    used: int  # live pages
+    inner_free: int  # free pages inside the database file
+    wal: int  # the WAL file as it is now
+    wal_headroom: int  # what the WAL grows to between checkpoints (it needs file-system space)
+    fs_free: int  # free on the file system
+
+    def room(self, max_bytes: int, keep_free: int) -> int:
+        """How much more live data fits: the free pages inside the file, then file-system space
+        beyond `keep_free` and beyond what the WAL still needs to reach its working size; at most
+        up to max_bytes. Negative when over max_bytes. Deleting rows only ever adds free pages, so
+        this never asks to delete for space the file system itself lacks."""
+        wal_short = max(0, self.wal_headroom - self.wal)
+        grow = max(0, self.fs_free - keep_free - wal_short)
+        return min(self.inner_free + grow, max_bytes - self.used)
+
+    def margin(self, max_bytes: int, keep_free: int) -> int:
+        """The trim step: 1 % of what the buffer may hold (64 KiB..16 MiB)."""
+        cap = self.used + max(0, self.room(max_bytes, keep_free))
+        return min(16 * 1024**2, max(64 * 1024, cap // 100))
+
+
+@dataclass(frozen=True, slots=True)
 class UplinkStatus:
     name: str
     acked: list[Range]
@@ -127,6 +154,11 @@ def _core_columns() -> dict[str, frozenset[str]]:
         return {t: frozenset(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in _CORE_TABLES}
     finally:
         db.close()
+
+
+def wal_pages(fs_bytes: int, page_size: int) -> int:
+    """The auto-checkpoint size for a file system (see `Store.fit_wal`)."""
+    return min(1000, max(64, fs_bytes // 64 // page_size))
 
 
 def subtract(lo: int, hi: int, ranges: Iterable[Range]) -> list[Range]:
@@ -532,9 +564,10 @@ class Store(AuditTables):
 
     def _age_boundary(self, cutoff_ns: int, max_rows: int) -> int | None:
         """First seq to keep by age: rows are trimmed oldest-first by seq, up to the first young one."""
-        first = self.first_seq()
-        if first is None:
-            return None
+        oldest = self.db.execute("SELECT seq, ts_ns FROM samples ORDER BY seq LIMIT 1").fetchone()
+        if oldest is None or oldest[1] >= cutoff_ns:
+            return None  # the common case, answered by one row (the writer asks after every flush)
+        first = int(oldest[0])
         scanned, pos = 0, first
         while scanned < max_rows:
             rows = self.db.execute(
@@ -554,23 +587,56 @@ class Store(AuditTables):
         st = os.statvfs(self.path.parent)
         return int(st.f_bavail * st.f_frsize)
 
+    def fs_bytes(self) -> int:
+        """The size of the buffer's file system."""
+        st = os.statvfs(self.path.parent)
+        return int(st.f_blocks * st.f_frsize)
+
+    def fit_wal(self, fs_bytes: int) -> None:
+        """Checkpoint at about 1/64 of the file system (64..1000 pages): on a small one the WAL,
+        which needs room of its own between checkpoints, stays a small share of it."""
+        page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        self.db.execute(f"PRAGMA wal_autocheckpoint={wal_pages(fs_bytes, page_size)}")
+
+    def wal_headroom(self) -> int:
+        """What the WAL grows to between checkpoints: the auto-checkpoint size plus one transaction,
+        generously (twice the checkpoint size)."""
+        page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) or 1000
+        return 2 * pages * page_size
+
+    def space(self) -> Space:
+        page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        try:
+            wal = Path(f"{self.path}-wal").stat().st_size
+        except FileNotFoundError:
+            wal = 0
+        return Space(
+            used=(pages - free) * page_size,
+            inner_free=free * page_size,
+            wal=wal,
+            wal_headroom=self.wal_headroom(),
+            fs_free=self.free_bytes(),
+        )
+
     def _size_boundary(self, max_bytes: int, min_free: int = 0) -> int | None:
-        used = self.used_bytes()
-        if min_free:
-            # the file system is shared (logs, other data): keep `min_free` of it free as well
-            wal = Path(f"{self.path}-wal")
-            wal_bytes = wal.stat().st_size if wal.exists() else 0
-            max_bytes = min(max_bytes, max(0, used + self.free_bytes() - wal_bytes - min_free))
-        if used <= max_bytes:
+        """First seq to keep by size: when the room left (`Space.room`) falls below the margin,
+        just enough of the oldest rows go to leave twice the margin (estimated per row; the caller
+        repeats while it deletes), so the trim neither runs on every flush nor deletes more."""
+        sp = self.space()
+        room = sp.room(max_bytes, min_free)
+        margin = sp.margin(max_bytes, min_free)
+        if room >= margin:
             return None
-        count = self.db.execute("SELECT count(*) FROM samples").fetchone()[0]
-        if count == 0:
-            return None
-        per_row = used / count
-        # free 5% below the cap at once, so the trim does not run on every flush
-        n = min(count, max(1, int((used - max_bytes * 0.95) / per_row) + 1))
         first = self.first_seq()
-        assert first is not None
+        if first is None:
+            return None
+        # rows are only ever deleted oldest-first, so seqs are contiguous: no count(*) over the table
+        count = self._read_head() - first + 1
+        per_row = max(1.0, sp.used / count)
+        n = min(count, max(1, math.ceil((2 * margin - room) / per_row)))
         row = self.db.execute("SELECT seq FROM samples ORDER BY seq LIMIT 1 OFFSET ?", (n,)).fetchone()
         return int(row[0]) if row else self.head + 1
 
@@ -583,7 +649,8 @@ class Store(AuditTables):
         max_rows: int = 500_000,
         min_free: int = 0,
     ) -> TrimResult:
-        """Apply retention and the size cap; returns what was deleted. Repeat while it deletes."""
+        """Apply retention and the size cap; returns what was deleted. Repeat while it deletes.
+        `min_free`: file-system space the buffer must not grow into (see `Space.room`)."""
         now = time.time_ns() if now_ns is None else now_ns
         age_b = self._age_boundary(now - retention_ns, max_rows)
         size_b = self._size_boundary(max_bytes, min_free)

@@ -85,8 +85,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_buffer_space(cfg: config.Config) -> None:
+    """Warn (not an error: the file is valid) when the buffer's file system holds far less than
+    max_bytes; checked where the buffer will be, so run it on the gateway itself."""
+    from buffer import estimate_cap, warn_small_cap
+
+    try:
+        cap, min_free = estimate_cap(cfg.buffer, cfg.buffer_path)
+    except OSError:
+        return
+    warn_small_cap(logging.getLogger("edged"), cfg.buffer_path, cap, cfg.buffer, min_free)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
+    _check_buffer_space(cfg)
     if not args.quiet:
         print(f"{args.file}: ok")
         print(f"  gateway {cfg.gateway.id}, data in {cfg.data_dir}, buffer {cfg.buffer_path}")

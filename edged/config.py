@@ -453,7 +453,9 @@ class BufferConfig(Base):
     flush_rows: int = 5000
     synchronous: Literal["normal", "full"] = "normal"
     trim_interval: Duration = Duration(10.0)
-    min_free: ByteSize = ByteSize(64 * 1024**2)  # keep this much of the file system free (oldest dropped)
+    # the buffer stops growing when the file system has less than this free (then reuses its file,
+    # oldest dropped); None: 5 % of the file system, 1..64 MiB (buffer.default_min_free)
+    min_free: ByteSize | None = None
 
     def __post_init__(self) -> None:
         if self.retention <= 0:
