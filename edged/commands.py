@@ -791,7 +791,7 @@ async def write_standalone(config: Config, store: Store, cmd: Command) -> Comman
             if dev is None or not dev.enabled:
                 return None
             ctx = PluginContext(
-                config.gateway.id, config.data_dir, logging.getLogger(f"edged.device.{name}"), {"config": config}
+                config.gateway.id, config.data_dir, logging.getLogger(f"edged.device.{name}"), config=config
             )
             driver: Writer = await stack.enter_async_context(registry.driver_module(dev.type).Driver(dev, ctx))
             return driver

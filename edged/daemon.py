@@ -162,7 +162,9 @@ class Daemon:
             gateway_id=self.config.gateway.id,
             data_dir=self.config.data_dir,
             log=logging.getLogger(f"edged.{kind}.{name}"),
-            extra={"config": self.config, "commands": self.commands, "latest": self._latest},
+            config=self.config,
+            commands=self.commands,
+            latest=self._latest,
         )
 
     def _runner(self, dev: DeviceBase) -> DeviceRunner:

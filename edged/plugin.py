@@ -5,23 +5,33 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from edged.model import Batch, Sample
+
+if TYPE_CHECKING:
+    from edged.commands import CommandGate
+    from edged.config import Config
 
 
 @dataclass(frozen=True, slots=True)
 class PluginContext:
-    """What the core hands a plugin: no globals, so two daemons can share one process in tests."""
+    """What the core hands a plugin: no globals, so two daemons can share one process in tests.
+
+    The optional services are None where they do not exist (a CLI tool, a contract test): a plugin
+    must then work without them, e.g. refuse every write when there is no command gate.
+    """
 
     gateway_id: str
     data_dir: Path
     log: logging.Logger
-    extra: dict[str, Any] = field(default_factory=dict)
+    config: Config | None = None  # the whole daemon config (an uplink mirroring devices reads their tags)
+    commands: CommandGate | None = None  # the one way to write to a device (edged.commands)
+    latest: Callable[[], Awaitable[list[Sample]]] | None = None  # each tag's newest stored sample
 
 
 class Driver(Protocol):

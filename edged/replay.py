@@ -154,7 +154,7 @@ async def send_standalone(
 
     module = registry.uplink_module(uplink_cfg.type)
     log = logging.getLogger(f"edged.replay.{uplink_cfg.name}")
-    ctx = PluginContext(config.gateway.id, config.data_dir, log, {"config": config})
+    ctx = PluginContext(config.gateway.id, config.data_dir, log, config=config)
     failure: Transient | None = None
     async with Buffer(config.buffer_path, config.buffer) as buf:
         sender = Sender(

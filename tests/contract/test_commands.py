@@ -390,7 +390,7 @@ async def test_scada_writes_through_the_opcua_server_uplink(tmp_path: Path, peer
         "command_users": ["op"],
     }
     async with modbus_gate(tmp_path, peer, ["scada"], uplinks=[scada]) as (gate, store, cfg):
-        ctx = PluginContext(GW, tmp_path, logging.getLogger("test.commands.scada"), {"config": cfg, "commands": gate})
+        ctx = PluginContext(GW, tmp_path, logging.getLogger("test.commands.scada"), config=cfg, commands=gate)
         async with OpcuaUplink(cfg.uplinks[0], ctx) as _:  # type: ignore[arg-type]
 
             async def node(c: Client, tag: str) -> Any:

@@ -75,7 +75,7 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upli
     )
     up_cfg = cfg.uplinks[0]
     assert isinstance(up_cfg, Config)
-    ctx = PluginContext(GATEWAY, tmp, logging.getLogger("edged.uplink.scada"), extra={"config": cfg})
+    ctx = PluginContext(GATEWAY, tmp, logging.getLogger("edged.uplink.scada"), config=cfg)
     async with Uplink(up_cfg, ctx) as up:
         yield up
 
@@ -254,7 +254,7 @@ async def test_anonymous_read_only_when_allowed(tmp_path: Path, caplog: pytest.L
     cfg = parse(tmp_path, {"endpoint": endpoint, "security_policies": ["None"], "allow_anonymous": True})
     up_cfg = cfg.uplinks[0]
     assert isinstance(up_cfg, Config)
-    ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("edged.uplink.anon"), extra={"config": cfg})
+    ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("edged.uplink.anon"), config=cfg)
     caplog.set_level(logging.WARNING, logger="edged.uplink.anon")
     async with Uplink(up_cfg, ctx) as up:
         await up.send(batch(sample("boiler/pressure", time.time_ns(), 7.5)))
@@ -285,7 +285,7 @@ async def test_a_restarted_server_shows_the_last_stored_values_at_once(tmp_path:
         cfg = parse(tmp_path, {"endpoint": endpoint, "security_policies": ["None"], "allow_anonymous": True})
         up_cfg = cfg.uplinks[0]
         assert isinstance(up_cfg, Config)
-        ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("t"), extra={"config": cfg, "latest": latest})
+        ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("t"), config=cfg, latest=latest)
         async with Uplink(up_cfg, ctx), Client(endpoint, timeout=5) as c:
             dv = await (await tag_node(c, "boiler", "pressure")).read_data_value(raise_on_bad_status=False)
             assert dv.Value.Value == 7.25

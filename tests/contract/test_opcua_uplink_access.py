@@ -83,7 +83,7 @@ async def start(tmp: Path, uplink: dict[str, Any], extra: dict[str, Any] | None 
     cfg = parse(tmp, {"endpoint": f"opc.tcp://127.0.0.1:{free_port()}/edged/", **uplink})
     up_cfg = cfg.uplinks[0]
     assert isinstance(up_cfg, Config)
-    ctx = PluginContext(GATEWAY, tmp, logging.getLogger("edged.uplink.scada"), extra={"config": cfg, **(extra or {})})
+    ctx = PluginContext(GATEWAY, tmp, logging.getLogger("edged.uplink.scada"), config=cfg, **(extra or {}))
     up = Uplink(up_cfg, ctx)
     return await up.__aenter__(), up
 
@@ -376,7 +376,7 @@ async def test_writes_while_commands_are_disabled_are_audited(tmp_path: Path) ->
 
     with Store(tmp_path / "buffer.db") as store:
         gate = CommandGate(cfg, AuditTrail.for_store(store), no_driver)
-        ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("t"), extra={"config": cfg, "commands": gate})
+        ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("t"), config=cfg, commands=gate)
         async with Uplink(up_cfg, ctx):
             c = Client(up_cfg.endpoint, timeout=5)
             c.set_user(USER)
@@ -408,7 +408,7 @@ async def test_a_command_user_write_while_disabled_is_audited_as_disabled(tmp_pa
 
     with Store(tmp_path / "buffer.db") as store:
         gate = CommandGate(cfg, AuditTrail.for_store(store), no_driver)
-        ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("t"), extra={"config": cfg, "commands": gate})
+        ctx = PluginContext(GATEWAY, tmp_path, logging.getLogger("t"), config=cfg, commands=gate)
         async with Uplink(up_cfg, ctx):
             c = Client(endpoint, timeout=5)
             c.set_user(USER)

@@ -173,7 +173,7 @@ def daemon_config(tmp_path: Path, **uplink: Any) -> Config:
 
 
 def ctx(cfg: Config, tmp_path: Path) -> PluginContext:
-    return PluginContext(GW, tmp_path, logging.getLogger("test.sparkplug"), {"config": cfg})
+    return PluginContext(GW, tmp_path, logging.getLogger("test.sparkplug"), config=cfg)
 
 
 @pytest.fixture
@@ -694,7 +694,7 @@ async def gated_node(
                     tg.create_task(while_offline(host, store), name="while-offline")
                 if retained is not None:
                     await host.publish(DCMD, retained, retain=True)
-                async with SpUplink(up, PluginContext(GW, tmp_path, log, extra)) as node:
+                async with SpUplink(up, PluginContext(GW, tmp_path, log, **extra)) as node:
                     await eventually(lambda: host.of("DBIRTH"), 15, "births")
                     yield host, store, node
                 task.cancel()

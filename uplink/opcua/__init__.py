@@ -373,7 +373,7 @@ class Uplink:
         self._root: Node | None = None
         self._folders: dict[str, Node] = {}
         self._vars: dict[str, _Var] = {}
-        gate = ctx.extra.get("commands")
+        gate = ctx.commands
         self._gate: CommandGate | None = gate if isinstance(gate, CommandGate) else None
         self._commandable: dict[ua.NodeId, str] = {}  # shown writable: tags this uplink may write now
         self._routed: dict[ua.NodeId, str] = {}  # variable -> tag path: its client writes go to the gate
@@ -629,7 +629,7 @@ class Uplink:
         missing from it (config unknown, or changed since the samples were stored) appear lazily."""
         gw_id = ua_struct(ua.NodeId, Identifier=_GATEWAY_NODE, NamespaceIndex=self.ns)
         self._root = await server.nodes.objects.add_folder(gw_id, self._qname(self.gateway))
-        full = self.ctx.extra.get("config")
+        full = self.ctx.config
         devices: list[DeviceBase] = full.devices if isinstance(full, EdgedConfig) else []
         wanted = tag_matcher(self.config.tags)
         for dev in devices:
@@ -724,8 +724,8 @@ class Uplink:
 
     async def _seed(self) -> None:
         """Show each tag's last stored value right away after a (re)start, rather than
-        BadWaitingForInitialData until its next sample; the buffer has it (ctx.extra["latest"])."""
-        latest = self.ctx.extra.get("latest")
+        BadWaitingForInitialData until its next sample; the buffer has it (ctx.latest)."""
+        latest = self.ctx.latest
         if not callable(latest):
             return
         try:

@@ -344,8 +344,8 @@ class Uplink:
         self.gateway = ctx.gateway_id
         self.node_id = config.edge_node_id or ctx.gateway_id
         _check_id("edge_node_id", self.node_id)
-        self.daemon_config: DaemonConfig | None = ctx.extra.get("config")
-        self._gate: CommandGate | None = ctx.extra.get("commands")  # None: every write is refused
+        self.daemon_config: DaemonConfig | None = ctx.config
+        self._gate: CommandGate | None = ctx.commands  # None: every write is refused
         self.bdseq_path = ctx.data_dir / f"sparkplug-{config.name}.bdseq"
         self.state_path = ctx.data_dir / f"sparkplug-{config.name}.state.json"
         self.bdseq = 0
