@@ -97,6 +97,11 @@ def _add(a: TrimResult, b: TrimResult) -> TrimResult:
     return TrimResult(a.deleted + b.deleted, a.by_age + b.by_age, a.by_size + b.by_size, a.gaps + b.gaps)
 
 
+def _locked(exc: BaseException) -> bool:
+    """SQLITE_BUSY/LOCKED after the busy timeout: a lock held elsewhere, never a reason to delete."""
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
 class Buffer:
     """Async face of the Store. Every database call runs on the one buffer thread."""
 
@@ -276,8 +281,11 @@ class Buffer:
                     self.write_errors += 1
                     if self.alarm is None:
                         log.error("buffer write failed, keeping %d samples pending: %s", len(self._pending), exc)
-                    self.alarm = f"buffer write failed: {exc} (dropping the oldest samples to make room)"
-                    await self._make_room()
+                    if _locked(exc):  # another process (a backup, an sqlite3 shell): space is not the problem
+                        self.alarm = f"buffer write failed: {exc} (another process holds a lock; samples wait)"
+                    else:
+                        self.alarm = f"buffer write failed: {exc} (dropping the oldest samples to make room)"
+                        await self._make_room()
                     await asyncio.sleep(backoff.next_delay())
                     continue
                 backoff.reset()
