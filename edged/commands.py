@@ -70,7 +70,7 @@ from edged.config import (
     command_signing,
     command_value_kind,
 )
-from edged.errors import EdgedError, Permanent, StorageError, Transient
+from edged.errors import EdgedError, Permanent, ReadbackMismatch, StorageError, Transient
 from edged.model import Sample, Severity, Value, severity
 
 log = logging.getLogger("edged.commands")
@@ -229,14 +229,6 @@ class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
         if self.device_status is not None and self.code == "device_refused":
             return self.device_status
         return STATUS.get(self.code, STATUS["internal"])
-
-
-class ReadbackMismatch(Permanent):
-    """A driver wrote the value but the device reads back something else (clamped, refused silently)."""
-
-    def __init__(self, message: str, readback: Value = None) -> None:
-        super().__init__(message)
-        self.readback = readback
 
 
 class Writer(Protocol):

@@ -7,6 +7,10 @@ Supervisors only need to know whether to retry (Transient), to give up on this i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edged.model import Value
 
 
 class EdgedError(Exception):
@@ -38,6 +42,14 @@ class RetryAfter(Transient):
 
 class Permanent(EdgedError):
     """Retrying the same thing will fail again: bad credentials, rejected payload, missing node."""
+
+
+class ReadbackMismatch(Permanent):
+    """A driver wrote the value but the device reads back something else (clamped, refused silently)."""
+
+    def __init__(self, message: str, readback: Value = None) -> None:
+        super().__init__(message)
+        self.readback = readback
 
 
 class Partial(EdgedError):

@@ -46,9 +46,8 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
 from drivers.opcua import certs
-from edged.commands import ReadbackMismatch
 from edged.config import DeviceBase, Duration, Secret, TagBase
-from edged.errors import Permanent, Transient
+from edged.errors import Permanent, ReadbackMismatch, Transient
 from edged.model import Sample, Severity, Status, Value, severity
 from edged.plugin import PluginContext
 
