@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from buffer.store import (
     BufferStatus,
@@ -31,12 +31,12 @@ from buffer.store import (
     subtract,
     wal_pages,
 )
-from edged.config import BufferConfig
 from edged.model import Sample
 from edged.plugin import Backoff
 
 __all__ = [
     "Buffer",
+    "BufferSettings",
     "BufferStatus",
     "Range",
     "Store",
@@ -54,13 +54,33 @@ log = logging.getLogger("edged.buffer")
 MiB = 1024**2
 
 
+class BufferSettings(Protocol):
+    """What the buffer reads of its configuration (edged.config.BufferConfig is one): the buffer
+    package depends on no config loader, so a tool or a test can pass any object with these."""
+
+    @property
+    def retention(self) -> float: ...  # seconds
+    @property
+    def max_bytes(self) -> int: ...
+    @property
+    def flush_interval(self) -> float: ...  # seconds
+    @property
+    def flush_rows(self) -> int: ...
+    @property
+    def synchronous(self) -> str: ...  # "normal" | "full"
+    @property
+    def trim_interval(self) -> float: ...  # seconds
+    @property
+    def min_free(self) -> int | None: ...  # None: derived from the file system
+
+
 def default_min_free(fs_bytes: int) -> int:
     """min_free when the config leaves it out: 5 % of the file system, at least 1 MiB (logs and
     the status file need some), at most 64 MiB. A fixed 64 MiB made the cap 0 on a small one."""
     return min(64 * MiB, max(1 * MiB, fs_bytes // 20))
 
 
-def warn_small_cap(logger: logging.Logger, path: Path, cap: int, config: BufferConfig, min_free: int) -> bool:
+def warn_small_cap(logger: logging.Logger, path: Path, cap: int, config: BufferSettings, min_free: int) -> bool:
     """Warn when the file system holds far less of the buffer (`cap`) than max_bytes promises."""
     if cap >= int(config.max_bytes) // 2:
         return False
@@ -75,7 +95,7 @@ def warn_small_cap(logger: logging.Logger, path: Path, cap: int, config: BufferC
     return True
 
 
-def estimate_cap(config: BufferConfig, path: Path) -> tuple[int, int]:
+def estimate_cap(config: BufferSettings, path: Path) -> tuple[int, int]:
     """(samples the buffer at `path` can hold, min_free) from its file system, without opening it:
     for `edged check-config`. Counts what the files already take, less WAL headroom and reserve."""
     probe = path.parent
@@ -107,7 +127,7 @@ class Buffer:
 
     set_aside: tuple[SetAside, ...] = ()  # unusable buffers this one replaced (status, /health)
 
-    def __init__(self, path: Path, config: BufferConfig, *, max_pending: int = 200_000) -> None:
+    def __init__(self, path: Path, config: BufferSettings, *, max_pending: int = 200_000) -> None:
         self.path = path
         self.config = config
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-buffer")
