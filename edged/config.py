@@ -353,6 +353,19 @@ class TagBase(Base):
         if self.quality.ne43 and self.source_unit not in (None, "mA"):
             raise ValueError("quality.ne43 judges the driver's loop current: source_unit must be 'mA' or unset")
 
+    def value_kind(self) -> ValueKind | None:
+        """What the tag holds, where its config says (a Modbus tag's table/type/bit); None: unknown
+        until the device is asked (an OPC UA node's DataType is read at the first write)."""
+        return None
+
+    def accepts_writes(self) -> bool:
+        """Whether the tag's own config lets commands write it (a driver with a `writable` flag
+        says no until it is set); whether the driver can write at all is its Writable capability."""
+        return True
+
+
+ValueKind = Literal["number", "bool", "string"]
+
 
 class DeviceBase(Base):
     """Fields every `[[devices]]` entry has; a driver's `Config` subclasses it."""
@@ -389,6 +402,10 @@ class UplinkBase(Base):
             raise ValueError("batch_size must be between 1 and 100000")
         if not 0.0 < self.backfill_share < 1.0:
             raise ValueError("backfill_share must be between 0 and 1 (exclusive)")
+
+    def takes_commands(self) -> bool:
+        """Whether this uplink receives commands (then its spec's `serve_commands` runs)."""
+        return False
 
 
 _LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})")
@@ -585,22 +602,14 @@ def command_signing(config: Config) -> dict[str, CommandSource]:
     be met (signatures required, no keys) for a signed-type uplink with commands but no entry."""
     rules = dict(config.commands.sources)
     for up in config.uplinks:
-        if up.type in SIGNED_SOURCE_TYPES and getattr(up, "commands", False) and up.name not in rules:
+        if up.type in SIGNED_SOURCE_TYPES and up.takes_commands() and up.name not in rules:
             rules[up.name] = CommandSource()  # signatures required, no keys: every command is refused
     return rules
 
 
-def command_value_kind(tag: Any) -> Literal["number", "bool", "string"] | None:
-    """What a driver tag holds, where its config says (Modbus `table`/`type`/`bit`); None = unknown
-    until the device is asked (OPC UA reads the node's DataType at the first write)."""
-    dtype = getattr(tag, "type", None)
-    if getattr(tag, "table", None) in ("coil", "discrete_input") or getattr(tag, "bit", None) is not None:
-        return "bool"
-    if dtype == "bool":
-        return "bool"
-    if dtype == "string":
-        return "string"
-    return "number" if isinstance(dtype, str) and dtype else None
+def command_value_kind(tag: TagBase) -> ValueKind | None:
+    """What a driver tag holds (the tag says: TagBase.value_kind)."""
+    return tag.value_kind()
 
 
 def _check_commands(
@@ -645,9 +654,9 @@ def _check_commands(
         if found is None:
             raise ConfigError(f"unknown tag {entry.tag!r}: no [[devices]] entry has it", file=file, path=f"{label}.tag")
         dev, tag = found
-        if not callable(getattr(registry.driver_module(dev.type).Driver, "write", None)):
+        if not registry.driver_spec(dev.type).can_write:
             raise ConfigError(f"the {dev.type} driver of device {dev.name!r} cannot write", file=file, path=label)
-        if getattr(tag, "writable", True) is not True:
+        if not tag.accepts_writes():
             raise ConfigError(
                 f"device {dev.name!r} tag {tag.name!r} is not writable: set writable = true on the tag",
                 file=file,

@@ -14,9 +14,9 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -30,7 +30,7 @@ from edged.delivery import Sender
 from edged.errors import ConfigError, Permanent, Transient
 from edged.files import write_atomic
 from edged.model import Sample, Severity, Status, severity
-from edged.plugin import Backoff, PluginContext, Tally
+from edged.plugin import Backoff, Driver, DriverSpec, PluginContext, Tally, Writable
 from edged.quality import TagProcessor
 from edged.sdnotify import Notifier
 
@@ -60,17 +60,17 @@ class DeviceRunner:
     """Supervises one device: connect, read, hand to the buffer; on failure mark its tags Bad once,
     back off (capped, jittered) and reconnect. Never lets its failure reach the other devices."""
 
-    def __init__(self, config: DeviceBase, module: ModuleType, buffer: Buffer, ctx: PluginContext) -> None:
+    def __init__(self, config: DeviceBase, spec: DriverSpec[Any], buffer: Buffer, ctx: PluginContext) -> None:
         self.config = config
         self.name = config.name
-        self.module = module
+        self.spec = spec
         self.buffer = buffer
         self.ctx = ctx
         self.processor = TagProcessor(config)
         self.backoff = Backoff(initial=1.0, cap=60.0)
         self.stats = DeviceStats()
         self._down = False
-        self.driver: Any | None = None  # the connected driver, for the command gate; None while down
+        self.driver: Driver | None = None  # the connected driver, for the command gate; None while down
         self.tally = Tally()  # the driver's own counters over its reconnects (status, metrics)
 
     async def run(self) -> None:
@@ -78,18 +78,20 @@ class DeviceRunner:
         while True:
             self.stats.state = "connecting"
             try:
-                async with self.module.Driver(self.config, self.ctx) as drv:
+                async with self.spec.driver(self.config, self.ctx) as drv:
                     self.stats.connects += 1
                     self.stats.state = "running"
                     self.driver = drv
                     self.tally.attach(drv)
+                    stream = drv.samples()
                     try:
-                        async with contextlib.aclosing(drv.samples()) as stream:
-                            async for batch in stream:
-                                self._accept(batch)
+                        async for batch in stream:
+                            self._accept(batch)
                     finally:
                         self.driver = None
                         self.tally.detach()
+                        if isinstance(stream, AsyncGenerator):  # finish the generator here, not in GC
+                            await stream.aclose()
             except (Transient, Permanent, OSError, TimeoutError) as exc:
                 self._failed(exc)
             except Exception as exc:  # a driver bug: log the traceback, keep the daemon up
@@ -151,7 +153,8 @@ class Daemon:
 
     async def _writer(self, device: str) -> Writer | None:
         entry = self._devices.get(device)
-        return entry[0].driver if entry is not None else None
+        driver = entry[0].driver if entry is not None else None
+        return driver if isinstance(driver, Writable) else None
 
     async def _latest(self) -> list[Sample]:
         """Each tag's newest stored sample, for uplinks that show current values (OPC UA server)."""
@@ -168,15 +171,15 @@ class Daemon:
         )
 
     def _runner(self, dev: DeviceBase) -> DeviceRunner:
-        return DeviceRunner(dev, registry.driver_module(dev.type), self.buffer, self._ctx("device", dev.name))
+        return DeviceRunner(dev, registry.driver_spec(dev.type), self.buffer, self._ctx("device", dev.name))
 
     def _sender(self, up: UplinkBase) -> Sender:
-        module = registry.uplink_module(up.type)
+        spec = registry.uplink_spec(up.type)
         ctx = self._ctx("uplink", up.name)
         return Sender(
             self.buffer,
             up,
-            lambda: module.Uplink(up, ctx),
+            lambda: spec.uplink(up, ctx),
             gateway_id=self.config.gateway.id,
             log=logging.getLogger(f"edged.uplink.{up.name}"),
         )
@@ -196,9 +199,9 @@ class Daemon:
     def _start_uplink(self, tg: asyncio.TaskGroup, up: UplinkBase) -> None:
         sender = self._sender(up)
         self._uplinks[up.name] = (sender, tg.create_task(sender.run(), name=f"uplink:{up.name}"))
-        # An uplink that receives commands on a connection of its own exports serve_commands().
-        serve = getattr(registry.uplink_module(up.type), "serve_commands", None)
-        if serve is not None and getattr(up, "commands", False):
+        # An uplink that receives commands on a connection of its own declares serve_commands.
+        serve = registry.uplink_spec(up.type).serve_commands
+        if serve is not None and up.takes_commands():
             listener = serve(up, self._ctx("uplink", up.name), self.commands)
             self._listeners[up.name] = tg.create_task(listener, name=f"commands:{up.name}")
 

@@ -21,7 +21,7 @@ from buffer import Buffer
 from edged.config import UplinkBase, tag_matcher
 from edged.errors import Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample
-from edged.plugin import Backoff, Tally, Uplink
+from edged.plugin import Backoff, ClosedAware, Tally, Uplink
 
 
 class Halted(Transient):
@@ -79,9 +79,9 @@ class Sender:
     async def run(self) -> None:
         """Connect, deliver until the peer fails, back off, repeat; until cancelled.
 
-        Optional uplink hooks, looked up by name: `is_closed() -> bool` (checked while idle, so a
-        dead connection is replaced before data waits on it), and `counters()` (edged.plugin.Counted:
-        the plugin's own figures, shown in status and metrics).
+        Optional uplink capabilities (edged.plugin): ClosedAware (checked while idle, so a dead
+        connection is replaced before data waits on it) and Counted (the plugin's own figures,
+        shown in status and metrics).
         """
         await self.buffer.call(self.buffer.store.register_uplink, self.name, self.config.start_from)
         await self._supervise(attempts=None)
@@ -179,8 +179,7 @@ class Sender:
                 return  # the replayed range is delivered
             else:
                 await buf.wait_beyond(live_pos, timeout=1.0)
-                is_closed = getattr(uplink, "is_closed", None)
-                if is_closed is not None and is_closed():
+                if isinstance(uplink, ClosedAware) and uplink.is_closed():
                     # an idle connection that died: reconnect now, not when the next sample comes
                     raise Transient("connection lost while idle")
                 continue

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, runtime_checkable
 
-from edged.model import Batch, Sample
+from edged.model import Batch, Sample, Value
 
 if TYPE_CHECKING:
     from edged.commands import CommandGate
-    from edged.config import Config
+    from edged.config import Config, DeviceBase, UplinkBase
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,27 @@ class Uplink(Protocol):
     async def send(self, batch: Batch) -> None: ...
 
 
-# Optional uplink methods the Sender uses when present (not part of the Protocol, so plugins stay
-# minimal): `is_closed() -> bool`; see edged.delivery.Sender.
+# ----------------------------------------------------------------------------------------- capabilities
+# Optional, each a Protocol of its own so a plugin implements only what it can; the core asks with
+# isinstance (runtime_checkable), and mypy checks the signatures where a plugin declares its spec.
+
+
+@runtime_checkable
+class Writable(Protocol):
+    """A driver that can write a setpoint (through the command gate only): write one tag, in
+    engineering units, and read it back. Returns the read-back Sample (or the bare value); raises
+    Permanent (with `.status`, an OPC UA StatusCode, when it has one) for a refusal,
+    edged.errors.ReadbackMismatch, or Transient when the device did not answer."""
+
+    async def write(self, tag: str, value: Value) -> Sample | Value: ...
+
+
+@runtime_checkable
+class ClosedAware(Protocol):
+    """An uplink that can tell its connection died while idle, so the Sender replaces it before
+    data has to wait on it (checked about once a second while there is nothing to send)."""
+
+    def is_closed(self) -> bool: ...
 
 
 @runtime_checkable
@@ -114,3 +133,39 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+# ----------------------------------------------------------------------------------------- specs
+# Every plugin package ends with one declaration, `plugin = DriverSpec(...)` or `UplinkSpec(...)`:
+# the registry loads it by the config's `type`, and mypy --strict checks there that the package's
+# Config, Driver/Uplink and optional hooks fit these types (docs/plugins.md).
+
+C = TypeVar("C", bound="DeviceBase")
+U = TypeVar("U", bound="UplinkBase")
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSpec(Generic[C]):
+    """A driver package: its config struct and how to build a driver from it."""
+
+    config: type[C]
+    driver: Callable[[C, PluginContext], Driver]
+
+    @property
+    def can_write(self) -> bool:
+        """The driver class implements Writable (checked on the class, without building one)."""
+        return isinstance(self.driver, type) and issubclass(self.driver, Writable)
+
+
+CommandListener = Callable[[U, PluginContext, "CommandGate"], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSpec(Generic[U]):
+    """An uplink package: its config struct, how to build an uplink, and optionally a command
+    listener the daemon runs as a task of its own while the uplink's config takes commands
+    (`UplinkBase.takes_commands`)."""
+
+    config: type[U]
+    uplink: Callable[[U, PluginContext], Uplink]
+    serve_commands: CommandListener[U] | None = None

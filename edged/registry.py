@@ -1,8 +1,9 @@
 """Resolve a config `type` to its plugin package by import, so adding a plugin edits no list.
 
 `type = "modbus"` under `[[devices]]` is the package `drivers.modbus`; under `[[uplinks]]` it is
-`uplink.modbus`. A plugin package exports `Config` (a DeviceBase/UplinkBase subclass) and `Driver`
-or `Uplink`. Its heavy library is imported by the package itself, so only configured plugins pay.
+`uplink.modbus`. A plugin package declares `plugin = DriverSpec(...)` or `UplinkSpec(...)`
+(edged.plugin): its Config struct and its Driver/Uplink, typed, so mypy checks each plugin against
+the contract. Its heavy library is imported by the package itself, so only configured plugins pay.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from edged.config import DeviceBase, UplinkBase
 from edged.errors import ConfigError
+from edged.plugin import DriverSpec, UplinkSpec
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
@@ -47,15 +49,24 @@ def uplink_module(type_name: str) -> ModuleType:
     return _load("uplink", type_name)
 
 
-def driver_config(type_name: str) -> type[Any]:
-    cfg = getattr(driver_module(type_name), "Config", None)
-    if not (isinstance(cfg, type) and issubclass(cfg, DeviceBase)):
-        raise ConfigError(f"drivers.{type_name} does not export a DeviceBase Config")
-    return cfg
+def driver_spec(type_name: str) -> DriverSpec[Any]:
+    """The package's `plugin` declaration, which mypy checked against the driver contract."""
+    spec = getattr(driver_module(type_name), "plugin", None)
+    if not isinstance(spec, DriverSpec) or not issubclass(spec.config, DeviceBase):
+        raise ConfigError(f"drivers.{type_name} does not declare `plugin = DriverSpec(...)` (docs/plugins.md)")
+    return spec
 
 
-def uplink_config(type_name: str) -> type[Any]:
-    cfg = getattr(uplink_module(type_name), "Config", None)
-    if not (isinstance(cfg, type) and issubclass(cfg, UplinkBase)):
-        raise ConfigError(f"uplink.{type_name} does not export an UplinkBase Config")
-    return cfg
+def uplink_spec(type_name: str) -> UplinkSpec[Any]:
+    spec = getattr(uplink_module(type_name), "plugin", None)
+    if not isinstance(spec, UplinkSpec) or not issubclass(spec.config, UplinkBase):
+        raise ConfigError(f"uplink.{type_name} does not declare `plugin = UplinkSpec(...)` (docs/plugins.md)")
+    return spec
+
+
+def driver_config(type_name: str) -> type[DeviceBase]:
+    return driver_spec(type_name).config
+
+
+def uplink_config(type_name: str) -> type[UplinkBase]:
+    return uplink_spec(type_name).config

@@ -152,13 +152,13 @@ async def send_standalone(
     Returns the Sender's figures; raises Transient when the uplink cannot be reached or halts."""
     from buffer import Buffer  # the async buffer runs its own connection on its own thread
 
-    module = registry.uplink_module(uplink_cfg.type)
+    spec = registry.uplink_spec(uplink_cfg.type)
     log = logging.getLogger(f"edged.replay.{uplink_cfg.name}")
     ctx = PluginContext(config.gateway.id, config.data_dir, log, config=config)
     failure: Transient | None = None
     async with Buffer(config.buffer_path, config.buffer) as buf:
         sender = Sender(
-            buf, uplink_cfg, lambda: module.Uplink(uplink_cfg, ctx), gateway_id=config.gateway.id, log=log,
+            buf, uplink_cfg, lambda: spec.uplink(uplink_cfg, ctx), gateway_id=config.gateway.id, log=log,
             backoff=Backoff(initial=0.5, cap=10.0),
         )  # fmt: skip
         async with asyncio.TaskGroup() as tg:

@@ -31,7 +31,7 @@ from drivers.analog.iio import Channel, DeviceGone, read_channels
 from edged.conversions.loop import iio_current_ma
 from edged.errors import Transient
 from edged.model import Sample, Severity, Status, severity
-from edged.plugin import PluginContext
+from edged.plugin import DriverSpec, PluginContext
 from edged.problems import Problems
 
 __all__ = ["Config", "Driver", "Tag"]
@@ -184,3 +184,6 @@ class Driver:
         kind, reason = problem
         self.problems.counts[kind] += 1
         self.problems.report(tag.name, kind, reason)
+
+
+plugin = DriverSpec(config=Config, driver=Driver)  # mypy checks it against edged.plugin

@@ -57,7 +57,7 @@ from drivers.hart.protocol import (
 )
 from edged.errors import EdgedError, Permanent, Transient
 from edged.model import Sample, Severity, Status, Value, severity
-from edged.plugin import PluginContext
+from edged.plugin import DriverSpec, PluginContext
 from edged.problems import Problems
 
 __all__ = ["Config", "Driver", "Tag"]
@@ -550,3 +550,6 @@ class Driver:
         ts = time.time_ns()
         readings = {t.variable: _Reading(None, None, failure.status, ts) for t in self._tags}
         return self._samples(readings)
+
+
+plugin = DriverSpec(config=Config, driver=Driver)  # mypy checks it against edged.plugin

@@ -43,7 +43,7 @@ from drivers.modbus.config import Config, Tag
 from drivers.modbus.plan import BIT_TABLES, Isolation, Item, Request, plan
 from edged.errors import Permanent, Transient
 from edged.model import Sample, Status, Value
-from edged.plugin import PluginContext
+from edged.plugin import DriverSpec, PluginContext
 from edged.problems import Problems
 
 __all__ = ["Config", "Driver", "SerialLines", "Tag", "WriteError"]
@@ -392,3 +392,6 @@ class Driver:
         if failure.answered:
             raise WriteError(msg, failure.status)
         raise Transient(msg)
+
+
+plugin = DriverSpec(config=Config, driver=Driver)  # mypy checks it against edged.plugin

@@ -12,7 +12,7 @@ from typing import Literal
 
 from drivers.modbus.codec import DataType, Order, is_integer_type, register_count
 from drivers.modbus.plan import BIT_TABLES, MAX_BITS, MAX_REGISTERS, Limits, Table
-from edged.config import DeviceBase, Duration, TagBase
+from edged.config import DeviceBase, Duration, TagBase, ValueKind
 
 Parity = Literal["N", "E", "O"]
 
@@ -85,6 +85,14 @@ class Tag(TagBase, kw_only=True):
     def size(self) -> int:
         """Registers (or bits) this tag occupies."""
         return 1 if self.table in BIT_TABLES else register_count(self.dtype, self.length)
+
+    def value_kind(self) -> ValueKind:
+        if self.table in ("coil", "discrete_input") or self.bit is not None or self.type == "bool":
+            return "bool"
+        return "string" if self.type == "string" else "number"
+
+    def accepts_writes(self) -> bool:
+        return self.writable
 
 
 class Config(DeviceBase):

@@ -49,7 +49,7 @@ from drivers.opcua import certs
 from edged.config import DeviceBase, Duration, Secret, TagBase
 from edged.errors import Permanent, ReadbackMismatch, Transient
 from edged.model import Sample, Severity, Status, Value, severity
-from edged.plugin import PluginContext
+from edged.plugin import DriverSpec, PluginContext
 
 T = TypeVar("T")
 
@@ -903,3 +903,6 @@ def _first_certificate(der: bytes) -> bytes:
     if len(der) > 4 and der[0] == 0x30 and der[1] == 0x82:
         return der[: int.from_bytes(der[2:4], "big") + 4]
     return der
+
+
+plugin = DriverSpec(config=Config, driver=Driver)  # mypy checks it against edged.plugin

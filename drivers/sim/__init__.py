@@ -16,7 +16,7 @@ from typing import Literal, Self
 from edged.config import DeviceBase, Duration, TagBase
 from edged.errors import Transient
 from edged.model import Sample, Status
-from edged.plugin import PluginContext
+from edged.plugin import DriverSpec, PluginContext
 
 Signal = Literal["sine", "ramp", "random_walk", "step", "stuck", "noisy", "counter", "bool"]
 
@@ -119,3 +119,6 @@ class Driver:
                 next_at = loop.time()
                 delay = 0.0
             await asyncio.sleep(max(0.0, delay))
+
+
+plugin = DriverSpec(config=Config, driver=Driver)  # mypy checks it against edged.plugin

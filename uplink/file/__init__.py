@@ -16,7 +16,7 @@ import msgspec
 from edged.config import UplinkBase
 from edged.errors import Permanent, Transient
 from edged.model import Batch, status_name
-from edged.plugin import PluginContext
+from edged.plugin import PluginContext, UplinkSpec
 
 
 class Config(UplinkBase):
@@ -93,3 +93,6 @@ class Uplink:
             await asyncio.to_thread(self._write, b"\n".join(lines) + b"\n")
         except OSError as exc:
             raise Transient(f"write to {self.path} failed: {exc.strerror}") from exc
+
+
+plugin = UplinkSpec(config=Config, uplink=Uplink)  # mypy checks it against edged.plugin

@@ -29,7 +29,7 @@ import edged
 from edged.config import Duration, Secret, UplinkBase
 from edged.errors import EdgedError, Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample, Value, severity
-from edged.plugin import Backoff, PluginContext
+from edged.plugin import Backoff, PluginContext, UplinkSpec
 from edged.tls import client_context
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -378,3 +378,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+plugin = UplinkSpec(config=Config, uplink=Uplink)  # mypy checks it against edged.plugin

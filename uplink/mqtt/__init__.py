@@ -38,7 +38,7 @@ from edged.commands import (
 from edged.config import ByteSize, Duration, Secret, UplinkBase
 from edged.errors import Permanent, Transient
 from edged.model import Batch
-from edged.plugin import Backoff, PluginContext
+from edged.plugin import Backoff, PluginContext, UplinkSpec
 from edged.tls import client_context
 
 # CONNACK codes that retrying will not fix: MQTT 3.1.1 (1 protocol version, 2 identifier rejected,
@@ -119,6 +119,9 @@ class Config(UplinkBase):
         if self.reply_to_prefix is not None:
             return self.reply_to_prefix.format(gateway=gateway, uplink=self.name)
         return self.reply_topic.format(gateway=gateway, uplink=self.name) + "/"
+
+    def takes_commands(self) -> bool:
+        return self.commands
 
 
 async def _connect(
@@ -407,3 +410,6 @@ class _CommandListener:
                 "uplink %s: the reply to command %s was lost (%s); its outcome (%s) is in the audit trail",
                 self.config.name, result.id, exc, result.result.value,
             )  # fmt: skip
+
+
+plugin = UplinkSpec(config=Config, uplink=Uplink, serve_commands=serve_commands)  # mypy checks it against edged.plugin

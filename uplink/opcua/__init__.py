@@ -53,7 +53,7 @@ from edged.config import Config as EdgedConfig
 from edged.config import DeviceBase, Secret, UplinkBase, tag_matcher
 from edged.errors import Permanent, Transient
 from edged.model import Batch, Sample, Severity, Status, Value, severity
-from edged.plugin import PluginContext
+from edged.plugin import PluginContext, UplinkSpec
 from uplink.opcua._asyncua import Channel, Rejected, Server, current_channel
 
 PolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
@@ -795,3 +795,6 @@ class Uplink:
         )
         await server.write_attribute_value(var.nodeid, dv)
         var.ts_ns = s.ts_ns
+
+
+plugin = UplinkSpec(config=Config, uplink=Uplink)  # mypy checks it against edged.plugin

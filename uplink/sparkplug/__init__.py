@@ -46,7 +46,7 @@ from edged.config import Config as DaemonConfig
 from edged.config import Duration, Secret, UplinkBase, tag_matcher
 from edged.errors import EdgedError, Permanent, Transient
 from edged.model import Batch, Gap, Sample, Status, Value, severity
-from edged.plugin import PluginContext
+from edged.plugin import PluginContext, UplinkSpec
 from edged.tls import client_context
 from uplink.sparkplug import sparkplug_b_pb2 as pb
 
@@ -981,3 +981,6 @@ class Uplink:
                 await self._publish(self._topic["NDATA"], self._gaps(batch.gaps), qos)
             for s in batch.samples:
                 self._remember(self._metrics[s.tag], s)
+
+
+plugin = UplinkSpec(config=Config, uplink=Uplink)  # mypy checks it against edged.plugin
