@@ -27,10 +27,10 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from buffer import Store
-from drivers.opcua.certs import create_client_certificate
 from edged import config as edged_config
 from edged.commands import AuditTrail, CommandGate
 from edged.plugin import PluginContext
+from edged.protocols.opcua.certs import create_client_certificate
 from peers.opcua_server import free_port
 from uplink.opcua import Config, Uplink, _Throttle
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Self
 from urllib.parse import urlparse
 
 import msgspec
@@ -47,17 +47,16 @@ from asyncua.ua.status_codes import StatusCodes, get_name_and_doc
 from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 
-from drivers.opcua import certs, datetime_ns, map_error, ua_struct
 from edged.commands import Command, CommandGate, new_id
 from edged.config import Config as EdgedConfig
 from edged.config import DeviceBase, Secret, UplinkBase, tag_matcher
 from edged.errors import Permanent, Transient
 from edged.model import Batch, Sample, Severity, Status, Value, severity
 from edged.plugin import PluginContext
+from edged.protocols.opcua import SecurityMode, SecurityPolicyName, certs
+from edged.protocols.opcua.errors import map_error
+from edged.protocols.opcua.values import datetime_ns, ns_datetime, ua_struct
 from uplink.opcua._asyncua import Channel, Rejected, Server, current_channel
-
-PolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
-ModeName = Literal["Sign", "SignAndEncrypt"]
 
 _POLICY_TYPES: Final[dict[tuple[str, str], ua.SecurityPolicyType]] = {
     ("Basic256Sha256", "Sign"): ua.SecurityPolicyType.Basic256Sha256_Sign,
@@ -112,7 +111,6 @@ _BAD_TYPE_MISMATCH: Final = StatusCodes.BadTypeMismatch
 _UNITS_NAMESPACE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
 _GATEWAY_NODE: Final = 1  # numeric, so it can never collide with a device folder's string NodeId
 _STOP_TIMEOUT: Final = 5.0
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _BACKOFF_CAP: Final = 900.0  # s: the longest login lockout
 _THROTTLE_PAIRS: Final = 10_000  # (client, user) pairs remembered, so guessing cannot fill memory
 _LOG_EVERY: Final = 60.0  # s: a refusal repeated by the same client is logged once per this
@@ -123,10 +121,10 @@ _INT64: Final = 2**63  # SQLite integers (and the buffer's ns timestamps) are 64
 class Config(UplinkBase):
     endpoint: str = "opc.tcp://127.0.0.1:4840/edged/"
     # Each policy is offered in each mode; "None" only when listed (logged as a warning).
-    security_policies: list[PolicyName] = msgspec.field(
+    security_policies: list[SecurityPolicyName] = msgspec.field(
         default_factory=lambda: ["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
     )
-    security_modes: list[ModeName] = msgspec.field(default_factory=lambda: ["SignAndEncrypt"])
+    security_modes: list[SecurityMode] = msgspec.field(default_factory=lambda: ["SignAndEncrypt"])
     certificate: str | None = None  # server certificate; default: generated once in data_dir/opcua/<name>/
     private_key: str | None = None
     private_key_password: Secret | None = None
@@ -345,10 +343,6 @@ class _Var:
     vtype: ua.VariantType | None = None  # set with the DataType at the first value
     ts_ns: int = -1  # source time of the value shown; never moves back
     type_warned: bool = False
-
-
-def _datetime(ns: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
 
 
 def _variant_type(value: object) -> ua.VariantType:
@@ -790,7 +784,7 @@ class Uplink:
             ua.DataValue,
             Value=variant,
             StatusCode=ua_struct(ua.StatusCode, value=status),
-            SourceTimestamp=_datetime(s.ts_ns),
+            SourceTimestamp=ns_datetime(s.ts_ns),
             ServerTimestamp=now,
         )
         await server.write_attribute_value(var.nodeid, dv)
