@@ -157,7 +157,7 @@ def cmd_opcua_cert(args: argparse.Namespace) -> int:
     """First OPC UA setup: a self-signed client certificate for the server's admin to trust."""
     import socket
 
-    from drivers.opcua.certs import create_client_certificate
+    from edged.protocols.opcua.certs import create_client_certificate
 
     files.restrict_umask()  # the opcua/ directory it may create: 0750
     data_dir = Path(args.data_dir) if args.data_dir else _config_for(args).data_dir

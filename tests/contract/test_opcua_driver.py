@@ -21,13 +21,14 @@ import pytest_asyncio
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from buffer import Store
-from drivers.opcua import Config, Driver, certs
-from drivers.opcua.certs import create_client_certificate
+from drivers.opcua import Config, Driver
 from edged import config as edged_config
 from edged.daemon import Daemon
 from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Sample, Status
 from edged.plugin import PluginContext
+from edged.protocols.opcua import certs
+from edged.protocols.opcua.certs import create_client_certificate
 from peers.opcua_server import PASSWORD, USERNAME, PlantServer
 from peers.waiting import daemon_samples, eventually
 from peers.waiting import until as until_true

@@ -20,11 +20,11 @@ from asyncua.ua.uaerrors import BadIdentityTokenRejected, BadNoMatch, BadUserAcc
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from drivers.opcua.certs import create_client_certificate
 from edged import config as edged_config
 from edged.errors import ConfigError
 from edged.model import Batch, Sample, Status
 from edged.plugin import PluginContext
+from edged.protocols.opcua.certs import create_client_certificate
 from peers.opcua_server import free_port
 from uplink.opcua import Config, Uplink
 

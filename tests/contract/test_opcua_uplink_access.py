@@ -27,12 +27,13 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from buffer import Store
-from drivers.opcua.certs import create_client_certificate
 from edged import config as edged_config
 from edged.commands import AuditTrail, CommandGate
 from edged.plugin import PluginContext
+from edged.protocols.opcua.certs import create_client_certificate
 from peers.opcua_server import free_port
-from uplink.opcua import Config, Uplink, _Throttle
+from uplink.opcua import Config, Uplink
+from uplink.opcua.access import Throttle
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -332,7 +333,7 @@ async def test_wrong_passwords_lock_the_client_and_user_out_for_a_while(strict: 
 
 def test_throttle_backoff_doubles_is_capped_per_pair_and_bounded() -> None:
     now = [0.0]
-    t = _Throttle(3, 10.0, clock=lambda: now[0])
+    t = Throttle(3, 10.0, clock=lambda: now[0])
     a, b = ("10.0.0.1", "op"), ("10.0.0.2", "op")
     assert [t.failed(a) for _ in range(3)] == [0.0, 0.0, 10.0]
     assert t.locked_for(a) == 10.0 and t.locked_for(b) == 0.0  # another client is not locked out

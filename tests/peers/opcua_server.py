@@ -18,7 +18,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 
-from drivers.opcua.certs import create_client_certificate, create_self_signed_certificate
+from edged.protocols.opcua.certs import create_client_certificate, create_self_signed_certificate
 
 USERNAME = "operator"
 PASSWORD = "s3cret-pw"

@@ -9,7 +9,8 @@ moves forward in time, so a replayed (historical) sample never hides a newer val
 Access: username/password users (and anonymous only when allowed) may browse, read and subscribe.
 A trust list, when set, binds on every endpoint (the None one admits no session then); a policy not
 offered is answered BadSecurityPolicyRejected and closed; wrong passwords lock a (client, user)
-pair out for a while (_Throttle). The asyncua internals this needs are in `_asyncua`.
+pair out for a while. Who may do what is `access.py` (the entry itself `config.py`); the asyncua
+internals this needs are in `_asyncua`.
 Nobody may call methods or change the address space. Writes are refused (BadUserAccessDenied), except
 the Value of a tag the command gate lets this uplink write ([[commands.tags]] with this uplink in
 `sources`), by a user listed in `command_users`: such a write never touches the address space. It
@@ -23,41 +24,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import hmac
 import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Self
 from urllib.parse import urlparse
 
-import msgspec
 from asyncua import ua
 from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
-from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
-from asyncua.server.address_space import AddressSpace, AttributeService
-from asyncua.server.user_managers import UserManager
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes, get_name_and_doc
 from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 
-from drivers.opcua import certs, datetime_ns, map_error, ua_struct
 from edged.commands import Command, CommandGate, new_id
 from edged.config import Config as EdgedConfig
-from edged.config import DeviceBase, Secret, UplinkBase, tag_matcher
+from edged.config import DeviceBase, tag_matcher
 from edged.errors import Permanent, Transient
-from edged.model import Batch, Sample, Severity, Status, Value, severity
+from edged.model import Batch, Sample, Severity, Status, severity
 from edged.plugin import PluginContext, UplinkSpec
-from uplink.opcua._asyncua import Channel, Rejected, Server, current_channel
+from edged.protocols.opcua import certs
+from edged.protocols.opcua.errors import map_error
+from edged.protocols.opcua.values import datetime_ns, ns_datetime, ua_struct
+from uplink.opcua._asyncua import Rejected, Server, current_channel
+from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, ReadOnly, Users, written_value
+from uplink.opcua.config import Config
 
-PolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
-ModeName = Literal["Sign", "SignAndEncrypt"]
+__all__ = ["Config", "Uplink"]
 
 _POLICY_TYPES: Final[dict[tuple[str, str], ua.SecurityPolicyType]] = {
     ("Basic256Sha256", "Sign"): ua.SecurityPolicyType.Basic256Sha256_Sign,
@@ -67,275 +66,19 @@ _POLICY_TYPES: Final[dict[tuple[str, str], ua.SecurityPolicyType]] = {
     ("Aes256_Sha256_RsaPss", "Sign"): ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
     ("Aes256_Sha256_RsaPss", "SignAndEncrypt"): ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
 }
-# What a logged-in client may do: discover, browse, read, subscribe. Write, Call, HistoryUpdate and
-# node management are absent, so they are refused with BadUserAccessDenied before reaching a node.
-_READ_ONLY_SERVICES: Final = frozenset(
-    ua_struct(ua.NodeId, Identifier=i)
-    for i in (
-        ObjectIds.ReadRequest_Encoding_DefaultBinary,
-        ObjectIds.BrowseRequest_Encoding_DefaultBinary,
-        ObjectIds.BrowseNextRequest_Encoding_DefaultBinary,
-        ObjectIds.TranslateBrowsePathsToNodeIdsRequest_Encoding_DefaultBinary,
-        ObjectIds.RegisterNodesRequest_Encoding_DefaultBinary,
-        ObjectIds.UnregisterNodesRequest_Encoding_DefaultBinary,
-        ObjectIds.CreateSubscriptionRequest_Encoding_DefaultBinary,
-        ObjectIds.ModifySubscriptionRequest_Encoding_DefaultBinary,
-        ObjectIds.DeleteSubscriptionsRequest_Encoding_DefaultBinary,
-        ObjectIds.TransferSubscriptionsRequest_Encoding_DefaultBinary,
-        ObjectIds.SetPublishingModeRequest_Encoding_DefaultBinary,
-        ObjectIds.CreateMonitoredItemsRequest_Encoding_DefaultBinary,
-        ObjectIds.ModifyMonitoredItemsRequest_Encoding_DefaultBinary,
-        ObjectIds.DeleteMonitoredItemsRequest_Encoding_DefaultBinary,
-        ObjectIds.SetMonitoringModeRequest_Encoding_DefaultBinary,
-        ObjectIds.PublishRequest_Encoding_DefaultBinary,
-        ObjectIds.RepublishRequest_Encoding_DefaultBinary,
-        ObjectIds.CloseSessionRequest_Encoding_DefaultBinary,
-        ObjectIds.CloseSecureChannelRequest_Encoding_DefaultBinary,
-        ObjectIds.GetEndpointsRequest_Encoding_DefaultBinary,
-        ObjectIds.FindServersRequest_Encoding_DefaultBinary,
-    )
-)
 _VARIANT_DATATYPES: Final[dict[ua.VariantType, int]] = {
     ua.VariantType.Boolean: ObjectIds.Boolean,
     ua.VariantType.Double: ObjectIds.Double,
     ua.VariantType.String: ObjectIds.String,
 }
-_WRITE_SERVICE: Final = ua_struct(ua.NodeId, Identifier=ObjectIds.WriteRequest_Encoding_DefaultBinary)
-_NUMERIC_VARIANTS: Final = frozenset(
-    {
-        ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
-        ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
-        ua.VariantType.Float, ua.VariantType.Double,
-    }
-)  # fmt: skip
 _BAD_TYPE_MISMATCH: Final = StatusCodes.BadTypeMismatch
 _UNITS_NAMESPACE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
 _GATEWAY_NODE: Final = 1  # numeric, so it can never collide with a device folder's string NodeId
 _STOP_TIMEOUT: Final = 5.0
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_BACKOFF_CAP: Final = 900.0  # s: the longest login lockout
-_THROTTLE_PAIRS: Final = 10_000  # (client, user) pairs remembered, so guessing cannot fill memory
+BACKOFF_CAP: Final = 900.0  # s: the longest login lockout
 _LOG_EVERY: Final = 60.0  # s: a refusal repeated by the same client is logged once per this
 _COUNTERS: Final = ("channels_rejected", "sessions_refused", "logins_failed", "logins_throttled")
 _INT64: Final = 2**63  # SQLite integers (and the buffer's ns timestamps) are 64-bit
-
-
-class Config(UplinkBase):
-    endpoint: str = "opc.tcp://127.0.0.1:4840/edged/"
-    # Each policy is offered in each mode; "None" only when listed (logged as a warning).
-    security_policies: list[PolicyName] = msgspec.field(
-        default_factory=lambda: ["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
-    )
-    security_modes: list[ModeName] = msgspec.field(default_factory=lambda: ["SignAndEncrypt"])
-    certificate: str | None = None  # server certificate; default: generated once in data_dir/opcua/<name>/
-    private_key: str | None = None
-    private_key_password: Secret | None = None
-    trusted_client_certificates: list[str] = []  # files or directories; empty: any client certificate
-    users: dict[str, Secret] = {}  # username -> password; read-only access
-    command_users: list[str] = []  # of `users`: who may write the tags [commands] lets this uplink write
-    allow_anonymous: bool = False  # anonymous sessions, read-only
-    # After this many wrong passwords in a row from one client address for one username, its
-    # logins are refused unchecked for login_backoff seconds (doubling at each further lockout).
-    login_attempts: int = 5
-    login_backoff: float = 10.0
-    namespace: str | None = None  # namespace URI; default urn:edged:<gateway>
-    application_uri: str | None = None  # default: the certificate's URI, else urn:edged:<gateway>:opcua-server
-    server_name: str = "edged"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        url = urlparse(self.endpoint)
-        try:
-            port = url.port
-        except ValueError:
-            port = None
-        if url.scheme != "opc.tcp" or not url.hostname or port is None:
-            raise ValueError(f"endpoint {self.endpoint!r} must look like 'opc.tcp://127.0.0.1:4840/edged/'")
-        if not self.security_policies:
-            raise ValueError("security_policies must not be empty (write 'None' explicitly for no security)")
-        if len(set(self.security_policies)) != len(self.security_policies):
-            raise ValueError("security_policies lists a policy twice")
-        if not self.security_modes or len(set(self.security_modes)) != len(self.security_modes):
-            raise ValueError("security_modes must list 'Sign' and/or 'SignAndEncrypt', each once")
-        if (self.certificate is None) != (self.private_key is None):
-            raise ValueError("certificate and private_key go together")
-        if not self.users and not self.allow_anonymous:
-            raise ValueError("nobody can log in: add [uplinks.users] (username = password) or allow_anonymous = true")
-        for name in self.users:
-            if not name or name != name.strip():
-                raise ValueError(f"invalid username {name!r}")
-        for name in self.command_users:
-            if name not in self.users:
-                raise ValueError(f"command_users: {name!r} is not one of `users` (anonymous sessions never write)")
-        if self.login_attempts < 1:
-            raise ValueError("login_attempts must be at least 1")
-        if not 0 < self.login_backoff <= _BACKOFF_CAP:
-            raise ValueError(f"login_backoff must be between 0 and {_BACKOFF_CAP:g} seconds")
-        if self.namespace is not None and not self.namespace.strip():
-            raise ValueError("namespace must not be empty")
-
-
-class _Throttle:
-    """Wrong passwords in a row per (client address, username): after `attempts` of them, logins
-    for that pair are refused unchecked until a backoff passes (doubling at each further lockout,
-    capped), so a password cannot be guessed at network speed. Per client, so a stranger cannot
-    lock the SCADA (at its own address) out. A good password clears the pair."""
-
-    def __init__(self, attempts: int, backoff: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._attempts = attempts
-        self._backoff = backoff
-        self._clock = clock
-        self._pairs: dict[tuple[str, str], tuple[int, float]] = {}  # -> (failures, locked until)
-
-    def locked_for(self, key: tuple[str, str]) -> float:
-        """Seconds the pair stays locked (0: it may try)."""
-        found = self._pairs.get(key)
-        return max(0.0, found[1] - self._clock()) if found else 0.0
-
-    def failed(self, key: tuple[str, str]) -> float:
-        """Count a wrong password; the lockout it starts in seconds (0: none)."""
-        failures = self._pairs.pop(key, (0, 0.0))[0] + 1
-        lock = 0.0
-        if failures >= self._attempts:
-            lock = min(_BACKOFF_CAP, self._backoff * 2 ** (failures - self._attempts))
-        self._pairs[key] = (failures, self._clock() + lock)  # re-inserted: newest last
-        while len(self._pairs) > _THROTTLE_PAIRS:  # bounded: forget the longest-quiet pair
-            del self._pairs[next(iter(self._pairs))]
-        return lock
-
-    def succeeded(self, key: tuple[str, str]) -> None:
-        self._pairs.pop(key, None)
-
-
-class _Users(UserManager):
-    """Who may open a session: the trust list on every endpoint, then username/password (throttled
-    per client and user) or anonymous when allowed. Nobody is ever an admin."""
-
-    def __init__(self, uplink: Uplink, trusted: list[x509.Certificate]) -> None:
-        c = uplink.config
-        self._users = {name: pw.reveal().encode() for name, pw in c.users.items()}
-        self._anonymous = c.allow_anonymous
-        self._trusted = trusted
-        self._throttle = _Throttle(c.login_attempts, c.login_backoff)
-        self._up = uplink
-
-    def client_problem(self, channel: Channel | None) -> tuple[int, str] | None:
-        """Why no session may open on this channel (StatusCode, reason), or None."""
-        if channel is None or not channel.offered:
-            return StatusCodes.BadSecurityPolicyRejected, "its secure channel uses a security policy not offered"
-        if not self._trusted:
-            return None
-        if channel.mode == ua.MessageSecurityMode.None_ or channel.certificate is None:
-            # Nothing is signed on None: a certificate sent there proves nothing, so none is trusted.
-            return StatusCodes.BadSecurityModeRejected, (
-                "trusted_client_certificates is set: a session needs a Sign or SignAndEncrypt endpoint "
-                "and a trusted client certificate (the None endpoint carries no proven certificate)"
-            )
-        try:
-            cert = x509.load_der_x509_certificate(channel.certificate)
-        except ValueError as exc:
-            return StatusCodes.BadCertificateInvalid, f"its certificate does not parse: {exc}"
-        problem = certs.check_trusted(cert, self._trusted)
-        if problem is not None:
-            return StatusCodes.BadCertificateUntrusted, f"{certs.describe(cert)}: {problem}"
-        return None
-
-    def check_client(self, channel: Channel | None) -> None:
-        problem = self.client_problem(channel)
-        if problem is not None:
-            status, reason = problem
-            self._up.count("sessions_refused")
-            peer = channel.peer if channel else "?"
-            self._up.log_limited(("session", peer), "uplink %s: refused a session from %s: %s", peer, reason)
-            raise ServiceError(status)
-
-    def get_user(
-        self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
-    ) -> User | None:
-        channel = current_channel()
-        self.check_client(channel)  # `certificate` is the channel's too; the channel says whether it is proven
-        if username is None:  # the anonymous token (X509 user tokens are not offered)
-            return User(role=UserRole.Anonymous) if self._anonymous else None
-        peer = channel.peer if channel else "?"
-        key = (peer, username)
-        if self._throttle.locked_for(key) > 0:
-            self._up.count("logins_throttled")  # refused without looking at the password
-            return None
-        expected = self._users.get(username)
-        given = (password or "").encode()
-        # Compare even for an unknown user, so timing does not tell which usernames exist.
-        ok = hmac.compare_digest(given, expected if expected is not None else b"\0" * 16) and expected is not None
-        if ok:
-            self._throttle.succeeded(key)
-            return User(role=UserRole.User, name=username)
-        self._up.count("logins_failed")
-        lock = self._throttle.failed(key)
-        log = self._up.log
-        if lock:
-            log.warning(
-                "OPC UA login refused for user %r from %s: locked for %.0f s after repeated wrong passwords",
-                username, peer, lock,
-            )  # fmt: skip
-        else:
-            log.warning("OPC UA login refused for user %r from %s", username, peer)
-        return None
-
-
-class _ReadOnly(SimpleRoleRuleset):
-    """Every session may use the read-side services only, whatever its role; plus the Write service
-    when some tag takes commands here (`_GatedWrites` then decides per node and user). (A subclass
-    only because asyncua's server is typed to take this class; the parent's role table is not used.)"""
-
-    def __init__(self, writes: bool = False) -> None:
-        self._writes = writes
-
-    def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
-        return action_type_id in _READ_ONLY_SERVICES or (self._writes and action_type_id == _WRITE_SERVICE)
-
-
-WriteHandler = Callable[[User, ua.WriteValue], Awaitable[ua.StatusCode]]
-_ADMIN: Final = User(role=UserRole.Admin)  # the server's own writes (asyncua's default user)
-
-
-class _GatedWrites(AttributeService):
-    """The server's attribute service with client writes replaced: the Value of a commandable tag
-    goes to the command gate (never into the address space), everything else is refused. The
-    server's own writes (admin, e.g. publishing values) pass as before."""
-
-    def __init__(self, aspace: AddressSpace, targets: Mapping[ua.NodeId, str], handler: WriteHandler) -> None:
-        super().__init__(aspace)
-        self._targets = targets
-        self._handler = handler
-
-    async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
-        out: list[ua.StatusCode] = []
-        for wv in params.NodesToWrite:
-            if user.role == UserRole.Admin:
-                out.extend(await super().write(ua_struct(ua.WriteParameters, NodesToWrite=[wv]), user))
-            elif wv.AttributeId == AttributeIds.Value and wv.NodeId in self._targets:
-                out.append(await self._handler(user, wv))
-            else:
-                out.append(ua_struct(ua.StatusCode, value=StatusCodes.BadUserAccessDenied))
-        return out
-
-
-def _written_value(wv: ua.WriteValue) -> tuple[Value, str | None]:
-    """A client's written Variant as a command value, or why it cannot be one."""
-    if wv.IndexRange:
-        return None, "writing an index range is not supported"
-    dv = wv.Value
-    if dv.StatusCode is not None and not dv.StatusCode.is_good():
-        return None, "a write with a non-Good status carries no value"
-    v = dv.Value
-    if v is None or v.VariantType == ua.VariantType.Null or v.is_array or isinstance(v.Value, list):
-        return None, "the value must be a scalar (a number, a boolean or a string)"
-    if v.VariantType == ua.VariantType.Boolean and isinstance(v.Value, bool):
-        return v.Value, None
-    if v.VariantType == ua.VariantType.String and isinstance(v.Value, str):
-        return v.Value, None
-    if v.VariantType in _NUMERIC_VARIANTS and isinstance(v.Value, int | float):
-        return v.Value, None
-    return None, f"a {v.VariantType.name} value cannot be written (use a number, a boolean or a string)"
 
 
 @dataclass(slots=True)
@@ -345,10 +88,6 @@ class _Var:
     vtype: ua.VariantType | None = None  # set with the DataType at the first value
     ts_ns: int = -1  # source time of the value shown; never moves back
     type_warned: bool = False
-
-
-def _datetime(ns: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
 
 
 def _variant_type(value: object) -> ua.VariantType:
@@ -396,7 +135,7 @@ class Uplink:
         if now - self._logged.get(key, -_LOG_EVERY) < _LOG_EVERY:
             return
         self._logged[key] = now
-        if len(self._logged) > _THROTTLE_PAIRS:
+        if len(self._logged) > THROTTLE_PAIRS:
             self._logged = {k: t for k, t in self._logged.items() if now - t < _LOG_EVERY}
         self.log.warning(msg, self.config.name, *args)
 
@@ -412,7 +151,7 @@ class Uplink:
 
     async def __aenter__(self) -> Self:
         c = self.config
-        users = _Users(self, self._trusted_clients())
+        users = Users(self, self._trusted_clients())
         server = Server(user_manager=users, on_reject=self._on_reject)
         server.name = c.server_name
         server.product_uri = "urn:edged"
@@ -427,7 +166,7 @@ class Uplink:
             await server.set_application_uri(app_uri)
             writable = self._writable_tags()
             routed = self._routed_tags()
-            server.set_security_policy(self._policy_types(), permission_ruleset=_ReadOnly(writes=bool(routed)))
+            server.set_security_policy(self._policy_types(), permission_ruleset=ReadOnly(writes=bool(routed)))
             tokens: list[type] = [ua.UserNameIdentityToken] if c.users else []
             if c.allow_anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
@@ -496,7 +235,7 @@ class Uplink:
             if path in writable:
                 await server.get_node(var.nodeid).set_writable()
                 self._commandable[var.nodeid] = path
-        gated = _GatedWrites(server.iserver.aspace, self._routed, self._on_write)
+        gated = GatedWrites(server.iserver.aspace, self._routed, self._on_write)
         server.iserver.attribute_service = gated
         if not self._commandable:
             return
@@ -514,7 +253,7 @@ class Uplink:
         name = user.name if user.role == UserRole.User else None
         ts = wv.Value.SourceTimestamp
         ts_ns = datetime_ns(ts) if ts is not None and ts.year > 1601 else time.time_ns()
-        value, problem = _written_value(wv)
+        value, problem = written_value(wv)
         if not -_INT64 <= ts_ns < _INT64:  # e.g. year 9999: beyond what the audit trail can hold
             cmd = Command(new_id(), c.name, name, path, value, 0)  # audited without a command time
             result = await gate.refuse(cmd, "stale", f"the write's source timestamp {ts.isoformat()} is out of range")
@@ -595,7 +334,7 @@ class Uplink:
         except (OSError, ValueError) as exc:
             raise Permanent(f"uplink {c.name}: trusted_client_certificates: {exc}") from exc
 
-    def _client_validator(self, users: _Users) -> Any:
+    def _client_validator(self, users: Users) -> Any:
         """At CreateSession, when the client sends a certificate: refuse early what ActivateSession
         (users.get_user, which also sees sessions without a certificate) would refuse. The channel's
         certificate is checked, not the one in the request: only the channel's is proven."""
@@ -790,7 +529,7 @@ class Uplink:
             ua.DataValue,
             Value=variant,
             StatusCode=ua_struct(ua.StatusCode, value=status),
-            SourceTimestamp=_datetime(s.ts_ns),
+            SourceTimestamp=ns_datetime(s.ts_ns),
             ServerTimestamp=now,
         )
         await server.write_attribute_value(var.nodeid, dv)

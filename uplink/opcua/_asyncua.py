@@ -34,7 +34,7 @@ from asyncua.server.server import Server as AsyncuaServer
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import uatcp_to_binary
 
-from drivers.opcua import ua_struct
+from edged.protocols.opcua.values import ua_struct
 
 NONE_URI: Final = SecurityPolicyNone.URI
 _NO_SECURITY: Final = ua.MessageSecurityMode.None_
