@@ -44,7 +44,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -95,6 +95,11 @@ class Writer(Protocol):
 
 DriverLookup = Callable[[str], Awaitable[Writer | None]]
 
+# What the gate decides for one command, given (cmd, received_ns, audit row, state): `CommandGate._run`.
+Decide = Callable[[Command, int, int, dict[str, Value]], Awaitable[CommandResult]]
+
+MAYBE_WRITTEN: Final = " (the write may or may not have reached the device)"
+
 
 # ----------------------------------------------------------------------------------------- outcomes
 
@@ -125,7 +130,7 @@ def write_outcome(exc: BaseException, timeout_s: float) -> tuple[Result, str, st
         status = getattr(exc, "status", None)
         return Result.REJECTED, "device_refused", f"not written: {msg}", None, _int_or_none(status)
     if isinstance(exc, Transient | OSError | EdgedError):
-        return Result.FAILED, "wire", f"{msg} (the write may or may not have reached the device)", None, None
+        return Result.FAILED, "wire", f"{msg}{MAYBE_WRITTEN}", None, None
     log.error("driver write failed unexpectedly", exc_info=exc)
     return Result.FAILED, "internal", f"driver error {type(exc).__name__}: {msg}", None, None
 
@@ -226,6 +231,23 @@ class CommandGate:
 
     async def submit(self, cmd: Command) -> CommandResult:
         """Check, write and audit one command; never raises (but cancellation)."""
+        return await self._audited(cmd, self._run)
+
+    async def refuse(self, cmd: Command, code: str, reason: str) -> CommandResult:
+        """Record and answer a command its source already refused (malformed payload, a user the
+        uplink does not let write): audited, answered and counted like any other, as if its first
+        check had failed."""
+
+        async def refused(cmd: Command, received: int, row: int, state: dict[str, Value]) -> CommandResult:
+            raise _Refused(code, reason)
+
+        return await self._audited(cmd, refused)
+
+    async def _audited(self, cmd: Command, decide: Decide) -> CommandResult:
+        """The audit row before anything else (no row, no write), then `decide`: whatever it ends
+        in (an answer, a refusal, a bug, cancellation) completes the row and is logged and counted
+        once. `decide` notes in `state` the last known value ("old") and that the write went out
+        ("wire")."""
         received = self._clock()
         row = await self._begin(cmd, received)
         if isinstance(row, CommandResult):
@@ -233,38 +255,23 @@ class CommandGate:
         state: dict[str, Value] = {}
         try:
             try:
-                result = await self._run(cmd, received, row, state)
+                result = await decide(cmd, received, row, state)
             except _Refused as r:
                 result = self._result(cmd, r.result, r.code, r.reason, old=state.get("old"))
             except Exception as exc:  # a bug must become an answer, never an unanswered command
                 log.exception("command %s: the gate failed unexpectedly", cut(cmd.id, MAX_ID))
-                maybe = " (the write may or may not have reached the device)" if "wire" in state else ""
+                maybe = MAYBE_WRITTEN if "wire" in state else ""
                 reason = f"internal error {type(exc).__name__}{maybe}"
                 result = self._result(cmd, Result.FAILED if maybe else Result.REJECTED, "internal", reason)
         except asyncio.CancelledError:
-            result = self._result(
-                cmd,
-                Result.FAILED,
-                "stopping",
-                "interrupted: the gateway is stopping"
-                + (" (the write may or may not have reached the device)" if "wire" in state else ""),
-                old=state.get("old"),
-            )
+            maybe = MAYBE_WRITTEN if "wire" in state else ""
+            reason = f"interrupted: the gateway is stopping{maybe}"
+            result = self._result(cmd, Result.FAILED, "stopping", reason, old=state.get("old"))
             self._log(cmd, result)
             with contextlib.suppress(Exception):
                 await self._finish(row, result)
             raise
         await self._finish(row, result)
-        self._log(cmd, result)
-        return result
-
-    async def refuse(self, cmd: Command, code: str, reason: str) -> CommandResult:
-        """Record and answer a command its source already refused (malformed payload, a user the
-        uplink does not let write): it is audited like any other."""
-        row = await self._begin(cmd, self._clock())
-        result = self._result(cmd, Result.REJECTED, code, reason)
-        if not isinstance(row, CommandResult):
-            await self._finish(row, result)
         self._log(cmd, result)
         return result
 
