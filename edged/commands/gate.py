@@ -257,16 +257,16 @@ class CommandGate:
             try:
                 result = await decide(cmd, received, row, state)
             except _Refused as r:
-                result = self._result(cmd, r.result, r.code, r.reason, old=state.get("old"))
+                result = answer(cmd, r.result, r.code, r.reason, self._clock(), old=state.get("old"))
             except Exception as exc:  # a bug must become an answer, never an unanswered command
                 log.exception("command %s: the gate failed unexpectedly", cut(cmd.id, MAX_ID))
                 maybe = MAYBE_WRITTEN if "wire" in state else ""
                 reason = f"internal error {type(exc).__name__}{maybe}"
-                result = self._result(cmd, Result.FAILED if maybe else Result.REJECTED, "internal", reason)
+                result = answer(cmd, Result.FAILED if maybe else Result.REJECTED, "internal", reason, self._clock())
         except asyncio.CancelledError:
             maybe = MAYBE_WRITTEN if "wire" in state else ""
             reason = f"interrupted: the gateway is stopping{maybe}"
-            result = self._result(cmd, Result.FAILED, "stopping", reason, old=state.get("old"))
+            result = answer(cmd, Result.FAILED, "stopping", reason, self._clock(), old=state.get("old"))
             self._log(cmd, result)
             with contextlib.suppress(Exception):
                 await self._finish(row, result)
@@ -361,10 +361,12 @@ class CommandGate:
                     back = await writer.write(tag_cfg.name, value)
             except Exception as exc:  # every driver error becomes an answer, never a crash
                 result, code, reason, readback, status = write_outcome(exc, float(c.timeout))
-                return self._result(cmd, result, code, reason, old=old, readback=readback, device_status=status)
+                return answer(
+                    cmd, result, code, reason, self._clock(), old=old, readback=readback, device_status=status
+                )
         readback = back.value if isinstance(back, Sample) else back
         self._readback[cmd.tag] = (self._clock(), readback)
-        return self._result(cmd, Result.ACCEPTED, "ok", "written and read back", old=old, readback=readback)
+        return answer(cmd, Result.ACCEPTED, "ok", "written and read back", self._clock(), old=old, readback=readback)
 
     def _check_age(self, cmd: Command, now: int) -> None:
         age = (now - cmd.ts_ns) / 1e9
@@ -417,7 +419,7 @@ class CommandGate:
                 max_bytes=max_bytes,
             )
         except _Refused as r:
-            result = self._result(cmd, Result.REJECTED, r.code, r.reason)
+            result = answer(cmd, Result.REJECTED, r.code, r.reason, self._clock())
             self._log(cmd, result)
             return result
         return row
@@ -436,19 +438,6 @@ class CommandGate:
                 max_rows=self._audit_bound[0],
                 max_bytes=self._audit_bound[1],
             )
-
-    def _result(
-        self,
-        cmd: Command,
-        result: Result,
-        code: str,
-        reason: str,
-        *,
-        old: Value = None,
-        readback: Value = None,
-        device_status: int | None = None,
-    ) -> CommandResult:
-        return answer(cmd, result, code, reason, self._clock(), old=old, readback=readback, device_status=device_status)
 
     def _log(self, cmd: Command, res: CommandResult) -> None:
         self.outcomes[(cmd.source, res.result.value)] += 1
