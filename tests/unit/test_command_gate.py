@@ -380,6 +380,13 @@ async def test_refuse_audits_what_a_source_refused_itself(rig: Rig) -> None:
     assert (row.tag, row.cmd_id, row.reason) == (None, None, "malformed JSON: x")
 
 
+async def test_refuse_without_an_audit_trail_answers_like_submit_and_counts_once(rig: Rig) -> None:
+    rig.store.close()
+    res = await rig.gate.refuse(Command("m1", "cloud", None, "press/setpoint", None, T0), "malformed", "bad JSON")
+    assert (res.result, res.code) == (Result.REJECTED, "audit_unavailable")
+    assert sum(rig.gate.outcomes.values()) == 1 and dict(rig.gate.refusals) == {("cloud", "audit_unavailable"): 1}
+
+
 # ----------------------------------------------------------------------------------------- inbox, export
 
 

@@ -40,24 +40,32 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
-import hashlib
-import hmac
-import json
 import logging
-import math
-import re
 import sqlite3
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from buffer.audit import AuditStats, InboxItem
 from buffer.store import Store
+from edged.commands.model import (
+    INT64,
+    LOG_VALUE_CHARS,
+    MAX_ID,
+    MAX_TAG,
+    MAX_USER,
+    Command,
+    CommandResult,
+    Result,
+    answer,
+    audit_value,
+    cut,
+    oversized,
+)
+from edged.commands.signing import signature_problem
+from edged.commands.values import Kind, is_number, same_value, type_problem
 from edged.config import (
     COMMAND_SOURCE_CLI,
     CommandsConfig,
@@ -75,161 +83,6 @@ from edged.model import Sample, Severity, Value, severity
 
 log = logging.getLogger("edged.commands")
 
-Kind = Literal["number", "bool", "string"]
-
-
-class Result(StrEnum):
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    FAILED = "failed"
-    READBACK_MISMATCH = "readback_mismatch"
-
-
-# code -> OPC UA StatusCode, what a SCADA client writing through the OPC UA server uplink receives.
-STATUS: Final[dict[str, int]] = {
-    "ok": 0x00000000,  # Good
-    "disabled": 0x803B0000,  # BadNotWritable
-    "malformed": 0x80070000,  # BadDecodingError
-    "too_large": 0x80080000,  # BadEncodingLimitsExceeded
-    "unsigned": 0x80130000,  # BadSecurityChecksFailed
-    "bad_signature": 0x80130000,  # BadSecurityChecksFailed
-    "stale": 0x80230000,  # BadInvalidTimestamp
-    "duplicate": 0x80E40000,  # BadRequestNotAllowed
-    "unknown_tag": 0x80340000,  # BadNodeIdUnknown
-    "not_writable": 0x803B0000,  # BadNotWritable
-    "unauthorised": 0x801F0000,  # BadUserAccessDenied
-    "type": 0x80740000,  # BadTypeMismatch
-    "not_allowed": 0x803C0000,  # BadOutOfRange
-    "out_of_range": 0x803C0000,  # BadOutOfRange
-    "no_current_value": 0x80320000,  # BadWaitingForInitialData
-    "max_step": 0x803C0000,  # BadOutOfRange
-    "min_interval": 0x80100000,  # BadTooManyOperations
-    "audit_unavailable": 0x80040000,  # BadResourceUnavailable
-    "device_down": 0x808A0000,  # BadNotConnected
-    "device_refused": 0x803B0000,  # BadNotWritable, unless the device gave its own status
-    "wire": 0x80050000,  # BadCommunicationError
-    "timeout": 0x800A0000,  # BadTimeout
-    "readback": 0x808B0000,  # BadDeviceFailure
-    "stopping": 0x800C0000,  # BadShutdown
-    "internal": 0x80020000,  # BadInternalError
-}
-
-
-class Signature(msgspec.Struct, frozen=True):
-    """`sig` of a signed command: the key id and the hex HMAC-SHA256 of `canonical(cmd)`."""
-
-    kid: str
-    hmac: str
-
-
-class Command(msgspec.Struct, frozen=True):
-    """One write request. `ts_ns` is when the sender issued it (its clock), for the staleness check;
-    `id` is the sender's id (duplicates from one source are refused); `user` is who asked, as the
-    source knows it (authenticated for OPC UA sessions, self-declared in an MQTT payload, where the
-    signature proves the whole command came from a key holder). `reply_to` is signed with it."""
-
-    id: str
-    source: str  # uplink name, or "cli"
-    user: str | None
-    tag: str  # device/tag
-    value: Value
-    ts_ns: int
-    reply_to: str | None = None
-    sig: Signature | None = None
-
-
-# Sizes a command's fields may have; a command beyond them is refused as too_large (and audited
-# truncated). Text in the audit trail, in answers and in logs is cut to these sizes as well.
-MAX_ID, MAX_TAG, MAX_USER, MAX_REPLY_TO, MAX_TEXT_VALUE = 128, 256, 128, 256, 1024
-AUDIT_VALUE_CHARS, MAX_REASON, LOG_VALUE_CHARS = 1024, 512, 120
-INT64 = 2**63
-
-
-def cut(text: str, limit: int) -> str:
-    """`text`, or its first `limit` characters and how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
-
-
-def oversized(cmd: Command) -> str | None:
-    """Why the command is too large, or None: checked before anything else looks at it."""
-    for name, text, limit in (
-        ("id", cmd.id, MAX_ID),
-        ("tag", cmd.tag, MAX_TAG),
-        ("user", cmd.user, MAX_USER),
-        ("reply_to", cmd.reply_to, MAX_REPLY_TO),
-        ("value", cmd.value if isinstance(cmd.value, str) else None, MAX_TEXT_VALUE),
-    ):
-        if text is not None and len(text) > limit:
-            return f"command too large: {name} has {len(text)} characters (at most {limit})"
-    if isinstance(cmd.value, int) and not isinstance(cmd.value, bool) and not -INT64 <= cmd.value < INT64:
-        return "command too large: the value does not fit 64 bits"
-    return None
-
-
-def canonical(
-    cmd_id: str, tag: str, value: Value, ts_ns: int, user: str | None = None, reply_to: str | None = None
-) -> bytes:
-    """The bytes a signature covers: the UTF-8 of this JSON object, keys in this order, no spaces,
-    non-ASCII as is, `ts` in integer nanoseconds (unix ms x 1000000), absent `user`/`reply_to` as
-    null. This is what Python's `json.dumps(doc, separators=(",", ":"), ensure_ascii=False)` and
-    JavaScript's `JSON.stringify(doc)` produce (docs/commands.md)."""
-    doc = {"id": cmd_id, "tag": tag, "value": value, "ts": ts_ns, "user": user, "reply_to": reply_to}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def sign(key: bytes, kid: str, cmd: Command) -> Signature:
-    """The signature a sender holding `key` puts on `cmd` (for tests and Python senders)."""
-    mac = hmac.new(key, canonical(cmd.id, cmd.tag, cmd.value, cmd.ts_ns, cmd.user, cmd.reply_to), hashlib.sha256)
-    return Signature(kid, mac.hexdigest())
-
-
-def signature_problem(cmd: Command, rule: CommandSource) -> tuple[str, str] | None:
-    """(code, reason) when `cmd` does not meet its source's signing rule, else None."""
-    if cmd.sig is None:
-        if rule.require_signature:
-            return "unsigned", f"unsigned command: source {cmd.source} requires a signature (sig)"
-        return None
-    if not rule.keys:
-        return None  # broker ACLs only: there is nothing to check a signature against
-    key = rule.keys.get(cmd.sig.kid)
-    if key is None:
-        return "bad_signature", f"unknown key id {cut(cmd.sig.kid, 64)!r} for source {cmd.source}"
-    try:
-        given = bytes.fromhex(cmd.sig.hmac)
-        body = canonical(cmd.id, cmd.tag, cmd.value, cmd.ts_ns, cmd.user, cmd.reply_to)
-    except (ValueError, TypeError):
-        return "bad_signature", "bad signature: hmac is not a hex HMAC-SHA256 of the command"
-    expected = hmac.new(key.reveal().encode(), body, hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, given):
-        return "bad_signature", f"bad signature (key {cmd.sig.kid}): the command was altered or signed otherwise"
-    return None
-
-
-class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The answer on the command's reply channel, and what the audit trail records."""
-
-    id: str | None
-    tag: str | None
-    result: Result
-    code: str  # machine-readable reason: a key of STATUS
-    reason: str  # for people: why, in words
-    old: Value = None  # last known value before the write (None: unknown)
-    new: Value = None  # the value asked for
-    readback: Value = None  # what the device reads back after the write
-    ts_ns: int = 0  # when the outcome was decided
-    device_status: int | None = None  # the device's own StatusCode for a refusal, when it gave one
-
-    @property
-    def ok(self) -> bool:
-        return self.result is Result.ACCEPTED
-
-    @property
-    def status(self) -> int:
-        """As an OPC UA StatusCode."""
-        if self.device_status is not None and self.code == "device_refused":
-            return self.device_status
-        return STATUS.get(self.code, STATUS["internal"])
-
 
 class Writer(Protocol):
     """What the gate needs of a driver: write one tag (engineering units) and read it back.
@@ -241,6 +94,11 @@ class Writer(Protocol):
 
 
 DriverLookup = Callable[[str], Awaitable[Writer | None]]
+
+# What the gate decides for one command, given (cmd, received_ns, audit row, state): `CommandGate._run`.
+Decide = Callable[[Command, int, int, dict[str, Value]], Awaitable[CommandResult]]
+
+MAYBE_WRITTEN: Final = " (the write may or may not have reached the device)"
 
 
 # ----------------------------------------------------------------------------------------- outcomes
@@ -272,96 +130,13 @@ def write_outcome(exc: BaseException, timeout_s: float) -> tuple[Result, str, st
         status = getattr(exc, "status", None)
         return Result.REJECTED, "device_refused", f"not written: {msg}", None, _int_or_none(status)
     if isinstance(exc, Transient | OSError | EdgedError):
-        return Result.FAILED, "wire", f"{msg} (the write may or may not have reached the device)", None, None
+        return Result.FAILED, "wire", f"{msg}{MAYBE_WRITTEN}", None, None
     log.error("driver write failed unexpectedly", exc_info=exc)
     return Result.FAILED, "internal", f"driver error {type(exc).__name__}: {msg}", None, None
 
 
 def _int_or_none(v: object) -> int | None:
     return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-# ----------------------------------------------------------------------------------------- values
-
-
-def _type_problem(tag: str, value: object, kind: Kind | None) -> str | None:
-    if value is None or not isinstance(value, bool | int | float | str):
-        return f"value {value!r} is not a number, a boolean or a string"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"value {value!r} is not a finite number"
-    if kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float)):
-        return f"{tag} takes a number, not {value!r}"
-    if kind == "bool" and not isinstance(value, bool):
-        return f"{tag} takes a boolean (true/false), not {value!r}"
-    if kind == "string" and not isinstance(value, str):
-        return f"{tag} takes a string, not {value!r}"
-    return None
-
-
-def same_value(a: object, b: object) -> bool:
-    """Equality that keeps True apart from 1 (Python's `True == 1` would let a bool pass for a number)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def parse_value(text: str, kind: Kind | None) -> Value:
-    """A command line VALUE as the tag's kind: 'true'/'on'/'1' for booleans; numbers; strings as typed."""
-    t = text.strip()
-    low = t.lower()
-    if kind == "string":
-        return text
-    if kind == "bool" or (kind is None and low in ("true", "false")):
-        if low in ("true", "on", "1"):
-            return True
-        if low in ("false", "off", "0"):
-            return False
-        raise ValueError(f"{text!r} is not a boolean: use true or false")
-    if re.fullmatch(r"[+-]?\d+", t):
-        return int(t)
-    try:
-        number = float(t)
-    except ValueError:
-        if kind == "number":
-            raise ValueError(f"{text!r} is not a number") from None
-        return text
-    if not math.isfinite(number):
-        raise ValueError(f"{text!r} is not a finite number")
-    return number
-
-
-_MIN_MS = 10**11  # 1973 in unix ms: anything smaller is almost certainly seconds, not milliseconds
-_MAX_MS = (INT64 - 1) // 1_000_000  # 2262: the last millisecond a 64-bit nanosecond count holds
-
-
-def timestamp_ns(value: object) -> int:
-    """A command's `ts`: unix milliseconds (number) or ISO 8601 with a time zone, 1973..2262 (what
-    a 64-bit nanosecond count, and so SQLite, holds)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value) or not _MIN_MS <= value <= _MAX_MS:
-            raise ValueError(f"ts {cut(repr(value), 40)} is not unix milliseconds (e.g. {time.time_ns() // 1_000_000})")
-        return int(value * 1_000_000)
-    if isinstance(value, str):
-        text = cut(value, 40)
-        try:
-            t = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"ts {text!r} is not ISO 8601 (e.g. 2026-11-24T06:00:00Z)") from None
-        if t.tzinfo is None:
-            raise ValueError(f"ts {text!r} has no time zone: add Z (UTC) or an offset such as +01:00")
-        try:
-            seconds = int(t.timestamp())
-        except (OverflowError, ValueError):
-            seconds = -1
-        ns = seconds * 1_000_000_000 + t.microsecond * 1000
-        if not _MIN_MS * 1_000_000 <= ns <= _MAX_MS * 1_000_000:
-            raise ValueError(f"ts {text!r} is outside 1973..2262")
-        return ns
-    raise ValueError("ts must be unix milliseconds or an ISO 8601 string")
 
 
 # ----------------------------------------------------------------------------------------- audit
@@ -456,6 +231,23 @@ class CommandGate:
 
     async def submit(self, cmd: Command) -> CommandResult:
         """Check, write and audit one command; never raises (but cancellation)."""
+        return await self._audited(cmd, self._run)
+
+    async def refuse(self, cmd: Command, code: str, reason: str) -> CommandResult:
+        """Record and answer a command its source already refused (malformed payload, a user the
+        uplink does not let write): audited, answered and counted like any other, as if its first
+        check had failed."""
+
+        async def refused(cmd: Command, received: int, row: int, state: dict[str, Value]) -> CommandResult:
+            raise _Refused(code, reason)
+
+        return await self._audited(cmd, refused)
+
+    async def _audited(self, cmd: Command, decide: Decide) -> CommandResult:
+        """The audit row before anything else (no row, no write), then `decide`: whatever it ends
+        in (an answer, a refusal, a bug, cancellation) completes the row and is logged and counted
+        once. `decide` notes in `state` the last known value ("old") and that the write went out
+        ("wire")."""
         received = self._clock()
         row = await self._begin(cmd, received)
         if isinstance(row, CommandResult):
@@ -463,38 +255,23 @@ class CommandGate:
         state: dict[str, Value] = {}
         try:
             try:
-                result = await self._run(cmd, received, row, state)
+                result = await decide(cmd, received, row, state)
             except _Refused as r:
-                result = self._result(cmd, r.result, r.code, r.reason, old=state.get("old"))
+                result = answer(cmd, r.result, r.code, r.reason, self._clock(), old=state.get("old"))
             except Exception as exc:  # a bug must become an answer, never an unanswered command
                 log.exception("command %s: the gate failed unexpectedly", cut(cmd.id, MAX_ID))
-                maybe = " (the write may or may not have reached the device)" if "wire" in state else ""
+                maybe = MAYBE_WRITTEN if "wire" in state else ""
                 reason = f"internal error {type(exc).__name__}{maybe}"
-                result = self._result(cmd, Result.FAILED if maybe else Result.REJECTED, "internal", reason)
+                result = answer(cmd, Result.FAILED if maybe else Result.REJECTED, "internal", reason, self._clock())
         except asyncio.CancelledError:
-            result = self._result(
-                cmd,
-                Result.FAILED,
-                "stopping",
-                "interrupted: the gateway is stopping"
-                + (" (the write may or may not have reached the device)" if "wire" in state else ""),
-                old=state.get("old"),
-            )
+            maybe = MAYBE_WRITTEN if "wire" in state else ""
+            reason = f"interrupted: the gateway is stopping{maybe}"
+            result = answer(cmd, Result.FAILED, "stopping", reason, self._clock(), old=state.get("old"))
             self._log(cmd, result)
             with contextlib.suppress(Exception):
                 await self._finish(row, result)
             raise
         await self._finish(row, result)
-        self._log(cmd, result)
-        return result
-
-    async def refuse(self, cmd: Command, code: str, reason: str) -> CommandResult:
-        """Record and answer a command its source already refused (malformed payload, a user the
-        uplink does not let write): it is audited like any other."""
-        row = await self._begin(cmd, self._clock())
-        result = self._result(cmd, Result.REJECTED, code, reason)
-        if not isinstance(row, CommandResult):
-            await self._finish(row, result)
         self._log(cmd, result)
         return result
 
@@ -533,14 +310,13 @@ class CommandGate:
                 "unauthorised", f"source {cmd.source!r} may not write {cmd.tag} (allowed: {', '.join(entry.sources)})"
             )
         value = cmd.value
-        problem = _type_problem(cmd.tag, value, self.kind(cmd.tag))
+        problem = type_problem(cmd.tag, value, self.kind(cmd.tag))
         if problem is not None:
             raise _Refused("type", problem)
         if entry.allowed is not None and not any(same_value(value, a) for a in entry.allowed):
             allowed = ", ".join(repr(a) for a in entry.allowed)
             raise _Refused("not_allowed", f"{value!r} is not one of the allowed values ({allowed})")
-        if _is_number(value):
-            assert isinstance(value, int | float)
+        if is_number(value):
             if entry.min is not None and value < entry.min:
                 raise _Refused("out_of_range", f"{value!r} is below the minimum {entry.min:g}")
             if entry.max is not None and value > entry.max:
@@ -552,12 +328,11 @@ class CommandGate:
             old = state["old"] = await self._last_known(cmd.tag)
             if entry.max_step is not None:
                 assert isinstance(value, int | float)
-                if not _is_number(old):
+                if not is_number(old):
                     raise _Refused(
                         "no_current_value",
                         f"{cmd.tag} has no known current value to limit the step against (max_step {entry.max_step:g})",
                     )
-                assert isinstance(old, int | float)
                 if abs(value - old) > entry.max_step:
                     raise _Refused(
                         "max_step",
@@ -586,10 +361,12 @@ class CommandGate:
                     back = await writer.write(tag_cfg.name, value)
             except Exception as exc:  # every driver error becomes an answer, never a crash
                 result, code, reason, readback, status = write_outcome(exc, float(c.timeout))
-                return self._result(cmd, result, code, reason, old=old, readback=readback, device_status=status)
+                return answer(
+                    cmd, result, code, reason, self._clock(), old=old, readback=readback, device_status=status
+                )
         readback = back.value if isinstance(back, Sample) else back
         self._readback[cmd.tag] = (self._clock(), readback)
-        return self._result(cmd, Result.ACCEPTED, "ok", "written and read back", old=old, readback=readback)
+        return answer(cmd, Result.ACCEPTED, "ok", "written and read back", self._clock(), old=old, readback=readback)
 
     def _check_age(self, cmd: Command, now: int) -> None:
         age = (now - cmd.ts_ns) / 1e9
@@ -642,7 +419,7 @@ class CommandGate:
                 max_bytes=max_bytes,
             )
         except _Refused as r:
-            result = self._result(cmd, Result.REJECTED, r.code, r.reason)
+            result = answer(cmd, Result.REJECTED, r.code, r.reason, self._clock())
             self._log(cmd, result)
             return result
         return row
@@ -661,30 +438,6 @@ class CommandGate:
                 max_rows=self._audit_bound[0],
                 max_bytes=self._audit_bound[1],
             )
-
-    def _result(
-        self,
-        cmd: Command,
-        result: Result,
-        code: str,
-        reason: str,
-        *,
-        old: Value = None,
-        readback: Value = None,
-        device_status: int | None = None,
-    ) -> CommandResult:
-        return CommandResult(
-            id=cut(cmd.id, MAX_ID) or None,
-            tag=cut(cmd.tag, MAX_TAG) or None,
-            result=result,
-            code=code,
-            reason=cut(reason, MAX_REASON),
-            old=old,
-            new=audit_value(cmd.value),
-            readback=readback,
-            ts_ns=self._clock(),
-            device_status=device_status,
-        )
 
     def _log(self, cmd: Command, res: CommandResult) -> None:
         self.outcomes[(cmd.source, res.result.value)] += 1
@@ -752,147 +505,3 @@ class CommandGate:
             await self._audit.call("inbox_done", item.id, msgspec.json.encode(result))
         except (StorageError, sqlite3.Error, OSError, RuntimeError) as exc:
             log.error("command inbox: cannot store the result of %s: %s", item.cmd_id, exc)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def audit_value(value: Value) -> Value:
-    """A value as the audit trail and the answers hold it: a long text cut (it was refused anyway)."""
-    if isinstance(value, str) and len(value) > AUDIT_VALUE_CHARS:
-        return cut(value, AUDIT_VALUE_CHARS)
-    return value
-
-
-# ----------------------------------------------------------------------------------------- `edged write`
-
-
-async def write_standalone(config: Config, store: Store, cmd: Command) -> CommandResult:
-    """No daemon runs on this buffer: connect the tag's device only after every check passed
-    (the gate asks for the driver last), write through the same gate, disconnect."""
-    from edged import registry  # local: the driver packages import their libraries
-    from edged.plugin import PluginContext
-
-    devices = {d.name: d for d in config.devices}
-
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def connect(name: str) -> Writer | None:
-            dev = devices.get(name)
-            if dev is None or not dev.enabled:
-                return None
-            ctx = PluginContext(
-                config.gateway.id, config.data_dir, logging.getLogger(f"edged.device.{name}"), config=config
-            )
-            driver: Writer = await stack.enter_async_context(registry.driver_module(dev.type).Driver(dev, ctx))
-            return driver
-
-        return await CommandGate(config, AuditTrail.for_store(store), connect).submit(cmd)
-
-
-def write_via_daemon(store: Store, cmd: Command, config: CommandsConfig, *, poll_s: float = 0.05) -> CommandResult:
-    """A daemon runs on this buffer: hand it the command through the inbox table (it polls it) and
-    wait for its answer. Never a second connection to the device behind the daemon's back. A
-    command the daemon does not take in time is withdrawn, so it can never run late. An oversized
-    command is refused before anything is stored."""
-    too_large = oversized(cmd)
-    if too_large is not None:
-        return CommandResult(id=cut(cmd.id, MAX_ID), tag=cut(cmd.tag, MAX_TAG), result=Result.REJECTED,
-                             code="too_large", reason=too_large, new=audit_value(cmd.value),
-                             ts_ns=time.time_ns())  # fmt: skip
-    item = store.inbox_submit(
-        cmd_id=cmd.id, source=cmd.source, user=cmd.user, tag=cmd.tag, value=cmd.value, cmd_ts_ns=cmd.ts_ns
-    )
-    take_by = time.monotonic() + float(config.max_age) + 2.0
-    answer_by = take_by + float(config.timeout) + 10.0
-    while True:
-        state, raw = store.inbox_state(item)
-        if state == "done" and raw is not None:
-            return msgspec.json.decode(raw, type=CommandResult)
-        now = time.monotonic()
-        if state == "pending" and now > take_by and store.inbox_cancel(item):
-            reason = "the daemon did not take the command in time: withdrawn, nothing was written"
-            return CommandResult(id=cmd.id, tag=cmd.tag, result=Result.REJECTED, code="stale", reason=reason,
-                                 new=cmd.value, ts_ns=time.time_ns())  # fmt: skip
-        if now > answer_by:
-            reason = "the daemon took the command but did not answer in time: see `edged export --audit`"
-            return CommandResult(id=cmd.id, tag=cmd.tag, result=Result.FAILED, code="timeout", reason=reason,
-                                 new=cmd.value, ts_ns=time.time_ns())  # fmt: skip
-        time.sleep(poll_s)
-
-
-def describe(r: CommandResult) -> str:
-    """One line for a terminal."""
-    head = f"{r.result.value}: {r.tag or '?'} = {r.new!r}"
-    if r.ok:
-        return f"{head} (was {r.old!r}, read back {r.readback!r})"
-    return f"{head}: {r.reason}"
-
-
-# ----------------------------------------------------------------------------------------- `edged export --audit`
-
-
-class AuditExport(msgspec.Struct):
-    id: int
-    received: str
-    source: str
-    user: str | None
-    cmd_id: str | None
-    tag: str | None
-    value: Any
-    command_ts: str | None
-    old: Any
-    written: str | None  # when the write went to the device; empty: it never did
-    result: str  # accepted | rejected | failed | readback_mismatch | in_flight (no outcome recorded)
-    code: str | None
-    reason: str | None
-    readback: Any
-    finished: str | None
-
-
-def _iso(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def export_audit(rows: list[Any], out: Any, fmt: str) -> int:
-    """The audit trail as CSV (values as JSON, so true, 1 and "1" stay apart) or JSON lines."""
-    import csv
-
-    records = [
-        AuditExport(
-            r.id,
-            _iso(r.received_ns) or "",
-            r.source,
-            r.user,
-            r.cmd_id,
-            r.tag,
-            r.value,
-            _iso(r.cmd_ts_ns),
-            r.old,
-            _iso(r.written_ns),
-            r.result or "in_flight",
-            r.code,
-            r.reason,
-            r.readback,
-            _iso(r.finished_ns),
-        )
-        for r in rows
-    ]
-    if fmt == "csv":
-        w = csv.writer(out)
-        w.writerow(AuditExport.__struct_fields__)
-        for rec in records:
-            row = msgspec.structs.astuple(rec)
-            w.writerow(
-                [
-                    msgspec.json.encode(v).decode() if name in ("value", "old", "readback") and v is not None else v
-                    for name, v in zip(AuditExport.__struct_fields__, row, strict=True)
-                ]
-            )
-    else:
-        for rec in records:
-            out.write(msgspec.json.encode(rec).decode() + "\n")
-    return len(records)
