@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -32,3 +33,17 @@ async def honour_cancel(aw: Awaitable[T]) -> T:
     if task is not None and task.cancelling() > before:
         raise asyncio.CancelledError()
     return result
+
+
+async def tcp_reachable(host: str, port: int, *, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection to host:port opens now (closed at once): a probe that costs the
+    peer a handshake and nothing else, unlike a full TLS + protocol login."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -407,6 +407,11 @@ class UplinkBase(Base):
         """Whether this uplink receives commands (then its spec's `serve_commands` runs)."""
         return False
 
+    def peer_address(self) -> tuple[str, int] | None:
+        """The TCP host and port the uplink connects to, when it has one: while the peer is down the
+        Sender probes it about once a second, so the first reconnect comes right after it is back."""
+        return None
+
 
 _LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})")
 

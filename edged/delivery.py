@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from buffer import Buffer
+from edged.aio import tcp_reachable
 from edged.config import UplinkBase, tag_matcher
 from edged.errors import Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample
@@ -28,6 +29,7 @@ class Halted(Transient):
     """The peer refused a batch for good and the uplink has `on_reject = "halt"`: keep it owed."""
 
 
+PROBE_EVERY_S = 1.0  # while a peer is unreachable, check about this often whether it is back
 POISON_TRIES = 3  # a window that crashes the plugin this many times in a row is skipped
 UplinkFactory = Callable[[], AbstractAsyncContextManager[Uplink]]
 
@@ -42,6 +44,7 @@ class SenderStats:
     rejected: int = 0
     gaps_sent: int = 0
     errors: int = 0
+    probed_reconnects: int = 0  # reconnects started early because a probe found the peer back
     ack_errors: int = 0  # acknowledgements that could not be recorded at once (disk full, locked)
     last_error: str | None = None
     last_ack_ns: int | None = None
@@ -120,7 +123,38 @@ class Sender:
             if attempts is not None and (failures >= attempts or isinstance(failure, Halted)):
                 raise Transient(f"uplink {self.name}: nothing delivered in {attempts} attempts: {failure}") from failure
             self.stats.state = "backoff"
-            await asyncio.sleep(self._delay_after(failure))
+            await self._wait_before_retry(self._delay_after(failure), failure)
+
+    async def _wait_before_retry(self, delay: float, failure: BaseException) -> None:
+        """Sleep out the backoff, but reconnect within about a second of the peer coming back.
+
+        The backoff grows to `cap` during a long outage, so a broker back after 3 minutes could
+        wait another 30 s for us. When the failure left the peer unreachable (no TCP connection
+        at all), its port is probed about once a second, jittered, while waiting: a handshake, not
+        a TLS + protocol login, and a gateway fleet does not probe in step. A peer that answers
+        but refuses or fails the login (bad credentials, an overloaded broker) gets the plain
+        backoff; a reconnect the probe triggered that fails again keeps growing the backoff.
+        """
+        endpoint = self.config.peer_address()
+        if endpoint is None or delay <= PROBE_EVERY_S or isinstance(failure, Permanent | RetryAfter):
+            await asyncio.sleep(delay)
+            return
+        if await tcp_reachable(*endpoint):  # up, but the connect failed: not ours to hurry
+            await asyncio.sleep(delay)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(left, PROBE_EVERY_S * self.backoff.rng.uniform(0.75, 1.25)))
+            if loop.time() < deadline and await tcp_reachable(*endpoint):
+                self.stats.probed_reconnects += 1
+                self.log.info(
+                    "uplink %s: %s:%d answers again, reconnecting now",
+                    self.name,
+                    *endpoint,
+                    extra={"uplink": self.name},
+                )
+                return
 
     def _delay_after(self, exc: BaseException) -> float:
         """Backoff before reconnecting: at least what the peer asked for; a refused connect (bad

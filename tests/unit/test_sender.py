@@ -275,3 +275,82 @@ async def test_backoff_resets_only_once_the_peer_acknowledged_something(tmp_path
         failing[0] = False
         await eventually(lambda: len(delivered) == 1, 10, "the delivery")
         await eventually(lambda: backoff.attempt == 0, 10, "the reset after the acknowledgement")
+
+
+class _PortConfig(UplinkBase):
+    port: int = 0
+
+    def peer_address(self) -> tuple[str, int] | None:
+        return ("127.0.0.1", self.port)
+
+
+class _TcpUplink(Scripted):
+    """Connects a real TCP socket first, like a broker client: refused while the peer is down."""
+
+    def __init__(self, port: int, log: list[Batch], *, login_ok: bool = True, closed: list[bool]) -> None:
+        super().__init__(log, lambda b: None, closed=closed)
+        self.port, self.login_ok = port, login_ok
+
+    async def __aenter__(self) -> Self:
+        try:
+            _, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError as exc:
+            raise Transient(f"connection refused: {exc}") from exc
+        if not self.login_ok:
+            self.writer.close()
+            raise Transient("the broker is up but refuses the login for now")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()
+
+
+async def _listen(port: int = 0) -> asyncio.Server:
+    async def serve(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", port)
+
+
+async def test_a_peer_back_after_a_long_outage_is_reconnected_within_about_a_second(tmp_path: Path) -> None:
+    """The backoff has grown long (15-30 s here); the peer's port is probed about once a second
+    while it is unreachable, so the reconnect follows its return instead of the backoff."""
+    server = await _listen()
+    port = server.sockets[0].getsockname()[1]
+    closed = [False]
+    delivered: list[Batch] = []
+    slow = Backoff(initial=30.0, cap=60.0)
+    cfg = _PortConfig(name="scripted", type="scripted", port=port)
+    async with sender_running(
+        tmp_path, cfg, lambda: _TcpUplink(port, delivered, closed=closed), gateway="gw", backoff=slow
+    ) as (buf, sender):
+        await eventually(lambda: sender.stats.connects == 1, 10, "the first connect")
+        server.close()
+        await server.wait_closed()
+        closed[0] = True  # the connection dies with the peer: the backoff starts at 15-30 s
+        await eventually(lambda: sender.stats.state == "backoff", 10, "the sender to notice")
+        closed[0] = False
+        server = await _listen(port)
+        try:
+            await eventually(lambda: sender.stats.connects == 2, 10, "a reconnect long before the backoff ends")
+            assert sender.stats.probed_reconnects == 1
+            buf.put(_samples(3))
+            await eventually(lambda: len(delivered) == 1, 10, "delivery after the return")
+        finally:
+            server.close()
+
+
+async def test_a_peer_that_answers_but_fails_the_login_gets_the_plain_backoff(tmp_path: Path) -> None:
+    server = await _listen()
+    port = server.sockets[0].getsockname()[1]
+    cfg = _PortConfig(name="scripted", type="scripted", port=port)
+    try:
+        async with sender_running(
+            tmp_path, cfg, lambda: _TcpUplink(port, [], login_ok=False, closed=[False]), gateway="gw",
+            backoff=Backoff(initial=30.0, cap=60.0),
+        ) as (_buf, sender):  # fmt: skip
+            await eventually(lambda: sender.stats.errors == 1, 10, "the refused login")
+            await asyncio.sleep(2.5)  # an observation window: nothing may happen in it
+            assert sender.stats.errors == 1 and sender.stats.probed_reconnects == 0, "no hammering of a busy peer"
+    finally:
+        server.close()

@@ -96,6 +96,13 @@ class Config(UplinkBase, kw_only=True):
         if self.retry_for < 0 or self.retry_after_max < 0:
             raise ValueError("retry_for and retry_after_max cannot be negative")
 
+    def peer_address(self) -> tuple[str, int] | None:
+        if self.proxy is not None:  # the peer is behind the proxy: a probe of either proves little
+            return None
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        return host, parts.port or (443 if parts.scheme == "https" else 80)
+
 
 # ----------------------------------------------------------------------------------------- wire format
 
