@@ -612,11 +612,6 @@ def command_signing(config: Config) -> dict[str, CommandSource]:
     return rules
 
 
-def command_value_kind(tag: TagBase) -> ValueKind | None:
-    """What a driver tag holds (the tag says: TagBase.value_kind)."""
-    return tag.value_kind()
-
-
 def _check_commands(
     cmds: CommandsConfig, devices: list[Any], uplinks: list[Any], file: str, buffer: BufferConfig | None = None
 ) -> None:
@@ -674,7 +669,7 @@ def _check_commands(
                 file=file,
                 path=label,
             )
-        kind = command_value_kind(tag)
+        kind = tag.value_kind()
         if kind in ("bool", "string") and (entry.min, entry.max, entry.max_step) != (None, None, None):
             raise ConfigError(f"min, max and max_step apply to numbers; this tag holds a {kind}", file=file, path=label)
         for src in entry.sources:

@@ -44,7 +44,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgspec
 
@@ -76,21 +76,16 @@ from edged.config import (
     TagBase,
     audit_max_bytes,
     command_signing,
-    command_value_kind,
 )
 from edged.errors import EdgedError, Permanent, ReadbackMismatch, StorageError, Transient
 from edged.model import Sample, Severity, Value, severity
+from edged.plugin import Writable
 
 log = logging.getLogger("edged.commands")
 
 
-class Writer(Protocol):
-    """What the gate needs of a driver: write one tag (engineering units) and read it back.
-    Returns the read-back Sample (or the bare value). Raises Permanent (with `.status`, an OPC UA
-    StatusCode, when it has one) for a refusal, ReadbackMismatch, or Transient when the device did
-    not answer."""
-
-    async def write(self, tag: str, value: Value) -> Sample | Value: ...
+# What the gate needs of a driver: the Writable capability (edged.plugin), by its role here.
+Writer = Writable
 
 
 DriverLookup = Callable[[str], Awaitable[Writer | None]]
@@ -221,7 +216,7 @@ class CommandGate:
         found = self._tags.get(tag)
         if found is None:
             return None
-        kind = command_value_kind(found[1])
+        kind = found[1].value_kind()
         entry = self._entries.get(tag)
         if kind is None and entry is not None and (entry.min, entry.max, entry.max_step) != (None, None, None):
             return "number"
