@@ -1,28 +1,35 @@
-"""Client-side TLS for the uplinks: one place that builds the context, so MQTT, Sparkplug and HTTP
-verify certificates the same way (on by default, off only on purpose and with a warning)."""
+"""Client-side TLS for the uplinks: one place that declares the keys and builds the context, so MQTT,
+Sparkplug and HTTP take the same TOML keys and verify certificates the same way (on by default, off
+only on purpose and with a warning)."""
 
 from __future__ import annotations
 
 import logging
 import ssl
-from typing import Protocol
 
-from edged.config import Secret
+from edged.config import Secret, UplinkBase
 from edged.errors import Permanent
 
 
-class TlsOptions(Protocol):
-    """The config fields every TLS-capable uplink has."""
+class TlsUplink(UplinkBase):
+    """The TLS keys of every TLS-capable uplink's Config (it subclasses this). Whether TLS is on is
+    the uplink's own say (`tls = true`, an https:// url), so it calls `check_tls` with that."""
 
-    name: str
-    ca_file: str | None
-    cert_file: str | None
-    key_file: str | None
-    key_password: Secret | None
-    tls_insecure_skip_verify: bool
+    ca_file: str | None = None  # default: the system trust store
+    cert_file: str | None = None  # client certificate (mutual TLS)
+    key_file: str | None = None
+    key_password: Secret | None = None
+    tls_insecure_skip_verify: bool = False  # only for commissioning; logged as a warning
+
+    def check_tls(self, *, enabled: bool, otherwise: str) -> None:
+        """ValueError for TLS keys that do not fit together; `otherwise` says why TLS is off."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if (self.cert_file or self.ca_file or self.tls_insecure_skip_verify) and not enabled:
+            raise ValueError(f"TLS options are set but {otherwise}")
 
 
-def client_context(c: TlsOptions, log: logging.Logger) -> ssl.SSLContext:
+def client_context(c: TlsUplink, log: logging.Logger) -> ssl.SSLContext:
     """A verifying client context (the system trust store unless `ca_file`), with the client
     certificate for mutual TLS when configured. Unreadable files are Permanent: retrying won't help."""
     try:

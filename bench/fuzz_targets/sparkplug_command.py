@@ -28,7 +28,7 @@ def _uplink() -> Uplink:
     cfg = Config(name="sp", type="sparkplug", group_id="plant", primary_host_id="scada")
     up = Uplink(cfg, PluginContext("gw", _DIR, _log))
     for tag in _TAGS:
-        up._metric(tag)
+        up.registry.metric(tag)
     return up
 
 
@@ -49,16 +49,16 @@ def target(data: bytes) -> None:
         return
     mode, body = data[0] % 3, data[1:]
     if mode == 2:
-        _drive(_UP._on_state(None, body))  # type: ignore[arg-type]
+        _drive(_UP.session.on_state(None, body))  # type: ignore[arg-type]
         return
     device = "dev" if mode == 1 else None
-    _drive(_UP._on_cmd(None, device, body, retained=False))  # type: ignore[arg-type]
+    _drive(_UP.commands.on_cmd(None, device, body, retained=False))  # type: ignore[arg-type]
     try:
         p = pb.Payload.FromString(body)
-    except Exception:  # protobuf's DecodeError; _on_cmd refuses these (checked above)
+    except Exception:  # protobuf's DecodeError; on_cmd refuses these (checked above)
         return
     for i, m in enumerate(p.metrics):  # what each write would become at the gate
-        cmd, refusal = _UP._command(device, p, i, m)
+        cmd, refusal = _UP.commands.command(device, p, i, m)
         assert refusal is None or refusal[1], "a refusal says why"
         assert cmd.ts_ns >= 0
 

@@ -26,11 +26,11 @@ import httpx
 import msgspec
 
 import edged
-from edged.config import Duration, Secret, UplinkBase
+from edged.config import Duration, Secret
 from edged.errors import EdgedError, Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample, Value, severity
 from edged.plugin import Backoff, PluginContext, UplinkSpec
-from edged.tls import client_context
+from edged.tls import TlsUplink, client_context
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
@@ -44,17 +44,13 @@ _DELAY_SECONDS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "
 _RETRY_AFTER_CAP = 3600.0  # a longer Retry-After (or a date further ahead) is read as an hour
 
 
-class Config(UplinkBase, kw_only=True):
+class Config(TlsUplink, kw_only=True):
     url: str  # http(s)://host[:port]/path the batches are POSTed to
     compression: Literal["none", "gzip"] = "none"
     bearer_token: Secret | None = None  # Authorization: Bearer <token>
     username: str | None = None  # Authorization: Basic, with password
     password: Secret | None = None
-    ca_file: str | None = None  # default: the system trust store
-    cert_file: str | None = None  # client certificate (mutual TLS)
-    key_file: str | None = None
-    key_password: Secret | None = None
-    tls_insecure_skip_verify: bool = False  # only for commissioning; logged as a warning
+    # ca_file, cert_file, key_file, key_password, tls_insecure_skip_verify: edged.tls.TlsUplink
     proxy: str | None = None  # http://proxy:3128; the environment's *_PROXY variables are ignored
     headers: dict[str, Secret] = {}  # extra headers, e.g. { "X-Api-Key" = { env = "ERP_KEY" } }; never logged
     timeout: Duration = Duration(10.0)  # per attempt: connect, send, and wait for the answer
@@ -78,10 +74,7 @@ class Config(UplinkBase, kw_only=True):
             raise ValueError("username and password go together")
         if self.username is not None and ":" in self.username:
             raise ValueError("username cannot contain ':' (HTTP Basic authentication)")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        if (self.cert_file or self.ca_file or self.tls_insecure_skip_verify) and parts.scheme != "https":
-            raise ValueError("TLS options are set but url is not https://")
+        self.check_tls(enabled=parts.scheme == "https", otherwise="url is not https://")
         if self.proxy is not None and urlsplit(self.proxy).scheme not in ("http", "https", "socks5"):
             raise ValueError(f"proxy {self.proxy!r} must be http://, https:// or socks5:// host:port")
         for name, value in self.headers.items():

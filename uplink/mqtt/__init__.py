@@ -3,8 +3,9 @@
 With `commands = true` it also receives setpoint commands (JSON on `command_topic`) and answers each
 on its reply topic: see `serve_commands` and docs/commands.md.
 
-Exceptions from aiomqtt/paho and the socket layer are mapped to Transient (retry) or Permanent
-(bad credentials, TLS misconfiguration) here and nowhere else.
+The MQTT session (connect, TLS, publish, subscribe) and the mapping of aiomqtt/paho and socket
+errors to Transient (retry) or Permanent (bad credentials, an untrusted broker certificate, TLS
+misconfiguration) are edged.protocols.mqtt's, shared with the Sparkplug uplink.
 """
 
 from __future__ import annotations
@@ -12,17 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import logging
-import socket
-import ssl
 import zlib
 from typing import Any, Literal, Self
 
 import aiomqtt
 import msgspec
-from aiomqtt.exceptions import MqttConnectError
 
-from edged.aio import honour_cancel
 from edged.commands import (
     MAX_ID,
     MAX_REPLY_TO,
@@ -35,35 +31,21 @@ from edged.commands import (
     cut,
     timestamp_ns,
 )
-from edged.config import ByteSize, Duration, Secret, UplinkBase
+from edged.config import ByteSize
 from edged.errors import Permanent, Transient
 from edged.model import Batch
 from edged.plugin import Backoff, PluginContext, UplinkSpec
-from edged.tls import client_context
-
-# CONNACK codes that retrying will not fix: MQTT 3.1.1 (1 protocol version, 2 identifier rejected,
-# 4 bad credentials, 5 not authorised) and the MQTT 5 reason codes paho maps them to (0x84-0x8A, 0x8C).
-_PERMANENT_CONNACK = {1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
+from edged.protocols import mqtt
+from edged.protocols.mqtt import MqttUplink
 
 
-class Config(UplinkBase):
-    host: str = "127.0.0.1"
-    port: int | None = None  # 1883, or 8883 with TLS
-    client_id: str | None = None  # default: edged-<gateway>-<uplink>
-    username: str | None = None
-    password: Secret | None = None
-    tls: bool = False
-    ca_file: str | None = None  # default: the system trust store
-    cert_file: str | None = None  # client certificate (mutual TLS)
-    key_file: str | None = None
-    key_password: Secret | None = None
-    tls_insecure_skip_verify: bool = False  # only for commissioning; logged as a warning
+class Config(MqttUplink):
+    # host, port, client_id, username, password, tls, keepalive, timeout: edged.protocols.mqtt.MqttUplink
+    # ca_file, cert_file, key_file, key_password, tls_insecure_skip_verify: edged.tls.TlsUplink
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
     topic: str = "edged/{gateway}/{kind}"  # {gateway}, {uplink}, {kind} = live | historical | gap
     compression: Literal["none", "gzip", "zlib"] = "none"
-    keepalive: Duration = Duration(30.0)
-    timeout: Duration = Duration(10.0)  # connect and PUBACK wait
     # Setpoint commands (docs/commands.md): received on a connection of their own, QoS 1.
     commands: bool = False
     command_topic: str = "edged/{gateway}/cmd"  # {gateway}, {uplink}
@@ -73,12 +55,7 @@ class Config(UplinkBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.port is not None and not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} out of range")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        if (self.cert_file or self.ca_file or self.tls_insecure_skip_verify) and not self.tls:
-            raise ValueError("TLS options are set but tls = false")
+        self.check_broker()
         try:
             self.topic.format(gateway="g", uplink="u", kind="k")
         except (KeyError, IndexError, ValueError) as exc:
@@ -124,65 +101,23 @@ class Config(UplinkBase):
         return self.commands
 
 
-async def _connect(
-    c: Config, log: logging.Logger, identifier: str, *, clean_session: bool | None = None, nodelay: bool = False
-) -> aiomqtt.Client:
-    """A connected client; connection errors mapped to Transient/Permanent. `nodelay` turns Nagle off
-    for small request/reply traffic (commands): with it on, each small packet can wait ~40 ms for
-    the peer's delayed ACK."""
-    client = aiomqtt.Client(
-        c.host,
-        c.port or (8883 if c.tls else 1883),
-        username=c.username,
-        password=c.password.reveal() if c.password else None,
-        identifier=identifier,
-        clean_session=clean_session,
-        keepalive=int(c.keepalive),
-        timeout=float(c.timeout),
-        tls_context=client_context(c, log) if c.tls else None,
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if nodelay else None,
-        logger=logging.getLogger("aiomqtt"),
-    )
-    client.pending_calls_threshold = 10_000
-    try:
-        await honour_cancel(client.__aenter__())
-    except aiomqtt.MqttCodeError as exc:
-        code = getattr(exc.rc, "value", exc.rc)
-        if isinstance(exc, MqttConnectError) and code in _PERMANENT_CONNACK:
-            raise Permanent(f"broker {c.host} refused the connection: {exc}") from exc
-        raise Transient(f"cannot connect to {c.host}: {exc}") from exc
-    except (aiomqtt.MqttError, OSError) as exc:
-        # aiomqtt re-raises connect errors as MqttError "from None": the original is the __context__
-        if any(isinstance(e, ssl.SSLCertVerificationError) for e in (exc, exc.__cause__, exc.__context__)):
-            # an untrusted or mismatched broker certificate stays that way until someone acts
-            raise Permanent(f"broker {c.host}: TLS certificate rejected: {exc}") from exc
-        raise Transient(f"cannot connect to {c.host}: {exc}") from exc
-    return client
-
-
-async def _disconnect(client: aiomqtt.Client) -> None:
-    # a connection already gone is fine: nothing owed is lost, the buffer (or the audit trail) has it
-    with contextlib.suppress(aiomqtt.MqttError, OSError):
-        await client.__aexit__(None, None, None)
-
-
 class Uplink:
     def __init__(self, config: Config, ctx: PluginContext) -> None:
         self.config = config
         self.gateway = ctx.gateway_id
         self.log = ctx.log
         self._client: aiomqtt.Client | None = None
+        self._stack = contextlib.AsyncExitStack()
         self._enc = msgspec.json.Encoder()
 
     async def __aenter__(self) -> Self:
         c = self.config
-        self._client = await _connect(c, self.log, c.client_id or f"edged-{self.gateway}-{c.name}")
+        self._client = await self._stack.enter_async_context(mqtt.session(c, self.log, c.identifier(self.gateway)))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await _disconnect(client)
+        self._client = None
+        await self._stack.aclose()
 
     def encode(self, batch: Batch) -> bytes:
         data = self._enc.encode(batch)
@@ -197,12 +132,7 @@ class Uplink:
             raise Transient("not connected")
         kind = "gap" if batch.gaps and not batch.samples else "historical" if batch.historical else "live"
         topic = self.config.topic.format(gateway=self.gateway, uplink=self.config.name, kind=kind)
-        try:
-            await honour_cancel(
-                self._client.publish(topic, self.encode(batch), qos=self.config.qos, retain=self.config.retain)
-            )
-        except (aiomqtt.MqttError, OSError) as exc:
-            raise Transient(f"publish failed: {exc}") from exc
+        await mqtt.publish(self._client, topic, self.encode(batch), qos=self.config.qos, retain=self.config.retain)
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -344,7 +274,7 @@ class _CommandListener:
         self.topic = config.command_topic.format(gateway=ctx.gateway_id, uplink=config.name)
         self.reply_topic = config.reply_topic.format(gateway=ctx.gateway_id, uplink=config.name)
         self.reply_prefix = config.reply_prefix(ctx.gateway_id)
-        self.identifier = f"{config.client_id or f'edged-{ctx.gateway_id}-{config.name}'}-cmd"
+        self.identifier = f"{config.identifier(ctx.gateway_id)}-cmd"
         self._client: aiomqtt.Client | None = None
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
 
@@ -356,19 +286,19 @@ class _CommandListener:
         async with asyncio.TaskGroup() as handlers:
             while True:
                 try:
-                    client = await _connect(self.config, self.log, self.identifier, clean_session=False, nodelay=True)
-                    try:
-                        await honour_cancel(client.subscribe(self.topic, qos=1))
-                        self._client = client
-                        self.log.info("uplink %s: listening for commands on %s", self.config.name, self.topic)
-                        backoff.reset()
-                        last_error = None
-                        async for msg in client.messages:
-                            await self._slots.acquire()
-                            handlers.create_task(self._handle(msg), name=f"commands:{self.config.name}:message")
-                    finally:
-                        self._client = None
-                        await _disconnect(client)
+                    session = mqtt.session(self.config, self.log, self.identifier, clean_session=False, nodelay=True)
+                    async with session as client:
+                        try:
+                            await mqtt.subscribe(client, self.topic, qos=1)
+                            self._client = client
+                            self.log.info("uplink %s: listening for commands on %s", self.config.name, self.topic)
+                            backoff.reset()
+                            last_error = None
+                            async for msg in client.messages:
+                                await self._slots.acquire()
+                                handlers.create_task(self._handle(msg), name=f"commands:{self.config.name}:message")
+                        finally:
+                            self._client = None
                 except (Transient, Permanent, aiomqtt.MqttError, OSError) as exc:
                     text = f"{type(exc).__name__}: {exc}"
                     if text != last_error:
@@ -381,8 +311,7 @@ class _CommandListener:
     async def _handle(self, msg: aiomqtt.Message) -> None:
         """One command, from payload to reply; never raises (a bad message must not stop the listener)."""
         try:
-            raw = msg.payload
-            payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+            payload = mqtt.payload_bytes(msg.payload)
             got = decode_command(
                 payload, self.config.name, reply_prefix=self.reply_prefix, max_bytes=int(self.config.max_command_size)
             )
@@ -404,8 +333,8 @@ class _CommandListener:
         try:
             if client is None:
                 raise Transient("not connected")
-            await honour_cancel(client.publish(topic, reply_payload(result), qos=1))
-        except (Transient, aiomqtt.MqttError, OSError) as exc:
+            await mqtt.publish(client, topic, reply_payload(result), qos=1)
+        except Transient as exc:
             self.log.warning(
                 "uplink %s: the reply to command %s was lost (%s); its outcome (%s) is in the audit trail",
                 self.config.name, result.id, exc, result.result.value,
