@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cfg.data_dir, cfg.data_dir / "samples.jsonl",
         )  # fmt: skip
     try:
-        asyncio.run(Daemon(cfg).run())
+        asyncio.run(Daemon(cfg, hard_exit=True).run())
     except StorageError as exc:  # locked, newer, unwritable: the buffer is left as it is (README "Buffer")
         log.error("cannot start: %s", exc)
         return EXIT_FAIL

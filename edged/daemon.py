@@ -131,7 +131,7 @@ class DeviceRunner:
 class Daemon:
     """Everything `edged run` starts, built from a validated Config."""
 
-    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None, hard_exit: bool = False) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
         self.stop_event = asyncio.Event()
@@ -150,6 +150,7 @@ class Daemon:
         self.commands = CommandGate(config, AuditTrail(lambda: self.buffer.store, self.buffer.call), self._writer)
         self._listeners: dict[str, asyncio.Task[None]] = {}  # uplink -> its command listener task
         self._force_exit_timer: asyncio.TimerHandle | None = None
+        self._hard_exit = hard_exit  # the `edged run` process only: a library user is never os._exit'ed
 
     async def _writer(self, device: str) -> Writer | None:
         entry = self._devices.get(device)
@@ -214,7 +215,9 @@ class Daemon:
         self.stop_event.set()
         # A stop that hangs (a plugin ignoring cancellation) must not keep the gateway from restarting:
         # committed data is safe in the buffer, so after the grace period exit hard, with the stacks.
-        self._force_exit_timer = asyncio.get_running_loop().call_later(STOP_GRACE_S, self._force_exit)
+        # Only in the daemon's own process: a test or a tool running a Daemon must not be killed.
+        if self._hard_exit:
+            self._force_exit_timer = asyncio.get_running_loop().call_later(STOP_GRACE_S, self._force_exit)
 
     def _force_exit(self) -> None:
         stuck = [t for t in asyncio.all_tasks() if not t.done()]
@@ -227,6 +230,13 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until request_stop() (SIGTERM/SIGINT); SIGHUP reloads the config file."""
+        try:
+            await self._run()
+        finally:
+            if self._force_exit_timer is not None:  # stopped (buffer closed too): no hard exit later
+                self._force_exit_timer.cancel()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         handlers = ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                     (signal.SIGHUP, self.request_reload))  # fmt: skip
@@ -280,8 +290,6 @@ class Daemon:
                 for sender in self.senders:
                     sender.stats.state = "stopped"
                 self._write_status()
-        if self._force_exit_timer is not None:  # stopped in time (buffer closed too): no hard exit later
-            self._force_exit_timer.cancel()
         log.info("edged stopped")
 
     async def _reloader(self, tg: asyncio.TaskGroup) -> None:
