@@ -324,9 +324,7 @@ class Buffer:
         except (sqlite3.Error, OSError) as exc:
             self._note_trim_error(exc)
             return
-        self._size_drops += res.by_size
-        if res.deleted:
-            self.last_trim = res
+        self._record_trim(res)
         if ok and self.alarm is not None:
             log.warning("buffer writes recovered; disk space is available again (alarm cleared)")
             self.alarm = None
@@ -350,10 +348,15 @@ class Buffer:
         except (sqlite3.Error, OSError) as exc:
             self._note_trim_error(exc)
             return
+        if self._record_trim(res):
+            log.warning("disk full: dropped the %d oldest samples to make room", res.deleted)
+
+    def _record_trim(self, res: TrimResult) -> bool:
+        """Count what a trim dropped for the size cap; True when it deleted anything."""
         self._size_drops += res.by_size
         if res.deleted:
             self.last_trim = res
-            log.warning("disk full: dropped the %d oldest samples to make room", res.deleted)
+        return bool(res.deleted)
 
     def _note_trim_error(self, exc: Exception) -> None:
         if self._trim_error != str(exc):  # once per distinct problem, not every flush
