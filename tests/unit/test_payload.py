@@ -113,6 +113,9 @@ def test_compressions_are_what_they_say() -> None:
     assert encode(batch, encoding="rows", compression="gzip") == encode(batch, encoding="rows", compression="gzip")
 
 
+UNCERTAIN_RANGE = Status.UNCERTAIN_ENGINEERING_UNITS_EXCEEDED
+
+
 def small_batch() -> Batch:
     t = 1_795_510_686_000_000_000
     return Batch(
@@ -125,7 +128,7 @@ def small_batch() -> Batch:
             Sample("boiler/pump_running", t, True, Status.GOOD, 100, None, 1042),
             Sample("boiler/steam_pressure", t + 1_000_212_345, 12.437, Status.GOOD, 100, "bar", 1043),
             Sample("boiler/pump_running", t + 1_000_212_345, True, Status.GOOD, 100, None, 1044),
-            Sample("boiler/steam_pressure", t + 2_000_425_000, 17.2, Status.UNCERTAIN_ENGINEERING_UNITS_EXCEEDED, 40, "bar", 1045),
+            Sample("boiler/steam_pressure", t + 2_000_425_000, 17.2, UNCERTAIN_RANGE, 40, "bar", 1045),
             Sample("boiler/pump_running", t + 2_000_425_000, None, Status.BAD_NO_COMMUNICATION, 0, None, 1046),
         ],
     )  # fmt: skip
@@ -237,3 +240,21 @@ def test_bench_plant_fits_the_budget() -> None:
     assert sum(len(rows.encode(b)) for b in group) / (5000 * len(group)) > 2 * per_sample
     for b in group:
         exactly(decode_columns(enc.encode(b)), rows_doc(b))
+
+
+def test_the_decoder_in_the_doc_decodes() -> None:
+    """docs/payload.md's decoder (for people writing one in another language) is run, not just read."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "payload.md").read_text()
+    code = text.split("### A decoder", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, Any] = {}
+    exec(code, scope)
+    for batch in (small_batch(), Batch("g", 0, 0, False, [Sample("a", 3, 1, seq=7), Sample("b", -(2**63), 2.5)])):
+        doc = msgspec.json.decode(encode(batch, encoding="columns", compression="none"))
+        exactly(scope["decode_columns"](doc), rows_doc(batch))
+
+    def example(after: str) -> bytes:
+        block = text.split(after, 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+        return "".join(block.split()).encode()
+
+    assert example("### Worked example") == encode(small_batch(), encoding="rows", compression="none")
+    assert example("The same batch as columns") == GOLDEN
