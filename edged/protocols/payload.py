@@ -77,27 +77,28 @@ def _wrap(n: int) -> int:
     return (n + _I63) % _I64 - _I63
 
 
-def _deltas(xs: list[int]) -> list[int]:
-    """Element i minus element i-1 (the first minus 0), wrapped to int64 when a jump is that large."""
-    out = [b - a for a, b in zip([0, *xs], xs, strict=False)]
-    if min(out) < -_I63 or max(out) >= _I63:
-        out = [_wrap(d) for d in out]
-    return out
+class _Entry:
+    """One tag's columns, filled sample by sample: the deltas are taken on the way."""
+
+    __slots__ = ("last_seq", "last_ts", "score", "seq", "status", "ts", "unit", "values")
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []
+        self.seq: list[int | None] = []
+        self.values: list[Any] = []
+        self.status: list[int] = []
+        self.score: list[int] = []
+        self.unit: list[str | None] = []
+        self.last_ts = 0
+        self.last_seq = 0
 
 
-def _seq_deltas(seqs: list[Any]) -> list[Any]:
-    """As `_deltas`, where a sample without a seq is null and the running sum skips it."""
-    if None not in seqs:
-        return _deltas(seqs)
-    out: list[int | None] = []
-    prev = 0
-    for q in seqs:
-        if q is None:
-            out.append(None)
-        else:
-            out.append(_wrap(q - prev))
-            prev = q
-    return out
+def _fit(deltas: list[Any]) -> list[Any]:
+    """The deltas wrapped to int64 where a jump was larger than 2**63 (never for real timestamps)."""
+    ints = [d for d in deltas if d is not None] if None in deltas else deltas
+    if ints and (min(ints) < -_I63 or max(ints) >= _I63):
+        return [None if d is None else _wrap(d) for d in deltas]
+    return deltas
 
 
 def _once(items: list[Any]) -> Any:
@@ -107,23 +108,35 @@ def _once(items: list[Any]) -> Any:
 
 def columns(batch: Batch) -> dict[str, Any]:
     """The columns document of a batch (module docstring), before JSON."""
-    groups: dict[str, list[Sample]] = {}
+    groups: dict[str, _Entry] = {}
     for s in batch.samples:
-        group = groups.get(s.tag)
-        if group is None:
-            groups[s.tag] = group = []
-        group.append(s)
+        e = groups.get(s.tag)
+        if e is None:
+            groups[s.tag] = e = _Entry()
+        ts = s.ts_ns
+        e.ts.append(ts - e.last_ts)
+        e.last_ts = ts
+        seq = s.seq
+        if seq is None:
+            e.seq.append(None)
+        else:
+            e.seq.append(seq - e.last_seq)
+            e.last_seq = seq
+        e.values.append(s.value)
+        e.status.append(s.status)
+        e.score.append(s.score)
+        e.unit.append(s.unit)
     entries = [
         {
             "tag": tag,
-            "unit": _once([s.unit for s in group]),
-            "ts": _deltas([s.ts_ns for s in group]),
-            "seq": _seq_deltas([s.seq for s in group]),
-            "values": [s.value for s in group],
-            "status": _once([s.status for s in group]),
-            "score": _once([s.score for s in group]),
+            "unit": _once(e.unit),
+            "ts": _fit(e.ts),
+            "seq": _fit(e.seq),
+            "values": e.values,
+            "status": _once(e.status),
+            "score": _once(e.score),
         }
-        for tag, group in groups.items()
+        for tag, e in groups.items()
     ]
     doc: dict[str, Any] = {
         "encoding": "columns",
