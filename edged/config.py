@@ -316,7 +316,8 @@ class TagBase(Base):
     """Fields every tag of every driver has; drivers subclass it with their addressing fields.
 
     Processing order (edged.quality): the driver's value in `source_unit` -> converted to `unit` ->
-    `calibration` -> checks. The pint factors and calibration curves are computed once, at load.
+    `calibration` -> rounded to `decimals` -> checks. The pint factors and calibration curves are
+    computed once, at load.
     """
 
     name: str
@@ -330,6 +331,9 @@ class TagBase(Base):
     calibration: Calibration | None = None  # applied after the unit conversion, in `unit`
     calibrated_on: datetime.date | None = None
     calibration_due: datetime.date | None = None  # after this day (UTC) the values are Uncertain
+    # Round float values to this many decimal places (0..12), the signal's resolution: digits below it
+    # are noise that no compressor can shrink (docs/payload.md). Ints, bools and strings are kept as are.
+    decimals: int | None = None
     quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
@@ -342,6 +346,8 @@ class TagBase(Base):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.deadband < 0 or math.isnan(self.deadband):
             raise ValueError("deadband must be >= 0")
+        if self.decimals is not None and not 0 <= self.decimals <= 12:
+            raise ValueError(f"decimals must be between 0 and 12, got {self.decimals}")
         if self.source_unit is not None:
             if self.unit is None:
                 raise ValueError(f"source_unit = {self.source_unit!r} needs `unit`, the unit to convert to")

@@ -6,7 +6,8 @@ Everything a tag needs is resolved when the processor is built (pint and scipy n
 and the state per tag is a few numbers plus at most one fixed-size window, so the cost per sample
 is flat and memory is bounded by the config, whatever the driver sends.
 
-Per sample: unit conversion -> calibration -> checks -> one status and a score -> deadband.
+Per sample: unit conversion -> calibration -> rounding (`decimals`) -> checks -> one status and a
+score -> deadband.
 docs/quality.md lists the checks, their statuses, penalties and precedence.
 """
 
@@ -116,6 +117,7 @@ class _Tag:
     factor: float | None = None  # unit conversion; None when there is none (or it is the identity)
     offset: float = 0.0
     curve: calibration.Curve | None = None
+    decimals: int | None = None  # round floats to this many places, after calibration, before the checks
     table_lo: float = -math.inf
     table_hi: float = math.inf
     ne43: bool = False
@@ -151,6 +153,7 @@ def _build(path: str, t: TagBase, now_ns: int) -> _Tag:
         high=t.high,
         deadband=t.deadband,
         heartbeat_ns=int(t.heartbeat * 1e9) if t.heartbeat is not None else None,
+        decimals=t.decimals,
         ne43=q.ne43,
         max_rate=q.max_rate,
         flat_ns=int(q.flatline * 1e9) if q.flatline is not None else None,
@@ -272,6 +275,10 @@ class TagProcessor:
         if transformed and not math.isfinite(x):
             found.append(Check.NOT_FINITE)
             return None
+        if tag.decimals is not None and (transformed or isinstance(value, float)):
+            # the checks and the deadband judge what is stored; an int stays an exact int
+            x = round(x, tag.decimals)
+            transformed = True
         if (tag.low is not None and x < tag.low) or (tag.high is not None and x > tag.high):
             found.append(Check.RANGE)
         if tag.max_rate is not None:

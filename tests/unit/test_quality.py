@@ -139,6 +139,34 @@ def test_a_transform_that_overflows_is_bad() -> None:
     assert (one(p, 1e300).status, one(p, 1e300).value) == (Status.BAD_SENSOR_FAILURE, None)
 
 
+def test_decimals_round_floats_after_calibration_and_before_the_checks() -> None:
+    p = processor(decimals=3, high=10.0, calibration=LinearCalibration(gain=2.0, offset=0.0001))
+    out = one(p, 1.23456)
+    assert (out.value, repr(out.value)) == (2.469, "2.469")  # 2.46922 rounded, after the curve
+    assert one(p, 5.0001).status == Status.GOOD  # 10.0003 -> 10.0, which the range check sees: in range
+    assert one(processor(high=10.0, calibration=LinearCalibration(gain=2.0, offset=0.0001)), 5.0001).status == (
+        Status.UNCERTAIN_ENGINEERING_UNITS_EXCEEDED
+    )
+    assert one(processor(decimals=0), 2.5).value == 2.0  # round half to even, as Python rounds
+    plain = processor(decimals=2)
+    assert repr(one(plain, 12.34567).value) == "12.35"  # an untransformed float is rounded too
+    for value in (7, True, "12.34567", None):  # ints stay exact; bools, strings, None untouched
+        out = one(plain, value)
+        assert (out.value, type(out.value)) == (value, type(value))
+
+
+def test_decimals_feed_the_deadband_the_stored_value() -> None:
+    p = processor(decimals=1, deadband=0.1)
+    assert one(p, 1.04).value == 1.0
+    assert p.process([Sample("d/t", T0 + S, 1.06, Status.GOOD, 100)])[0].value == 1.1  # 1.1 - 1.0 >= 0.1
+
+
+@pytest.mark.parametrize("decimals", [-1, 13])
+def test_decimals_out_of_range_is_a_config_error(decimals: int) -> None:
+    with pytest.raises(ValueError, match="decimals must be between 0 and 12"):
+        SimTag(name="t", decimals=decimals)
+
+
 def test_strings_on_a_converting_tag_are_a_configuration_problem() -> None:
     p = processor(source_unit="psi", unit="bar")
     out = one(p, "12.5")
