@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
-import zlib
 from typing import Any, Literal, Self
 
 import aiomqtt
@@ -37,6 +35,7 @@ from edged.model import Batch
 from edged.plugin import Backoff, PluginContext, UplinkSpec
 from edged.protocols import mqtt
 from edged.protocols.mqtt import MqttUplink
+from edged.protocols.payload import Compression, Encoder, Encoding, check_compression
 
 
 class Config(MqttUplink):
@@ -45,7 +44,8 @@ class Config(MqttUplink):
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
     topic: str = "edged/{gateway}/{kind}"  # {gateway}, {uplink}, {kind} = live | historical | gap
-    compression: Literal["none", "gzip", "zlib"] = "none"
+    encoding: Encoding = "rows"  # rows (JSON arrays) | columns (compact, docs/payload.md)
+    compression: Compression = "none"  # none | gzip | zlib | zstd (pip install 'edged[zstd]')
     # Setpoint commands (docs/commands.md): received on a connection of their own, QoS 1.
     commands: bool = False
     command_topic: str = "edged/{gateway}/cmd"  # {gateway}, {uplink}
@@ -56,6 +56,7 @@ class Config(MqttUplink):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_broker()
+        check_compression(self.compression)
         try:
             self.topic.format(gateway="g", uplink="u", kind="k")
         except (KeyError, IndexError, ValueError) as exc:
@@ -108,7 +109,7 @@ class Uplink:
         self.log = ctx.log
         self._client: aiomqtt.Client | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._enc = msgspec.json.Encoder()
+        self._enc = Encoder(encoding=config.encoding, compression=config.compression)
 
     async def __aenter__(self) -> Self:
         c = self.config
@@ -120,12 +121,7 @@ class Uplink:
         await self._stack.aclose()
 
     def encode(self, batch: Batch) -> bytes:
-        data = self._enc.encode(batch)
-        if self.config.compression == "gzip":
-            return gzip.compress(data, compresslevel=5)
-        if self.config.compression == "zlib":
-            return zlib.compress(data, 5)
-        return data
+        return self._enc.encode(batch)
 
     async def send(self, batch: Batch) -> None:
         if self._client is None:
