@@ -690,7 +690,7 @@ def _check_commands(
             if (
                 up is not None
                 and up.type in SIGNED_SOURCE_TYPES
-                and getattr(up, "commands", False)
+                and up.takes_commands()
                 and src not in cmds.sources
             ):
                 raise ConfigError(
