@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -47,3 +47,14 @@ async def tcp_reachable(host: str, port: int, *, timeout: float = 1.0) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+@contextlib.asynccontextmanager
+async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """`contextlib.aclosing` for any async iterator: a generator (what a driver's `samples()`
+    usually is) is closed here, at once, rather than by the garbage collector later."""
+    try:
+        yield stream
+    finally:
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()

@@ -687,12 +687,7 @@ def _check_commands(
                     path=f"{label}.sources",
                 )
             up = by_name.get(src)
-            if (
-                up is not None
-                and up.type in SIGNED_SOURCE_TYPES
-                and up.takes_commands()
-                and src not in cmds.sources
-            ):
+            if up is not None and up.type in SIGNED_SOURCE_TYPES and up.takes_commands() and src not in cmds.sources:
                 raise ConfigError(
                     f"source {src!r} receives MQTT commands: say how they are authenticated, with signing keys "
                     f'([commands.sources.{src}] keys = {{ k1 = {{ env = "..." }} }}) or '

@@ -14,7 +14,6 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import msgspec
 
 from buffer import Buffer
 from edged import registry
+from edged.aio import closing
 from edged.commands import AuditTrail, CommandGate, Writer
 from edged.config import Config, DeviceBase, UplinkBase
 from edged.config import load as load_config
@@ -83,15 +83,13 @@ class DeviceRunner:
                     self.stats.state = "running"
                     self.driver = drv
                     self.tally.attach(drv)
-                    stream = drv.samples()
                     try:
-                        async for batch in stream:
-                            self._accept(batch)
+                        async with closing(drv.samples()) as stream:
+                            async for batch in stream:
+                                self._accept(batch)
                     finally:
                         self.driver = None
                         self.tally.detach()
-                        if isinstance(stream, AsyncGenerator):  # finish the generator here, not in GC
-                            await stream.aclose()
             except (Transient, Permanent, OSError, TimeoutError) as exc:
                 self._failed(exc)
             except Exception as exc:  # a driver bug: log the traceback, keep the daemon up

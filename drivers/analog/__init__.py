@@ -18,19 +18,21 @@ same poll, so a `cjc_tag` (an RTD on the terminal block, say) is always the fres
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from drivers.analog.config import Config, Tag
 from drivers.analog.convert import Result, convert
 from drivers.analog.iio import Channel, DeviceGone, read_channels
+from edged import registry
+from edged.aio import closing
 from edged.conversions.loop import iio_current_ma
 from edged.errors import Transient
 from edged.model import Sample, Severity, Status, severity
+from edged.plugin import Driver as DriverProtocol
 from edged.plugin import DriverSpec, PluginContext
 from edged.problems import Problems
 
@@ -52,7 +54,7 @@ class Driver:
         # thermocouples last, so their cold-junction tag of the same poll is already converted
         self._order = sorted(range(len(self._tags)), key=lambda i: self._tags[i].conversion == "thermocouple")
         self._last: dict[str, tuple[float | None, int]] = {}  # tag name -> (value, status), for cjc_tag
-        self._modbus: Any = None  # drivers.modbus.Driver when source = "modbus"
+        self._modbus: DriverProtocol | None = None  # the modbus driver when source = "modbus"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -66,9 +68,8 @@ class Driver:
             if not await asyncio.to_thread(Path(cfg.iio_path).is_dir):
                 raise Transient(f"{cfg.name}: IIO device {cfg.iio_path} does not exist (driver not loaded?)")
         else:
-            from drivers.modbus import Driver as ModbusDriver
-
-            modbus = ModbusDriver(cfg.modbus_config(), self.ctx)
+            # the modbus driver, found as the daemon finds it: no plugin imports another
+            modbus = registry.driver_spec("modbus").driver(cfg.modbus_config(), self.ctx)
             await modbus.__aenter__()  # raises the Modbus driver's Transient/Permanent
             self._modbus = modbus
         self.problems.counts["connects"] += 1
@@ -88,7 +89,7 @@ class Driver:
             await asyncio.Event().wait()
             return
         if self._modbus is not None:
-            async with contextlib.aclosing(self._modbus.samples()) as stream:
+            async with closing(self._modbus.samples()) as stream:
                 async for batch in stream:
                     yield self._from_modbus(batch)
             return

@@ -152,14 +152,17 @@ class Config(DeviceBase, kw_only=True):
             self.modbus_config()  # validates the connection settings and every register now
 
     def modbus_config(self) -> Any:
-        """The `drivers.modbus` Config that reads this device's raw registers (tag names unchanged)."""
+        """The modbus driver's Config that reads this device's raw registers (tag names unchanged)."""
         if self.source != "modbus":
             raise ValueError("not a modbus-sourced device")
+        # through the registry, like any config entry of type "modbus": no plugin imports another
+        from edged import registry
+        from edged.errors import ConfigError
+
         try:
-            from drivers.modbus import Config as ModbusConfig
-        except ImportError as exc:
-            raise ValueError(f"source 'modbus' needs the modbus driver's libraries ({exc.name}):"
-                             " pip install 'edged[modbus]'") from None  # fmt: skip
+            ModbusConfig = registry.driver_spec("modbus").config
+        except ConfigError as exc:
+            raise ValueError(f"source 'modbus' needs the modbus driver: {exc.reason}") from None
         settings = dict(self.modbus or {})
         for key in ("name", "type", "tags"):
             if key in settings:
