@@ -120,7 +120,9 @@ class Sender:
             self.tally.detach()
             self._failed(failure)
             failures = 0 if self.stats.batches > acked_before else failures + 1
-            if attempts is not None and (failures >= attempts or isinstance(failure, Halted)):
+            if attempts is not None and isinstance(failure, Halted):
+                raise Transient(f"uplink {self.name}: {failure}") from failure
+            if attempts is not None and failures >= attempts:
                 raise Transient(f"uplink {self.name}: nothing delivered in {attempts} attempts: {failure}") from failure
             self.stats.state = "backoff"
             await self._wait_before_retry(self._delay_after(failure), failure)
