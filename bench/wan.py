@@ -76,19 +76,27 @@ class Result:
     drain_s: float
     capped: bool
     wire_bytes: int  # uplink direction, the whole cell
-    attempted: int  # samples handed to the uplink (each is on the wire once, acked or not)
+    attempted: int  # samples handed to the uplink
     sub: dict[str, float]
+
+
+@dataclass
+class Sent:
+    samples: int = 0  # handed to the uplink: each is on the wire once, acknowledged or not
+    first_live: int | None = None  # lo_seq of the first live batch: the Sender's live position + 1
 
 
 class CountingUplink(MqttUplink):
     """The real MQTT uplink; counts the samples it writes, so bytes on the wire / sample is exact."""
 
-    def __init__(self, config: MqttConfig, ctx: PluginContext, count: list[int]) -> None:
+    def __init__(self, config: MqttConfig, ctx: PluginContext, sent: Sent) -> None:
         super().__init__(config, ctx)
-        self.count = count
+        self.sent = sent
 
     async def send(self, batch: Batch) -> None:
-        self.count[0] += len(batch.samples)
+        self.sent.samples += len(batch.samples)
+        if not batch.historical and self.sent.first_live is None:
+            self.sent.first_live = batch.lo_seq
         await super().send(batch)
 
 
@@ -163,8 +171,8 @@ async def run_cell(root: Path, idx: int, cell: Cell, broker: Mosquitto, n: int, 
             cfg = MqttConfig(name=name, type="mqtt", port=port, batch_size=cell.batch, compression=cell.compression,
                              topic="wan/{uplink}/{kind}")  # type: ignore[arg-type]  # fmt: skip
             ctx = PluginContext("bench", tmp, logging.getLogger("bench"))
-            count = [0]
-            sender = Sender(buf, cfg, lambda: CountingUplink(cfg, ctx, count), gateway_id="bench",
+            sent = Sent()
+            sender = Sender(buf, cfg, lambda: CountingUplink(cfg, ctx, sent), gateway_id="bench",
                             log=logging.getLogger("bench"), backoff=Backoff(0.1, 1.0))  # fmt: skip
             per_tick = live_rate // 10
             produced, last_ts = 0, 0
@@ -174,7 +182,7 @@ async def run_cell(root: Path, idx: int, cell: Cell, broker: Mosquitto, n: int, 
                 loop = asyncio.get_running_loop()
                 tick = loop.time()
                 t_conn: float | None = None
-                owed = n
+                owed = n + 10**9  # until the first live batch says where the live stream starts
                 while True:
                     # live data: 500 tags at 1 Hz, a tenth of them every 100 ms, as drivers poll
                     last_ts = time.time_ns()
@@ -182,9 +190,11 @@ async def run_cell(root: Path, idx: int, cell: Cell, broker: Mosquitto, n: int, 
                                     "bar") for k in range(per_tick)])  # fmt: skip
                     produced += per_tick
                     if t_conn is None and sender.stats.connects:
-                        # what was committed before the connect is backlog too (the Sender's live
-                        # position is the buffer head at connect)
-                        t_conn, t0_ns, owed = loop.time(), time.time_ns(), buf.head - head0 + n
+                        t_conn, t0_ns = loop.time(), time.time_ns()
+                    if sent.first_live is not None:
+                        # what was committed before the connect is backlog too: the Sender's live
+                        # position is the buffer head at connect
+                        owed = sent.first_live - 1 - (head0 - n)
                     if sender.stats.sent_historical >= owed or (t_conn is not None and loop.time() - t_conn >= cap_s):
                         break
                     tick += 0.1
@@ -206,7 +216,7 @@ async def run_cell(root: Path, idx: int, cell: Cell, broker: Mosquitto, n: int, 
             await sub.wait()
             proxy.terminate()
             await proxy.wait()
-    return Result(cell, owed, drained, drain_s, capped, wire, count[0], report)
+    return Result(cell, owed, drained, drain_s, capped, wire, sent.samples, report)
 
 
 def subscriber(port: int, topic: str, compression: str) -> None:
