@@ -32,8 +32,10 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -46,6 +48,8 @@ from edged.delivery import Sender
 from edged.model import Batch, Sample, Status
 from edged.plugin import Backoff, PluginContext
 from peers.mosquitto import Mosquitto, free_port
+from uplink.http import Config as HttpConfig
+from uplink.http import Uplink as HttpUplink
 from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import Uplink as MqttUplink
 
@@ -66,6 +70,7 @@ class Cell:
     mbit: float
     batch: int
     compression: str
+    uplink: str = "mqtt"
 
 
 @dataclass
@@ -86,18 +91,47 @@ class Sent:
     first_live: int | None = None  # lo_seq of the first live batch: the Sender's live position + 1
 
 
-class CountingUplink(MqttUplink):
-    """The real MQTT uplink; counts the samples it writes, so bytes on the wire / sample is exact."""
+class Counting:
+    """Put before a real uplink class: counts the samples it writes, so bytes on the wire / sample
+    is exact, and notes where the live stream starts."""
 
-    def __init__(self, config: MqttConfig, ctx: PluginContext, sent: Sent) -> None:
-        super().__init__(config, ctx)
-        self.sent = sent
+    sent: Sent
 
     async def send(self, batch: Batch) -> None:
         self.sent.samples += len(batch.samples)
         if not batch.historical and self.sent.first_live is None:
             self.sent.first_live = batch.lo_seq
-        await super().send(batch)
+        await super().send(batch)  # type: ignore[misc]
+
+
+class CountingMqtt(Counting, MqttUplink):
+    pass
+
+
+class CountingHttp(Counting, HttpUplink):
+    pass
+
+
+def make_uplink(
+    cell: Cell, name: str, port: int, ctx: PluginContext, sent: Sent
+) -> tuple[MqttConfig | HttpConfig, Callable[[], Counting]]:
+    """The config and uplink factory for the Sender: the real plugin, pointed at the proxy."""
+    cfg: MqttConfig | HttpConfig
+    if cell.uplink == "http":
+        cfg = HttpConfig(name=name, type="http", url=f"http://127.0.0.1:{port}/ingest", batch_size=cell.batch,
+                         compression=cell.compression)  # type: ignore[arg-type]  # fmt: skip
+        cls: type[CountingMqtt | CountingHttp] = CountingHttp
+    else:
+        cfg = MqttConfig(name=name, type="mqtt", port=port, batch_size=cell.batch, compression=cell.compression,
+                         topic="wan/{uplink}/{kind}")  # type: ignore[arg-type]  # fmt: skip
+        cls = CountingMqtt
+
+    def factory() -> Counting:
+        up = cls(cfg, ctx)  # type: ignore[arg-type]
+        up.sent = sent
+        return up
+
+    return cfg, factory
 
 
 def proxy_bytes(stats: Path) -> tuple[float, int]:
@@ -160,19 +194,20 @@ async def run_cell(root: Path, idx: int, cell: Cell, broker: Mosquitto, n: int, 
     async with buf:
         await fill(buf, n)
         head0 = buf.head
-        proxy, port, stats = await start_proxy(tmp, broker.port, cell)
         sub = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--subscriber", str(broker.port), f"wan/{name}/#", cell.compression,
+            sys.executable, __file__, "--subscriber", cell.uplink, str(broker.port), f"wan/{name}/#", cell.compression,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert sub.stdin is not None and sub.stdout is not None
+        proxy = None
         try:
-            await sub.stdout.readline()  # "ready": subscribed
-            cfg = MqttConfig(name=name, type="mqtt", port=port, batch_size=cell.batch, compression=cell.compression,
-                             topic="wan/{uplink}/{kind}")  # type: ignore[arg-type]  # fmt: skip
+            # "ready PORT": subscribed to mosquitto, or the HTTP peer listening there
+            peer_port = int((await sub.stdout.readline()).split()[1])
+            proxy, port, stats = await start_proxy(tmp, peer_port, cell)
             ctx = PluginContext("bench", tmp, logging.getLogger("bench"))
             sent = Sent()
-            sender = Sender(buf, cfg, lambda: CountingUplink(cfg, ctx, sent), gateway_id="bench",
+            cfg, factory = make_uplink(cell, name, port, ctx, sent)
+            sender = Sender(buf, cfg, factory, gateway_id="bench",  # type: ignore[arg-type]
                             log=logging.getLogger("bench"), backoff=Backoff(0.1, 1.0))  # fmt: skip
             per_tick = live_rate // 10
             produced, last_ts = 0, 0
@@ -214,13 +249,16 @@ async def run_cell(root: Path, idx: int, cell: Cell, broker: Mosquitto, n: int, 
             with contextlib.suppress(ProcessLookupError):
                 sub.kill()
             await sub.wait()
-            proxy.terminate()
-            await proxy.wait()
+            if proxy is not None:
+                proxy.terminate()
+                await proxy.wait()
     return Result(cell, owed, drained, drain_s, capped, wire, sent.samples, report)
 
 
-def subscriber(port: int, topic: str, compression: str) -> None:
-    """In its own process: live latency (sample ts -> arrival here) and counts, per topic kind.
+def subscriber(kind: str, port: int, topic: str, compression: str) -> None:
+    """In its own process: live latency (sample ts -> arrival here) and counts, live and historical.
+    MQTT: subscribed to mosquitto directly (the consumer's side of the WAN). HTTP: the endpoint
+    (tests/peers/http_server.py), a sample's arrival being when its request body was read.
 
     Reads one line "T0_NS T1_NS LAST_TS HIST" from stdin: waits (up to 30 s) for the live sample
     stamped LAST_TS and for HIST historical samples, then prints the live latency percentiles of the
@@ -235,28 +273,45 @@ def subscriber(port: int, topic: str, compression: str) -> None:
     hist, newest = [0], [0]
     ready = threading.Event()
 
-    def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
+    def arrived(is_live: bool, ts: list[int]) -> None:
         now = time.time_ns()
-        samples = dec.decode(unpack(msg.payload))["samples"]
-        if msg.topic.endswith("/live"):
-            live.extend((s[1], now) for s in samples)
-            newest[0] = max(newest[0], samples[-1][1]) if samples else newest[0]
-        elif msg.topic.endswith("/historical"):
-            hist[0] += len(samples)
+        if is_live:
+            live.extend((t, now) for t in ts)
+            newest[0] = max(newest[0], ts[-1]) if ts else newest[0]
+        else:
+            hist[0] += len(ts)
 
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"wan-sub-{os.getpid()}")
-    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    client.on_subscribe = lambda *_: ready.set()
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    ready.wait(10)
-    print("ready", flush=True)
+    if kind == "http":
+        from peers.http_server import HttpPeer, Reply
+
+        def on_post(doc: dict[str, Any] | None, _key: str | None) -> Reply:
+            if doc is not None:
+                arrived(not doc["historical"], [s["ts_ns"] for s in doc["samples"]])
+            return Reply(store=False)  # acknowledged; not kept, the counts are enough
+
+        peer = HttpPeer()
+        peer.policy = on_post
+        peer.start()
+        print(f"ready {peer.port}", flush=True)
+    else:
+
+        def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
+            samples = dec.decode(unpack(msg.payload))["samples"]
+            if not msg.topic.endswith("/gap"):
+                arrived(msg.topic.endswith("/live"), [s[1] for s in samples])
+
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"wan-sub-{os.getpid()}")
+        client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        client.on_subscribe = lambda *_: ready.set()
+        client.on_message = on_message
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        ready.wait(10)
+        print(f"ready {port}", flush=True)
     t0, t1, last_ts, n_hist = (int(x) for x in sys.stdin.readline().split())
     deadline = time.monotonic() + 30
     while (newest[0] < last_ts or hist[0] < n_hist) and time.monotonic() < deadline:
         time.sleep(0.05)
-    client.loop_stop()
     lat = sorted((arr - ts) / 1e6 for ts, arr in live if t0 <= ts <= t1)
     out: dict[str, float] = {"live": len(live), "hist": hist[0], "window": len(lat)}
     if lat:
@@ -271,8 +326,9 @@ def fmt_duration(s: float) -> str:
 
 
 def print_header() -> None:
-    print(f"{'RTT':>5} {'Mbit/s':>6} {'batch':>6} {'comp':>5} {'B/smp':>6} {'cap smp/s':>9} {'drain smp/s':>11} "
-          f"{'%cap':>5} {'link%':>5} {'live p50':>8} {'p99':>7} {'24h/500 tags':>12} {'cell':>5} note")  # fmt: skip
+    print(f"{'up':>4} {'RTT':>5} {'Mbit/s':>6} {'batch':>6} {'comp':>5} {'B/smp':>6} {'cap smp/s':>9} "
+          f"{'drain smp/s':>11} {'%cap':>5} {'link%':>5} {'live p50':>8} {'p99':>7} {'24h/500 tags':>12} "
+          f"{'cell':>5} note")  # fmt: skip
 
 
 def print_row(r: Result, live_rate: int) -> None:
@@ -288,8 +344,8 @@ def print_row(r: Result, live_rate: int) -> None:
         notes.append(f"capped: {r.drained:,}/{r.backlog:,} in {r.drain_s:.0f}s")
     if r.sub.get("hist", 0) < r.drained:
         notes.append(f"subscriber got {r.sub.get('hist', 0):,.0f} historical of {r.drained:,} acked")
-    print(f"{c.rtt_ms:>5.0f} {c.mbit:>6g} {c.batch:>6} {c.compression:>5} {bps:>6.1f} {cap:>9,.0f} {rate:>11,.0f} "
-          f"{rate / cap * 100:>4.0f}% {busy * 100:>4.0f}% {p50:>6.0f}ms {p99:>5.0f}ms "
+    print(f"{c.uplink:>4} {c.rtt_ms:>5.0f} {c.mbit:>6g} {c.batch:>6} {c.compression:>5} {bps:>6.1f} {cap:>9,.0f} "
+          f"{rate:>11,.0f} {rate / cap * 100:>4.0f}% {busy * 100:>4.0f}% {p50:>6.0f}ms {p99:>5.0f}ms "
           f"{fmt_duration(TARGET / rate if rate else math.inf):>12} {r.drain_s:>4.0f}s {'; '.join(notes)}",
           flush=True)  # fmt: skip
 
@@ -315,13 +371,14 @@ def floats(s: str) -> list[float]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--subscriber":
-        subscriber(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        subscriber(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rtt", type=floats, default=[0, 50, 100, 300], help="ms, comma list")
     ap.add_argument("--mbit", type=floats, default=[1, 10, 50], help="Mbit/s each way, comma list")
     ap.add_argument("--batch-size", type=lambda s: [int(x) for x in s.split(",")], default=[1000])
     ap.add_argument("--compression", type=lambda s: s.split(","), default=["none"], help="none, gzip, zlib")
+    ap.add_argument("--uplink", type=lambda s: s.split(","), default=["mqtt"], help="mqtt, http (comma list)")
     ap.add_argument("--samples", type=int, default=300_000, help="backlog per cell")
     ap.add_argument("--cap", type=float, default=45.0, help="seconds: stop a cell then, extrapolate")
     ap.add_argument("--live-rate", type=int, default=500, help="live samples/s (500 tags at 1 Hz)")
@@ -332,12 +389,13 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     if not PROXY.exists():
         sys.exit(f"{PROXY} not found (set WANPROXY to the proxy script)")
-    cells = [Cell(r, m, b, c) for c in args.compression for b in args.batch_size for m in args.mbit for r in args.rtt]
+    cells = [Cell(r, m, b, c, u) for u in args.uplink for c in args.compression for b in args.batch_size
+             for m in args.mbit for r in args.rtt]  # fmt: skip
     print(f"machine: {machine()}")
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"backlog {args.samples:,} samples per cell ({TAGS} tags, 3 decimals, 24 h old), live {args.live_rate}"
-          f" samples/s, MQTT QoS 1 through wanproxy (RTT/2 each way, rate per direction), cap {args.cap:.0f} s/cell;"
-          " live latency = sample ts -> subscriber, over the drain")  # fmt: skip
+          f" samples/s, MQTT QoS 1 (or HTTP POST) through wanproxy (RTT/2 each way, rate per direction),"
+          f" cap {args.cap:.0f} s/cell; live latency = sample ts -> subscriber, over the drain")  # fmt: skip
     asyncio.run(run(args, cells))
 
 
