@@ -1,20 +1,21 @@
 """Delivery over an emulated WAN link: backlog drain rate and live latency per RTT and bandwidth.
 
     PYTHONPATH=$PWD .venv/bin/python bench/wan.py [--rtt 0,50,100,300] [--mbit 1,10,50]
-        [--batch-size 1000] [--compression none] [--samples 300000] [--cap 45] [--quick]
+        [--batch-size 1000] [--compression none] [--uplink mqtt] [--samples 300000] [--cap 45] [--quick]
 
 Each cell: a buffer prefilled with a backlog (500 tags, values at 3 decimals, 24 h old) while live
 data keeps coming at 500 samples/s; the real Sender and MQTT uplink send it through
 /work/shared/tools/wanproxy.py (a TCP proxy in its own process adding RTT/2 each way and a byte rate
 per direction, counting the bytes it forwards) to a mosquitto on 127.0.0.1; a subscriber in another
 process, attached to mosquitto directly (the consumer's side of the WAN), measures live latency
-(sample timestamp -> arrival) and counts what arrived. --batch-size and --compression take comma
-lists too; the matrix is their product with --rtt and --mbit.
+(sample timestamp -> arrival) and counts what arrived. With --uplink http the real HTTP uplink POSTs
+through the proxy to tests/peers/http_server.py, run in that other process. --batch-size,
+--compression and --uplink take comma lists too; the matrix is their product with --rtt and --mbit.
 
 A cell stops when the backlog is acknowledged (PUBACK) or after --cap seconds; a capped cell's rate is
 what was drained in that time, and the 24 h figure is extrapolated from it (marked "capped").
 Link capacity in samples/s = link bytes/s / the bytes per sample measured on the wire (uplink
-direction, MQTT framing and every live and historical batch included).
+direction, MQTT or HTTP framing and every live and historical batch included).
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ async def start_proxy(tmp: Path, target: int, cell: Cell) -> tuple[asyncio.subpr
                 raise RuntimeError(f"wanproxy exited: {err.decode()}") from None
             await asyncio.sleep(0.05)
             continue
-        w.close()  # the proxy opens (and closes) one connection to mosquitto for it: harmless
+        w.close()  # the proxy opens (and closes) one connection to the peer for it: harmless
         return proc, port, stats
     raise RuntimeError("wanproxy did not start listening")
 
