@@ -59,6 +59,16 @@ def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def running(tmp_path: Path, pid: int) -> None:
+    """Wait until the daemon with this pid has started (its status file says so)."""
+
+    def up() -> bool:
+        doc = json.loads((tmp_path / "data" / "status.json").read_text())
+        return bool(doc["pid"] == pid and not doc["stopped"])
+
+    wait_until(up, 30, f"daemon {pid} to start")
+
+
 class Collector:
     """paho in its own thread, persistent session so nothing is lost across broker restarts."""
 
@@ -108,6 +118,7 @@ def test_sigkill_under_load_loses_nothing_committed(tmp_path: Path, mosquitto: M
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         proc = start(cfg, log)
+        running(tmp_path, proc.pid)  # the backlog may be 0 already: this daemon must be up first
         wait_until(lambda: backlog(cfg) == 0, 60, "the backlog to drain after the last restart")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
