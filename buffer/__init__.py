@@ -80,6 +80,11 @@ def default_min_free(fs_bytes: int) -> int:
     return min(64 * MiB, max(1 * MiB, fs_bytes // 20))
 
 
+def resolve_min_free(config: BufferSettings, fs_bytes: int) -> int:
+    """The configured min_free, or the default for a file system of `fs_bytes`."""
+    return default_min_free(fs_bytes) if config.min_free is None else int(config.min_free)
+
+
 def warn_small_cap(logger: logging.Logger, path: Path, cap: int, config: BufferSettings, min_free: int) -> bool:
     """Warn when the file system holds far less of the buffer (`cap`) than max_bytes promises."""
     if cap >= int(config.max_bytes) // 2:
@@ -103,7 +108,7 @@ def estimate_cap(config: BufferSettings, path: Path) -> tuple[int, int]:
         probe = probe.parent  # not created yet: the file system it will be on
     st = os.statvfs(probe)
     fs = st.f_blocks * st.f_frsize
-    min_free = default_min_free(fs) if config.min_free is None else int(config.min_free)
+    min_free = resolve_min_free(config, fs)
     headroom = 2 * wal_pages(fs, 4096) * 4096  # 4096: SQLite's default page size
     ours = 0
     for suffix in ("", "-wal", ".reserve"):
@@ -170,7 +175,7 @@ class Buffer:
         hold anything near max_bytes (on a small one the file system, not max_bytes, is the cap)."""
         fs = self.store.fs_bytes()
         self.store.fit_wal(fs)
-        self.min_free = default_min_free(fs) if self.config.min_free is None else int(self.config.min_free)
+        self.min_free = resolve_min_free(self.config, fs)
         self.reserve_bytes = 2 * self.store.wal_headroom()  # see the reserve's comment
         self._ensure_reserve()
         room = self.store.space().room(2**62, self._keep_free())

@@ -126,7 +126,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when a daemon runs on this data dir, is fresh and has no alarm: for HEALTHCHECKs,
     monitoring scripts and a quick look after an upgrade."""
-    from edged.daemon import read_status
+    from edged.daemon import read_status, status_age_s
 
     data_dir = Path(args.data_dir) if args.data_dir else _config_for(args).data_dir
     st = read_status(data_dir)
@@ -134,7 +134,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     if st is None:
         problems.append(f"no status in {data_dir}: the daemon has not run here")
     else:
-        age = (time.time_ns() - int(st.get("updated_ns", 0))) / 1e9
+        age = status_age_s(st)
         if st.get("stopped"):
             problems.append("the daemon stopped")
         elif age > args.max_age:
@@ -180,7 +180,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import msgspec
 
     from buffer import Store
-    from edged.daemon import pid_alive, read_status
+    from edged.daemon import is_running, pid_alive, read_status, status_age_s
 
     if args.data_dir:
         data_dir = Path(args.data_dir)
@@ -213,14 +213,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         last = u.acked[-1][1] if u.acked else None
         print(f"  acknowledged up to {last if last is not None else '-'} in {len(u.acked)} range(s)")
     if live is not None:
-        age = (dt.datetime.now(dt.UTC).timestamp() * 1e9 - live["updated_ns"]) / 1e9
-        alive = pid_alive(int(live.get("pid", 0)))
         if live.get("stopped"):
             state = "stopped"
-        elif age < 10 and alive:
+        elif is_running(live):
             state = "running"
         else:
-            state = f"not running (last seen {age:.0f}s ago{'' if alive else ', process gone'})"
+            gone = "" if pid_alive(int(live.get("pid", 0))) else ", process gone"
+            state = f"not running (last seen {status_age_s(live):.0f}s ago{gone})"
         print(f"daemon   pid {live['pid']}: {state}")
         # A daemon that died without stopping (SIGKILL, power cut) left its last states behind:
         # say so, instead of showing devices "running" that nothing reads.

@@ -385,10 +385,12 @@ class Daemon:
             },
         }
 
-    def _write_status(self) -> None:
+    def _write_status(self, doc: bytes | None = None) -> None:
+        """Write status.json (0640 whatever the umask); `doc`: a snapshot encoded on the loop, when
+        this runs on a worker thread."""
         path = self.config.data_dir / STATUS_FILE
         try:
-            write_atomic(path, msgspec.json.encode(self.snapshot()))  # 0640 whatever the umask
+            write_atomic(path, doc if doc is not None else msgspec.json.encode(self.snapshot()))
         except OSError as exc:
             log.debug("cannot write %s: %s", path, exc)
 
@@ -415,11 +417,7 @@ class Daemon:
                     log.debug("backlog query failed: %s", exc)
             with contextlib.suppress(OSError):
                 self.buffer_file_bytes = await call(store.file_bytes)
-            path, doc = self.config.data_dir / STATUS_FILE, msgspec.json.encode(self.snapshot())
-            try:
-                await asyncio.to_thread(write_atomic, path, doc)  # 0640 whatever the umask
-            except OSError as exc:
-                log.debug("cannot write %s: %s", path, exc)
+            await asyncio.to_thread(self._write_status, msgspec.json.encode(self.snapshot()))
             await asyncio.sleep(2.0)
 
 
@@ -429,6 +427,19 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, msgspec.DecodeError):
         return None
     return doc
+
+
+STATUS_FRESH_S = 10.0  # the status file is rewritten every 2 s: older than this, no daemon runs
+
+
+def status_age_s(doc: dict[str, Any]) -> float:
+    """How old a status file's last update is."""
+    return (time.time_ns() - int(doc.get("updated_ns", 0))) / 1e9
+
+
+def is_running(doc: dict[str, Any]) -> bool:
+    """Whether the daemon that wrote this status runs now: not stopped, fresh, its process there."""
+    return not doc.get("stopped") and status_age_s(doc) < STATUS_FRESH_S and pid_alive(int(doc.get("pid", 0)))
 
 
 def pid_alive(pid: int) -> bool:

@@ -24,10 +24,10 @@ from typing import IO
 
 import msgspec
 
-from buffer import Store
+from buffer import Buffer, Store
 from edged import registry
 from edged.config import Config, Duration, UplinkBase, tag_matcher
-from edged.daemon import pid_alive, read_status
+from edged.daemon import is_running, read_status
 from edged.delivery import Sender, SenderStats
 from edged.errors import ConfigError, Transient
 from edged.model import Sample, status_name
@@ -101,10 +101,7 @@ def owed_in(store: Store, uplink: str, lo: int, hi: int) -> list[tuple[int, int]
 def daemon_pid(data_dir: Path) -> int | None:
     """The pid of a daemon running on this data dir right now, from its status file."""
     st = read_status(data_dir)
-    if not st or st.get("stopped") or time.time_ns() - int(st.get("updated_ns", 0)) > 10e9:
-        return None
-    pid = int(st.get("pid", 0))
-    return pid if pid_alive(pid) else None
+    return int(st["pid"]) if st is not None and is_running(st) else None
 
 
 class Progress:
@@ -150,8 +147,6 @@ async def send_standalone(
     """No daemon running: deliver the owed part of the range through the daemon's own Sender, so a
     rejected batch, `on_reject`, gap records and a plugin bug are handled exactly as in the daemon.
     Returns the Sender's figures; raises Transient when the uplink cannot be reached or halts."""
-    from buffer import Buffer  # the async buffer runs its own connection on its own thread
-
     spec = registry.uplink_spec(uplink_cfg.type)
     log = logging.getLogger(f"edged.replay.{uplink_cfg.name}")
     ctx = PluginContext(config.gateway.id, config.data_dir, log, config=config)
