@@ -27,6 +27,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from drivers.modbus.plan import Table
+from edged.aio import honour_cancel
 from edged.errors import Permanent
 from edged.model import Status
 
@@ -112,7 +113,7 @@ class Link:
         """Connect; raises LinkDown when the peer or port cannot be reached."""
         try:
             async with asyncio.timeout(limit):
-                ok = await self.client.connect()
+                ok = await honour_cancel(self.client.connect())
         except (TimeoutError, OSError, ModbusException) as exc:
             raise LinkDown(f"cannot connect to {self.name}: {str(exc) or type(exc).__name__}") from None
         if not ok:
@@ -140,7 +141,7 @@ class Link:
                 self.transactions += 1
                 try:
                     async with asyncio.timeout(per_try):
-                        pdu = await call()
+                        pdu = await honour_cancel(call())  # pymodbus waits with wait_for
                 except TimeoutError:
                     failure = bad_frame() if self._rx_bytes != rx else no_answer(per_try)
                     continue
