@@ -395,11 +395,16 @@ class UplinkBase(Base):
     name: str
     type: str
     enabled: bool = True
-    batch_size: int = 1000  # samples per acknowledged batch
+    batch_size: int = 5000  # at most this many samples per acknowledged batch
+    batch_bytes: ByteSize = ByteSize(128 * 1024)  # and about this many payload bytes (AWS IoT's limit is 128 KB)
+    max_inflight: int = 16  # batches sent and not yet acknowledged, where the uplink allows several
+    max_inflight_bytes: ByteSize = ByteSize(8 * 1024**2)  # and at most about this many payload bytes
+    linger: Duration = Duration(0.02)  # while batches are in flight, live samples wait this long for company
     backfill_share: float = 0.5  # share of batches given to backfill while live data is pending
     start_from: Literal["earliest", "latest"] = "earliest"  # where a brand-new uplink begins
     tags: list[str] = []  # glob patterns of tags to forward; empty means all
     on_reject: Literal["skip", "halt"] = "skip"  # a batch the peer refuses for good: skip it (counted) or halt
+    # (halt sends one batch at a time, whatever max_inflight says)
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -408,6 +413,14 @@ class UplinkBase(Base):
             raise ValueError("batch_size must be between 1 and 100000")
         if not 0.0 < self.backfill_share < 1.0:
             raise ValueError("backfill_share must be between 0 and 1 (exclusive)")
+        if not 1024 <= self.batch_bytes <= 256 * 1024**2:
+            raise ValueError("batch_bytes must be between 1KiB and 256MiB")
+        if not 1 <= self.max_inflight <= 1000:
+            raise ValueError("max_inflight must be between 1 and 1000")
+        if not self.batch_bytes <= self.max_inflight_bytes <= 4 * 1024**3:
+            raise ValueError("max_inflight_bytes must be at least batch_bytes and at most 4GiB")
+        if not 0 <= self.linger <= 5:
+            raise ValueError("linger must be between 0 and 5s")
 
     def takes_commands(self) -> bool:
         """Whether this uplink receives commands (then its spec's `serve_commands` runs)."""

@@ -18,11 +18,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from buffer import Buffer
+from buffer.store import Range, subtract
 from edged.aio import tcp_reachable
 from edged.config import UplinkBase, tag_matcher
 from edged.errors import Partial, Permanent, RetryAfter, Transient
+from edged.flow import LinkEstimate, Stamp
 from edged.model import Batch, Gap, Sample
-from edged.plugin import Backoff, ClosedAware, Tally, Uplink
+from edged.plugin import Backoff, ClosedAware, Counted, Tally, Uplink, Windowed
 
 
 class Halted(Transient):
@@ -31,6 +33,7 @@ class Halted(Transient):
 
 PROBE_EVERY_S = 1.0  # while a peer is unreachable, check about this often whether it is back
 POISON_TRIES = 3  # a window that crashes the plugin this many times in a row is skipped
+POLL_S = 0.02  # while the window is full, how often waiting work looks for new live data
 UplinkFactory = Callable[[], AbstractAsyncContextManager[Uplink]]
 
 
@@ -49,6 +52,46 @@ class SenderStats:
     last_error: str | None = None
     last_ack_ns: int | None = None
     live_lag_s: float = 0.0  # age of the newest live sample at its acknowledgement
+    window: int = 1  # batches this connection may have in flight (max_inflight and the peer's limit)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    lo: int
+    hi: int
+    samples: int
+
+
+class _PayloadBytes:
+    """Payload bytes per sample on this uplink's wire, from its `payload_bytes` counter (Counted),
+    so batches and the window can be bounded in bytes; None for an uplink that does not count."""
+
+    def __init__(self) -> None:
+        self._uplink: Counted | None = None
+        self._samples = 0
+        self.per_sample: float | None = None
+
+    def attach(self, uplink: object) -> None:
+        self._uplink = uplink if isinstance(uplink, Counted) else None
+        self._samples = 0
+
+    def submitted(self, samples: int) -> None:
+        self._samples += samples
+
+    def update(self) -> None:
+        if self._uplink is None or self._samples == 0:
+            return
+        written = self._uplink.counters().get("payload_bytes")
+        if written:
+            self.per_sample = max(0.01, written / self._samples)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that ended a session's TaskGroup, unwrapped for the supervisor."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 class Sender:
@@ -72,7 +115,12 @@ class Sender:
         self.log = log
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self.stats = SenderStats()
-        self._retry: tuple[int, int, bool] | None = None  # the window a failed send covered
+        self._retry: list[Range] = []  # the batches in flight when a session failed: re-sent first
+        self._inflight: dict[int, _InFlight] = {}  # by lo seq
+        self._inflight_samples = 0
+        self._acked = asyncio.Event()
+        self._bytes = _PayloadBytes()
+        self.link = LinkEstimate()
         self._poison: tuple[int, int, int] | None = None  # (lo, hi, tries): a window that crashed the plugin
         self._keep = tag_matcher(config.tags) if config.tags else None  # None: no filtering work
         self._ratio = config.backfill_share / (1.0 - config.backfill_share)
@@ -176,61 +224,147 @@ class Sender:
         self.stats.last_error = msg
 
     async def _deliver(self, uplink: Uplink) -> None:
-        buf, store, size = self.buffer, self.buffer.store, self.config.batch_size
+        """One session: feed the window until the peer fails (or a bounded replay is done).
+
+        Each batch's send runs as a task of this session's TaskGroup and records its own ack, so
+        acks land in any order. When the session ends, whatever was still in flight becomes the
+        retry list: re-sent first on the next connection, each with the same bounds."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                await self._feed(uplink, tg)
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+        finally:
+            self._retry = sorted([(p.lo, p.hi) for p in self._inflight.values()] + self._retry)
+            self._inflight.clear()
+            self._inflight_samples = 0
+
+    def _slots(self, uplink: Uplink) -> int:
+        """Batches in flight at once. `on_reject = "halt"` sends one at a time: nothing after a
+        refused batch may have gone out when the refusal comes back."""
+        if isinstance(uplink, Windowed) and self.config.on_reject != "halt":
+            return max(1, min(self.config.max_inflight, uplink.window()))
+        return 1
+
+    async def _feed(self, uplink: Uplink, tg: asyncio.TaskGroup) -> None:
+        buf, store = self.buffer, self.buffer.store
         live_pos = buf.head  # live after this; anything owed at or below it is backlog
         since = None
         if self._range is not None:  # a bounded replay: all of it is backlog, nothing is live
             since, live_pos = self._range
-        credit = 0.0
-        if self._retry is not None:
-            # The same window first, with the same bounds: a peer that deduplicates by batch
-            # (HTTP Idempotency-Key from gateway, lo, hi) recognises it even if it did arrive.
-            # It is older than the new live position, so it goes out as historical even if it was
-            # live when first sent: a receiver must not take minutes-old values for current ones.
-            lo, hi, historical = self._retry
-            owed = await buf.call(store.unacked, self.name, hi, limit=1)
-            if owed and owed[0][0] <= lo:
+        slots = self._slots(uplink)
+        self.stats.window = slots
+        self._bytes.attach(uplink)
+        while self._retry:
+            # The same windows first, with the same bounds: a peer that deduplicates by batch
+            # (HTTP Idempotency-Key from gateway, lo, hi) recognises one even if it did arrive.
+            # They are older than the new live position, so they go out as historical even if
+            # they were live when first sent: a receiver must not take old values for current ones.
+            while len(self._inflight) >= slots:
+                await self._wait_ack(None)
+            lo, hi = self._retry[0]
+            owed = await buf.call(store.unacked, self.name, hi, limit=1, from_seq=lo)
+            if owed and owed[0][0] == lo:
                 samples, _ = await buf.call(store.read, lo, hi, hi - lo + 1)
-                await self._send(uplink, samples, lo, hi, historical=historical or hi <= live_pos)
-            self._retry = None
+                self._submit(tg, uplink, samples, lo, hi, historical=True)
+            self._retry.pop(0)
+        credit = 0.0
         while True:
             gaps = await buf.call(store.pending_gaps, self.name)
             if gaps:
+                while self._inflight:  # gap records go out on their own, after what is in flight
+                    await self._wait_ack(None)
                 await self._send_gaps(uplink, gaps)
                 continue
-            # below the live position: the backlog at connect, plus ranges `edged replay` re-opened
-            holes = await buf.call(store.unacked, self.name, live_pos, limit=1, from_seq=since)
+            hole = await self._next_hole(live_pos, since)
             have_live = since is None and buf.head > live_pos
-            if have_live and (not holes or credit < 1.0):
-                samples, covered = await buf.call(store.read, live_pos + 1, buf.head, size)
-                await self._send(uplink, samples, live_pos + 1, covered, historical=False)
+            live_room = len(self._inflight) < slots
+            hist_room = len(self._inflight) < max(1, slots - 1) and (
+                not self._inflight or self._inflight_samples < self._budget()
+            )  # historical leaves a slot free, so a live batch never waits for the window
+            if have_live and live_room and (hole is None or credit < 1.0 or not hist_room):
+                if self._inflight and self.config.linger > 0 and buf.head - live_pos < self._count():
+                    # the link is busy anyway: let the next polls join this batch
+                    await buf.wait_beyond(live_pos + self._count() - 1, timeout=float(self.config.linger))
+                samples, covered = await buf.call(store.read, live_pos + 1, buf.head, self._count())
+                self._submit(tg, uplink, samples, live_pos + 1, covered, historical=False)
                 live_pos = covered
-                credit += self._ratio if holes else 0.0
-            elif holes:
-                lo, hi = holes[0]
-                samples, covered = await buf.call(store.read, lo, hi, size)
-                await self._send(uplink, samples, lo, covered, historical=True)
+                credit += self._ratio if hole is not None else 0.0
+            elif hole is not None and hist_room:
+                lo, hi = hole
+                samples, covered = await buf.call(store.read, lo, hi, self._count())
+                self._submit(tg, uplink, samples, lo, covered, historical=True)
                 credit = max(0.0, credit - 1.0)
+            elif hole is not None or have_live:
+                await self._wait_ack(POLL_S)  # work waits for room in the window
             elif since is not None:
-                return  # the replayed range is delivered
+                if not self._inflight:
+                    return  # the replayed range is delivered
+                await self._wait_ack(None)
             else:
                 await buf.wait_beyond(live_pos, timeout=1.0)
-                if isinstance(uplink, ClosedAware) and uplink.is_closed():
+                if not self._inflight and isinstance(uplink, ClosedAware) and uplink.is_closed():
                     # an idle connection that died: reconnect now, not when the next sample comes
                     raise Transient("connection lost while idle")
-                continue
 
-    async def _send(self, uplink: Uplink, samples: list[Sample], lo: int, hi: int, *, historical: bool) -> None:
+    async def _next_hole(self, live_pos: int, since: int | None) -> Range | None:
+        """The oldest owed range at or below the live position that is not in flight already."""
+        inflight = sorted((p.lo, p.hi) for p in self._inflight.values() if p.lo <= live_pos)
+        # each batch in flight lies inside one owed range, so one more range than batches will do
+        holes = await self.buffer.call(
+            self.buffer.store.unacked, self.name, live_pos, limit=len(inflight) + 1, from_seq=since
+        )
+        for lo, hi in holes:
+            free = subtract(lo, hi, inflight)
+            if free:
+                return free[0]
+        return None
+
+    def _count(self) -> int:
+        """Samples to read for the next batch: `batch_size`, fewer where `batch_bytes` binds."""
+        per = self._bytes.per_sample
+        size = self.config.batch_size
+        return size if per is None else max(1, min(size, int(self.config.batch_bytes / per)))
+
+    def _budget(self) -> int:
+        """Samples the window may hold: the link's bandwidth x delay, within `max_inflight_bytes`."""
+        budget = self.link.budget(self._count())
+        per = self._bytes.per_sample
+        if per is not None:
+            budget = min(budget, max(1, int(self.config.max_inflight_bytes / per)))
+        return budget
+
+    async def _wait_ack(self, timeout: float | None) -> None:
+        """Until a batch in flight is acknowledged (or `timeout`, to look at new live data again)."""
+        self._acked.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._acked.wait()
+        except TimeoutError:
+            pass
+
+    def _submit(
+        self, tg: asyncio.TaskGroup, uplink: Uplink, samples: list[Sample], lo: int, hi: int, *, historical: bool
+    ) -> None:
         keep = self._keep
         if keep is not None:
             samples = [s for s in samples if keep(s.tag)]
+        stamp = self.link.sent(in_flight=len(self._inflight))
+        self._inflight[lo] = _InFlight(lo, hi, len(samples))
+        self._inflight_samples += len(samples)
+        self._bytes.submitted(len(samples))
         batch = Batch(self.gateway_id, lo, hi, historical, samples)
+        # tasks start in the order they are made, and an uplink writes before its first await:
+        # so batches reach the peer in this order even with several in flight
+        tg.create_task(self._send(uplink, batch, stamp), name=f"send:{self.name}:{lo}-{hi}")
+
+    async def _send(self, uplink: Uplink, batch: Batch, stamp: Stamp) -> None:
+        lo, hi, samples = batch.lo_seq, batch.hi_seq, batch.samples
         sent = len(samples)
         if samples:
             try:
                 await uplink.send(batch)
             except Transient:
-                self._retry = (lo, hi, historical)
                 raise
             except Partial as exc:
                 self._rejected(len(exc.rejected), exc)
@@ -240,17 +374,22 @@ class Sender:
                 sent = 0
             except Exception as exc:  # a plugin bug triggered by this batch's content
                 if not self._poisoned(lo, hi, exc):
-                    self._retry = (lo, hi, historical)
                     raise
                 sent = 0
             else:
-                self._poison = None
+                if self._poison is not None and self._poison[:2] == (lo, hi):
+                    self._poison = None
         await self._record_ack(lo, hi, sent=sent)
+        done = self._inflight.pop(lo)
+        self._inflight_samples -= done.samples
+        self.link.acked(stamp, max(1, done.samples))
+        self._bytes.update()
+        self._acked.set()
         self.backoff.reset()  # only once the peer answered a batch: a connect alone proves little
         self.stats.batches += 1
         now = time.time_ns()
         self.stats.last_ack_ns = now
-        if historical:
+        if batch.historical:
             self.stats.sent_historical += sent
         else:
             self.stats.sent_live += sent
@@ -287,7 +426,8 @@ class Sender:
     def _poisoned(self, lo: int, hi: int, exc: Exception) -> bool:
         """True once the same window has crashed the plugin POISON_TRIES times in a row: it is then
         skipped (counted, logged with the traceback) so one bad record cannot block an uplink
-        forever. Before that it is retried after a reconnect, in case the failure was transient."""
+        forever. Before that it is retried after a reconnect, in case the failure was transient.
+        Only its own success clears the count: other batches of the window may well succeed."""
         tries = self._poison[2] + 1 if self._poison and self._poison[:2] == (lo, hi) else 1
         self._poison = (lo, hi, tries)
         if tries < POISON_TRIES:

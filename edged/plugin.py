@@ -84,6 +84,19 @@ class ClosedAware(Protocol):
 
 
 @runtime_checkable
+class Windowed(Protocol):
+    """An uplink that takes several batches in flight: `send` may be called again before earlier
+    calls returned, up to `window()` at once (the peer's own limit, e.g. an MQTT 5 broker's Receive
+    Maximum; the Sender also applies the config's `max_inflight`). Each send must put its batch on
+    the connection before its first await, so batches reach the peer in the order of the calls;
+    an uplink that cannot promise that order (HTTP requests over several connections) says so in
+    its README. Counting `payload_bytes` (Counted) lets the Sender size batches and the window
+    in bytes."""
+
+    def window(self) -> int: ...
+
+
+@runtime_checkable
 class Counted(Protocol):
     """A driver or uplink that counts its own problems and work (requests, retries, refusals...).
     The core shows them in status.json and /metrics, summed over the plugin's reconnects."""

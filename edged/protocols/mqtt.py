@@ -75,10 +75,12 @@ async def session(
     clean_session: bool | None = None,
     nodelay: bool = False,
     will: aiomqtt.Will | None = None,
+    max_inflight: int | None = None,
 ) -> AsyncIterator[aiomqtt.Client]:
     """A connected client for the body, disconnected after it. Connect errors are mapped with
     `connect_error`; the body's own exceptions pass unchanged. `nodelay` turns Nagle off for small
-    request/reply traffic: with it on, a small packet can wait ~40 ms for the peer's delayed ACK."""
+    request/reply traffic: with it on, a small packet can wait ~40 ms for the peer's delayed ACK.
+    `max_inflight`: QoS 1/2 publishes paho lets be outstanding (default 20; more queue in order)."""
     client = aiomqtt.Client(
         c.host,
         c.port or (8883 if c.tls else 1883),
@@ -90,6 +92,7 @@ async def session(
         timeout=float(c.timeout),
         tls_context=client_context(c, log) if c.tls else None,
         will=will,
+        max_inflight_messages=max_inflight,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if nodelay else None,
         logger=logging.getLogger("aiomqtt"),
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
 import ipaddress
 import re
 import ssl
@@ -30,6 +29,15 @@ from edged.config import Duration, Secret
 from edged.errors import EdgedError, Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample, Value, severity
 from edged.plugin import Backoff, PluginContext, UplinkSpec
+from edged.protocols.payload import (
+    CONTENT_ENCODING,
+    CONTENT_TYPE,
+    Compression,
+    Encoding,
+    check_compression,
+    columns,
+    compressor,
+)
 from edged.tls import TlsUplink, client_context
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -46,7 +54,8 @@ _RETRY_AFTER_CAP = 3600.0  # a longer Retry-After (or a date further ahead) is r
 
 class Config(TlsUplink, kw_only=True):
     url: str  # http(s)://host[:port]/path the batches are POSTed to
-    compression: Literal["none", "gzip"] = "none"
+    encoding: Encoding = "rows"  # rows (the body in README.md) | columns (compact, docs/payload.md)
+    compression: Compression = "none"  # none | gzip | zlib | zstd (pip install 'edged[zstd]')
     bearer_token: Secret | None = None  # Authorization: Bearer <token>
     username: str | None = None  # Authorization: Basic, with password
     password: Secret | None = None
@@ -59,6 +68,7 @@ class Config(TlsUplink, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_compression(self.compression)
         parts = urlsplit(self.url)
         if "@" in parts.netloc:  # checked first: the messages below show the url
             raise ValueError("url must not contain credentials: use username and password, or bearer_token")
@@ -259,17 +269,19 @@ class Uplink:
         self.log = ctx.log
         self._client: httpx.AsyncClient | None = None
         self._enc = msgspec.json.Encoder()
+        self._compress = compressor(config.compression)
         self._ack = msgspec.json.Decoder(_Ack)
         self._headers = self._static_headers()
         self.attempts = 0  # POSTs made by this instance, retries included
         self.retries = 0
+        self.payload_bytes = 0  # bodies of the batches sent (once each): the Sender sizes batches by it
 
     def _static_headers(self) -> dict[str, str]:
         c = self.config
-        h = {"User-Agent": f"edged/{edged.__version__}", "Content-Type": "application/json"}
+        h = {"User-Agent": f"edged/{edged.__version__}", "Content-Type": CONTENT_TYPE[c.encoding]}
         h.update((k, v.reveal()) for k, v in c.headers.items())
-        if c.compression == "gzip":
-            h["Content-Encoding"] = "gzip"
+        if (coding := CONTENT_ENCODING[c.compression]) is not None:
+            h["Content-Encoding"] = coding
         if c.bearer_token is not None:
             h["Authorization"] = f"Bearer {c.bearer_token.reveal()}"
         elif c.username is not None and c.password is not None:
@@ -293,6 +305,8 @@ class Uplink:
             proxy=c.proxy,
             follow_redirects=False,  # a POST must not silently land somewhere else
             headers=self._headers,
+            # one connection per batch in flight (the Sender's window): requests overlap
+            limits=httpx.Limits(max_connections=c.max_inflight, max_keepalive_connections=c.max_inflight),
         )
         return self
 
@@ -302,12 +316,22 @@ class Uplink:
             await client.aclose()
 
     def encode(self, batch: Batch) -> bytes:
+        """The body; deterministic, so a batch retried under its Idempotency-Key is the same bytes."""
+        if self.config.encoding == "columns":
+            return self._compress(self._enc.encode(columns(batch)))
         doc = WireBatch(
             1, batch.gateway, batch.lo_seq, batch.hi_seq, batch.historical,
             [_wire_sample(s) for s in batch.samples], [_wire_gap(g) for g in batch.gaps],
         )  # fmt: skip
-        data = self._enc.encode(doc)
-        return gzip.compress(data, compresslevel=5) if self.config.compression == "gzip" else data
+        return self._compress(self._enc.encode(doc))
+
+    def window(self) -> int:
+        """Requests at once, each on a connection of its own (httpx pool): a receiver may get batch
+        N+1 before batch N; lo_seq/hi_seq and the Idempotency-Key say where each belongs."""
+        return self.config.max_inflight
+
+    def counters(self) -> dict[str, float]:
+        return {"payload_bytes": self.payload_bytes, "requests": self.attempts, "retries": self.retries}
 
     async def send(self, batch: Batch) -> None:
         """POST until acknowledged; retry in place (same key) while the failure is worth retrying."""
@@ -316,6 +340,7 @@ class Uplink:
             raise Transient("not connected")
         c = self.config
         body = self.encode(batch)
+        self.payload_bytes += len(body)
         headers = {"Idempotency-Key": idempotency_key(batch)}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(c.retry_for)

@@ -110,10 +110,15 @@ class Uplink:
         self._client: aiomqtt.Client | None = None
         self._stack = contextlib.AsyncExitStack()
         self._enc = Encoder(encoding=config.encoding, compression=config.compression)
+        self.payload_bytes = 0  # what this connection published: the Sender sizes batches by it
+        self.messages = 0
 
     async def __aenter__(self) -> Self:
         c = self.config
-        self._client = await self._stack.enter_async_context(mqtt.session(c, self.log, c.identifier(self.gateway)))
+        # paho keeps at most max_inflight_messages QoS 1/2 publishes outstanding and queues the rest
+        # in order: it is set to the window the Sender uses, so nothing waits unseen inside paho.
+        session = mqtt.session(c, self.log, c.identifier(self.gateway), max_inflight=c.max_inflight)
+        self._client = await self._stack.enter_async_context(session)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -123,12 +128,25 @@ class Uplink:
     def encode(self, batch: Batch) -> bytes:
         return self._enc.encode(batch)
 
+    def window(self) -> int:
+        """Publishes outstanding at once: QoS 1/2 are acknowledged in order on one connection, so a
+        window keeps a long link busy; QoS 0 has no acknowledgement to wait for."""
+        return self.config.max_inflight if self.config.qos > 0 else 1
+
+    def counters(self) -> dict[str, float]:
+        return {"payload_bytes": self.payload_bytes, "messages": self.messages}
+
     async def send(self, batch: Batch) -> None:
+        # no await before the publish: paho queues it at once, so with several sends in flight
+        # the broker gets the batches in the order the Sender made them (edged.plugin.Windowed)
         if self._client is None:
             raise Transient("not connected")
         kind = "gap" if batch.gaps and not batch.samples else "historical" if batch.historical else "live"
         topic = self.config.topic.format(gateway=self.gateway, uplink=self.config.name, kind=kind)
-        await mqtt.publish(self._client, topic, self.encode(batch), qos=self.config.qos, retain=self.config.retain)
+        payload = self.encode(batch)
+        self.payload_bytes += len(payload)
+        self.messages += 1
+        await mqtt.publish(self._client, topic, payload, qos=self.config.qos, retain=self.config.retain)
 
 
 # ----------------------------------------------------------------------------------------- commands
