@@ -53,6 +53,10 @@ class SenderStats:
     last_ack_ns: int | None = None
     live_lag_s: float = 0.0  # age of the newest live sample at its acknowledgement
     window: int = 1  # batches this connection may have in flight (max_inflight and the peer's limit)
+    in_flight: int = 0  # batches sent, not yet acknowledged
+    peak_in_flight: int = 0
+    rtt_ms: float | None = None  # the shortest round trip lately, send to acknowledgement
+    rate: float = 0.0  # the best delivery rate lately, samples/s
 
 
 @dataclass(slots=True)
@@ -238,6 +242,7 @@ class Sender:
             self._retry = sorted([(p.lo, p.hi) for p in self._inflight.values()] + self._retry)
             self._inflight.clear()
             self._inflight_samples = 0
+            self.stats.in_flight = 0
 
     def _slots(self, uplink: Uplink) -> int:
         """Batches in flight at once. `on_reject = "halt"` sends one at a time: nothing after a
@@ -353,6 +358,8 @@ class Sender:
         self._inflight[lo] = _InFlight(lo, hi, len(samples))
         self._inflight_samples += len(samples)
         self._bytes.submitted(len(samples))
+        self.stats.in_flight = len(self._inflight)
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         batch = Batch(self.gateway_id, lo, hi, historical, samples)
         # tasks start in the order they are made, and an uplink writes before its first await:
         # so batches reach the peer in this order even with several in flight
@@ -383,6 +390,9 @@ class Sender:
         done = self._inflight.pop(lo)
         self._inflight_samples -= done.samples
         self.link.acked(stamp, max(1, done.samples))
+        self.stats.in_flight = len(self._inflight)
+        self.stats.rtt_ms = None if self.link.rtt is None else round(self.link.rtt * 1000, 1)
+        self.stats.rate = round(self.link.rate)
         self._bytes.update()
         self._acked.set()
         self.backoff.reset()  # only once the peer answered a batch: a connect alone proves little

@@ -94,4 +94,4 @@ class LinkEstimate:
             return 1
         if self._rtt is None:
             return floor
-        return max(floor, int(GAIN * self.rate * self._rtt))
+        return max(floor, round(GAIN * self.rate * self._rtt))

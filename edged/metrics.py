@@ -103,6 +103,10 @@ class _Collector:
         )
         gaps = CounterMetricFamily("edged_uplink_gaps_sent", "Gap records sent to the uplink", labels=["uplink"])
         gaps_owed = GaugeMetricFamily("edged_uplink_gaps_pending", "Gap records still to send", labels=["uplink"])
+        in_flight = GaugeMetricFamily("edged_uplink_in_flight_batches", "Batches awaiting their ack", labels=["uplink"])
+        rtt = GaugeMetricFamily(
+            "edged_uplink_round_trip_seconds", "Shortest recent send-to-acknowledgement time", labels=["uplink"]
+        )
         for s in d.senders:
             n_dropped, n_gaps = d.delivery.get(s.name, (0, 0))
             dropped.add_metric([s.name], n_dropped)
@@ -116,7 +120,10 @@ class _Collector:
             n, ts = d.backlog.get(s.name, (0, None))
             backlog.add_metric([s.name], n)
             oldest.add_metric([s.name], (now - ts) / 1e9 if ts else 0.0)
-        yield from (sent, rejected, uerr, conn, backlog, oldest, dropped, gaps, gaps_owed)
+            in_flight.add_metric([s.name], s.stats.in_flight)
+            if s.stats.rtt_ms is not None:
+                rtt.add_metric([s.name], s.stats.rtt_ms / 1000)
+        yield from (sent, rejected, uerr, conn, backlog, oldest, dropped, gaps, gaps_owed, in_flight, rtt)
         yield _plugin_counters("uplink", {s.name: s.tally.totals() for s in d.senders})
         yield GaugeMetricFamily("edged_event_loop_lag_seconds", "Event loop lag, last second", value=d.loop_lag_s)
         cmds = CounterMetricFamily("edged_commands", "Write commands by source and result", labels=["source", "result"])

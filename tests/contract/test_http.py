@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from buffer import Buffer
-from edged.config import Secret, parse
+from edged.config import BufferConfig, Secret, parse
 from edged.delivery import Sender
 from edged.errors import ConfigError, Permanent, Transient
 from edged.model import Batch, Gap, Sample, Status
@@ -450,3 +450,30 @@ async def test_window_resent_with_the_same_key_after_a_reconnect(tmp_path: Path,
     assert [r.key for r in peer.requests].count(first_key) == 2, "the same window went again"
     assert any(r.duplicate for r in peer.requests if r.key == first_key)
     assert seqs == list(range(1, 7)), "each sample stored exactly once"
+
+
+async def test_a_window_of_requests_in_flight_survives_an_endpoint_crash(tmp_path: Path, peer: HttpPeer) -> None:
+    """Several POSTs at once (each answered after 0.1 s), the endpoint crashes mid-window and comes
+    back: every sample is stored exactly once, and only windows still unanswered were re-sent."""
+    pre = Buffer(tmp_path / "buffer.db", BufferConfig())
+    async with pre:
+        pre.put([Sample(f"dev/t{i % 10}", time.time_ns(), i // 10, Status.GOOD, 100) for i in range(6000)])
+        await pre.flush()
+    peer.policy = lambda doc, key: Reply(delay=0.1)
+    cfg = http_config(peer.url, batch_size=100, max_inflight=6, retry_for=0.0, encoding="columns", compression="zstd")
+    async with running(tmp_path, cfg) as (buf, sender):
+        await eventually(lambda: sender.stats.in_flight >= 4 and len(peer.stored) >= 10, 20, "a window in flight")
+        peer.stop()
+        await eventually(lambda: sender.stats.errors >= 1, 10, "the crash noticed")
+        peer.start()
+        await eventually(lambda: all_delivered(buf, peer), 60, "everything stored after the restart")
+        seqs = rel(buf, peer.seqs())
+    assert peer.peak_concurrent >= 4, "requests overlapped"
+    assert seqs == list(range(1, 6001)), "each sample stored exactly once after dedupe by key"
+    keys = [r.key for r in peer.requests]
+    repeated = {k for k in keys if keys.count(k) > 1}
+    assert 0 < len(repeated) <= 6, f"only the windows in flight at the crash went again ({len(repeated)})"
+    for r in peer.requests:
+        assert r.headers["content-type"] == "application/vnd.edged.columns+json"
+        assert r.headers["content-encoding"] == "zstd"
+    check_order(peer.docs(), historical=True)

@@ -17,12 +17,17 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import zstandard
+
+from edged.protocols.payload import decode_columns
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class HttpPeer:
         self.stored: dict[str, dict[str, Any]] = {}  # Idempotency-Key -> first stored document
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()  # open keep-alive connections, cut by stop()
+        self.in_progress = 0  # requests being answered now
+        self.peak_concurrent = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -131,6 +138,27 @@ class HttpPeer:
             return reply, duplicate
 
 
+def _decode(raw: bytes, headers: dict[str, str]) -> Any:
+    """The body as a document, by its Content-Encoding and Content-Type: each decompression is the
+    library's own, not edged's; a columns body goes through the reference decoder (docs/payload.md),
+    whose round trip the payload tests check against the encoder."""
+    coding = headers.get("content-encoding")
+    if coding == "gzip":
+        raw = gzip.decompress(raw)
+    elif coding == "deflate":
+        raw = zlib.decompress(raw)
+    elif coding == "zstd":
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+    if headers.get("content-type", "").startswith("application/vnd.edged.columns+json"):
+        doc = decode_columns(raw)  # samples as rows: [tag, ts_ns, value, status, score, unit, seq]
+        doc["samples"] = [dict(zip(_ROW, row, strict=True)) for row in doc["samples"]]
+        return doc
+    return json.loads(raw)
+
+
+_ROW = ("tag", "ts_ns", "value", "status", "score", "unit", "seq")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -161,14 +189,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         peer = self.server_peer
+        with peer.lock:
+            peer.in_progress += 1
+            peer.peak_concurrent = max(peer.peak_concurrent, peer.in_progress)
+        try:
+            self._post(peer)
+        finally:
+            with peer.lock:
+                peer.in_progress -= 1
+
+    def _post(self, peer: HttpPeer) -> None:
         at = time.monotonic()
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         headers = {k.lower(): v for k, v in self.headers.items()}
         doc: dict[str, Any] | None
         try:
-            data = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
-            doc = json.loads(data)
-        except (OSError, ValueError):
+            doc = _decode(raw, headers)
+        except (OSError, ValueError, zlib.error):
             doc = None
         key = headers.get("idempotency-key")
         reply, duplicate = peer._decide(doc, key)

@@ -15,6 +15,7 @@ from buffer import Store
 from edged.config import UplinkBase
 from edged.delivery import POISON_TRIES
 from edged.errors import Partial, Permanent, Transient
+from edged.flow import LinkEstimate
 from edged.model import Batch, Sample, Status
 from edged.plugin import Backoff
 from peers.delivery import sender_running
@@ -354,3 +355,103 @@ async def test_a_peer_that_answers_but_fails_the_login_gets_the_plain_backoff(tm
             assert sender.stats.errors == 1 and sender.stats.probed_reconnects == 0, "no hammering of a busy peer"
     finally:
         server.close()
+
+
+# ----------------------------------------------------------------------------------------- the window
+
+
+class Held:
+    """A Windowed uplink whose every send waits until the test answers it: acks in any order."""
+
+    def __init__(self, window: int, pending: dict[tuple[int, int], asyncio.Future[None]], log: list[Batch]) -> None:
+        self._window = window
+        self.pending = pending
+        self.log = log
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for f in self.pending.values():
+            f.cancel()
+        self.pending.clear()
+
+    def window(self) -> int:
+        return self._window
+
+    async def send(self, batch: Batch) -> None:
+        self.log.append(batch)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending[(batch.lo_seq, batch.hi_seq)] = fut
+        await fut
+
+
+class WideOpen(LinkEstimate):
+    """The link estimate of a link already measured as fast: the window is bounded by its slots."""
+
+    def budget(self, floor: int) -> int:
+        return 10**9
+
+
+async def test_a_window_keeps_batches_in_flight_acks_in_any_order_and_resends_only_what_was_owed(
+    tmp_path: Path,
+) -> None:
+    lo, _ = _prefill(tmp_path, 1000)
+    pending: dict[tuple[int, int], asyncio.Future[None]] = {}
+    sent: list[Batch] = []
+    cfg = _cfg(max_inflight=4, linger=0.0)
+    async with sender_running(tmp_path, cfg, lambda: Held(4, pending, sent), gateway="gw", backoff=FAST) as (
+        buf,
+        sender,
+    ):
+        sender.link = WideOpen()
+        # the backlog is historical: it leaves one of the 4 slots to live data
+        await eventually(lambda: len(pending) == 3, 10, "three historical batches in flight")
+        first, second, third = sorted(pending)
+        assert first[0] == lo and second[0] == first[1] + 1 and third[0] == second[1] + 1
+        pending.pop(third).set_result(None)  # the last one acknowledged first
+        await eventually(lambda: buf.store.acked("scripted") == [third], 10, "the third ack recorded alone")
+        await eventually(lambda: len(pending) == 3, 10, "the freed slot refilled")
+        fourth = max(pending)
+        assert fourth[0] == third[1] + 1, "the next batch starts after what is in flight, not at the hole"
+        # live data takes the slot historical leaves free
+        buf.put(_samples(5, value=500.0))
+        await eventually(lambda: len(pending) == 4, 10, "a live batch beside a full historical window")
+        live = max(pending)
+        assert not sent[-1].historical and live[0] == buf.head - 4
+        pending.pop(second).set_result(None)
+        await eventually(lambda: buf.store.acked("scripted") == [(second[0], third[1])], 10, "the second ack")
+        owed = {first, fourth, live}
+        pending[first].set_exception(Transient("the connection dropped"))
+        await eventually(lambda: sender.stats.connects == 2, 10, "the reconnect")
+        await eventually(lambda: len(pending) >= 3, 10, "the re-sent windows")
+        resent = sent[-len(pending) :]
+        assert {(b.lo_seq, b.hi_seq) for b in resent[:3]} == owed, "each unacknowledged window, same bounds"
+        assert all(b.historical for b in resent[:3]), "re-sent windows are no longer live"
+        assert resent[0].lo_seq == first[0], "oldest first"
+
+        def answer_all() -> bool:
+            for k in [k for k, f in pending.items() if not f.done()]:
+                pending.pop(k).set_result(None)
+            return not buf.store.unacked("scripted", buf.head)
+
+        await eventually(answer_all, 10, "all acknowledged")
+        assert sum(1 for b in sent if (b.lo_seq, b.hi_seq) == second) == 1, "an acknowledged window is not re-sent"
+    assert sender.stats.peak_in_flight == 4
+
+
+async def test_halt_on_reject_sends_one_batch_at_a_time(tmp_path: Path) -> None:
+    _prefill(tmp_path, 500)
+    pending: dict[tuple[int, int], asyncio.Future[None]] = {}
+    sent: list[Batch] = []
+    cfg = _cfg(max_inflight=8, on_reject="halt")
+    async with sender_running(tmp_path, cfg, lambda: Held(8, pending, sent), gateway="gw", backoff=FAST) as (
+        _buf,
+        sender,
+    ):
+        sender.link = WideOpen()
+        for n in range(1, 4):
+            await eventually(lambda n=n: len(sent) == n, 10, f"batch {n}")  # type: ignore[misc]
+            assert len(pending) == 1, "never a second batch before the first is answered"
+            pending.popitem()[1].set_result(None)
+    assert sender.stats.window == 1
