@@ -451,7 +451,7 @@ async def test_halt_on_reject_sends_one_batch_at_a_time(tmp_path: Path) -> None:
     ):
         sender.link = WideOpen()
         for n in range(1, 4):
-            await eventually(lambda n=n: len(sent) == n, 10, f"batch {n}")  # type: ignore[misc]
+            await eventually(lambda n=n: len(sent) == n, 10, f"batch {n}")
             assert len(pending) == 1, "never a second batch before the first is answered"
             pending.popitem()[1].set_result(None)
     assert sender.stats.window == 1
