@@ -1,16 +1,18 @@
 """Delivery over an emulated WAN link: backlog drain rate and live latency per RTT and bandwidth.
 
     PYTHONPATH=$PWD .venv/bin/python bench/wan.py [--rtt 0,50,100,300] [--mbit 1,10,50]
-        [--batch-size 1000] [--compression none] [--uplink mqtt] [--samples 300000] [--cap 45] [--quick]
+        [--batch-size 5000] [--encoding columns] [--compression zstd] [--inflight 16] [--uplink mqtt]
+        [--samples 300000] [--cap 45] [--quick]
 
 Each cell: a buffer prefilled with a backlog (500 tags, values at 3 decimals, 24 h old) while live
 data keeps coming at 500 samples/s; the real Sender and MQTT uplink send it through
-/work/shared/tools/wanproxy.py (a TCP proxy in its own process adding RTT/2 each way and a byte rate
-per direction, counting the bytes it forwards) to a mosquitto on 127.0.0.1; a subscriber in another
-process, attached to mosquitto directly (the consumer's side of the WAN), measures live latency
+tests/peers/wanproxy.py (a TCP proxy in its own process adding RTT/2 each way and a byte rate per
+direction behind an unbounded queue, counting the bytes it forwards) to a mosquitto on 127.0.0.1; a
+subscriber in another process, attached to mosquitto directly (the consumer's side of the WAN), measures live latency
 (sample timestamp -> arrival) and counts what arrived. With --uplink http the real HTTP uplink POSTs
 through the proxy to tests/peers/http_server.py, run in that other process. --batch-size,
---compression and --uplink take comma lists too; the matrix is their product with --rtt and --mbit.
+--encoding, --compression, --inflight (max_inflight; 1 is stop-and-wait) and --uplink take comma
+lists too; the matrix is their product with --rtt and --mbit.
 
 A cell stops when the backlog is acknowledged (PUBACK) or after --cap seconds; a capped cell's rate is
 what was drained in that time, and the 24 h figure is extrapolated from it (marked "capped").
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gzip
 import json
 import logging
 import math
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,7 @@ from uplink.http import Uplink as HttpUplink
 from uplink.mqtt import Config as MqttConfig
 from uplink.mqtt import Uplink as MqttUplink
 
-PROXY = Path(os.environ.get("WANPROXY", "/work/shared/tools/wanproxy.py"))
+PROXY = Path(os.environ.get("WANPROXY", Path(__file__).resolve().parents[1] / "tests/peers/wanproxy.py"))
 TARGET = 43_200_000  # 24 h x 500 tags x 1 Hz
 TAGS = 500
 NAMES = [f"dev{k // 50}/tag{k}" for k in range(TAGS)]
@@ -72,6 +72,8 @@ class Cell:
     batch: int
     compression: str
     uplink: str = "mqtt"
+    encoding: str = "rows"
+    inflight: int = 16
 
 
 @dataclass
@@ -120,10 +122,12 @@ def make_uplink(
     cfg: MqttConfig | HttpConfig
     if cell.uplink == "http":
         cfg = HttpConfig(name=name, type="http", url=f"http://127.0.0.1:{port}/ingest", batch_size=cell.batch,
-                         compression=cell.compression)  # type: ignore[arg-type]  # fmt: skip
+                         compression=cell.compression, encoding=cell.encoding,
+                         max_inflight=cell.inflight)  # type: ignore[arg-type]  # fmt: skip
         cls: type[CountingMqtt | CountingHttp] = CountingHttp
     else:
         cfg = MqttConfig(name=name, type="mqtt", port=port, batch_size=cell.batch, compression=cell.compression,
+                         encoding=cell.encoding, max_inflight=cell.inflight,
                          topic="wan/{uplink}/{kind}")  # type: ignore[arg-type]  # fmt: skip
         cls = CountingMqtt
 
@@ -269,7 +273,13 @@ def subscriber(kind: str, port: int, topic: str, compression: str) -> None:
     import paho.mqtt.client as paho
 
     dec = msgspec.json.Decoder()
-    unpack = {"gzip": gzip.decompress, "zlib": zlib.decompress}.get(compression, bytes)
+    from edged.protocols.payload import decode_columns, decompress
+
+    def samples_of(payload: bytes) -> list[list[Any]]:
+        data = decompress(payload)
+        doc = decode_columns(data) if data[:40].find(b'"columns"') >= 0 else dec.decode(data)
+        return doc["samples"]  # type: ignore[no-any-return]
+
     live: list[tuple[int, int]] = []  # (sample ts, arrival), ns
     hist, newest = [0], [0]
     ready = threading.Event()
@@ -297,7 +307,7 @@ def subscriber(kind: str, port: int, topic: str, compression: str) -> None:
     else:
 
         def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
-            samples = dec.decode(unpack(msg.payload))["samples"]
+            samples = samples_of(msg.payload)
             if not msg.topic.endswith("/gap"):
                 arrived(msg.topic.endswith("/live"), [s[1] for s in samples])
 
@@ -327,7 +337,8 @@ def fmt_duration(s: float) -> str:
 
 
 def print_header() -> None:
-    print(f"{'up':>4} {'RTT':>5} {'Mbit/s':>6} {'batch':>6} {'comp':>5} {'B/smp':>6} {'cap smp/s':>9} "
+    print(f"{'up':>4} {'RTT':>5} {'Mbit/s':>6} {'batch':>6} {'enc':>7} {'comp':>5} {'infl':>4} {'B/smp':>6} "
+          f"{'cap smp/s':>9} "
           f"{'drain smp/s':>11} {'%cap':>5} {'link%':>5} {'live p50':>8} {'p99':>7} {'24h/500 tags':>12} "
           f"{'cell':>5} note")  # fmt: skip
 
@@ -345,7 +356,8 @@ def print_row(r: Result, live_rate: int) -> None:
         notes.append(f"capped: {r.drained:,}/{r.backlog:,} in {r.drain_s:.0f}s")
     if r.sub.get("hist", 0) < r.drained:
         notes.append(f"subscriber got {r.sub.get('hist', 0):,.0f} historical of {r.drained:,} acked")
-    print(f"{c.uplink:>4} {c.rtt_ms:>5.0f} {c.mbit:>6g} {c.batch:>6} {c.compression:>5} {bps:>6.1f} {cap:>9,.0f} "
+    print(f"{c.uplink:>4} {c.rtt_ms:>5.0f} {c.mbit:>6g} {c.batch:>6} {c.encoding:>7} {c.compression:>5} "
+          f"{c.inflight:>4} {bps:>6.1f} {cap:>9,.0f} "
           f"{rate:>11,.0f} {rate / cap * 100:>4.0f}% {busy * 100:>4.0f}% {p50:>6.0f}ms {p99:>5.0f}ms "
           f"{fmt_duration(TARGET / rate if rate else math.inf):>12} {r.drain_s:>4.0f}s {'; '.join(notes)}",
           flush=True)  # fmt: skip
@@ -377,8 +389,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rtt", type=floats, default=[0, 50, 100, 300], help="ms, comma list")
     ap.add_argument("--mbit", type=floats, default=[1, 10, 50], help="Mbit/s each way, comma list")
-    ap.add_argument("--batch-size", type=lambda s: [int(x) for x in s.split(",")], default=[1000])
-    ap.add_argument("--compression", type=lambda s: s.split(","), default=["none"], help="none, gzip, zlib")
+    ap.add_argument("--batch-size", type=lambda s: [int(x) for x in s.split(",")], default=[5000])
+    ap.add_argument("--encoding", type=lambda s: s.split(","), default=["columns"], help="rows, columns")
+    ap.add_argument("--compression", type=lambda s: s.split(","), default=["zstd"], help="none, gzip, zlib, zstd")
+    ap.add_argument("--inflight", type=lambda s: [int(x) for x in s.split(",")], default=[16], help="max_inflight")
     ap.add_argument("--uplink", type=lambda s: s.split(","), default=["mqtt"], help="mqtt, http (comma list)")
     ap.add_argument("--samples", type=int, default=300_000, help="backlog per cell")
     ap.add_argument("--cap", type=float, default=45.0, help="seconds: stop a cell then, extrapolate")
@@ -390,8 +404,8 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     if not PROXY.exists():
         sys.exit(f"{PROXY} not found (set WANPROXY to the proxy script)")
-    cells = [Cell(r, m, b, c, u) for u in args.uplink for c in args.compression for b in args.batch_size
-             for m in args.mbit for r in args.rtt]  # fmt: skip
+    cells = [Cell(r, m, b, c, u, e, w) for u in args.uplink for e in args.encoding for c in args.compression
+             for w in args.inflight for b in args.batch_size for m in args.mbit for r in args.rtt]  # fmt: skip
     print(f"machine: {machine()}")
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"backlog {args.samples:,} samples per cell ({TAGS} tags, 3 decimals, 24 h old), live {args.live_rate}"
