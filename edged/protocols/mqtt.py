@@ -9,9 +9,14 @@ import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.aio import honour_cancel
 from edged.config import Duration, Secret
@@ -22,6 +27,7 @@ from edged.tls import TlsUplink, client_context
 # 4 bad credentials, 5 not authorised) and the MQTT 5 reason codes paho maps them to (0x84-0x8A, 0x8C).
 _PERMANENT_CONNACK = {1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 _PENDING_CALLS = 10_000  # aiomqtt warns about pending publishes beyond this; a backlog flush has many
+_SESSION_EXPIRY_S = 86_400  # MQTT 5 persistent sessions: what the broker keeps for us while we are away
 
 
 class MqttUplink(TlsUplink):
@@ -66,6 +72,26 @@ def connect_error(exc: BaseException, host: str) -> EdgedError:
     return Transient(f"cannot connect to {host}: {exc}")
 
 
+class Client(aiomqtt.Client):
+    """aiomqtt's client, keeping the broker's CONNACK properties, which aiomqtt drops: under MQTT 5
+    they carry the Receive Maximum, the QoS 1/2 publishes the broker takes unacknowledged."""
+
+    connack: Properties | None = None
+    v5 = False
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any = None
+    ) -> None:
+        self.connack = properties
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def receive_maximum(self) -> int | None:
+        """The broker's Receive Maximum (MQTT 5 only; absent means 65535), else None."""
+        if not self.v5:
+            return None
+        return int(getattr(self.connack, "ReceiveMaximum", 65535))
+
+
 @contextlib.asynccontextmanager
 async def session(
     c: MqttUplink,
@@ -76,18 +102,29 @@ async def session(
     nodelay: bool = False,
     will: aiomqtt.Will | None = None,
     max_inflight: int | None = None,
-) -> AsyncIterator[aiomqtt.Client]:
+    protocol: str = "3.1.1",
+) -> AsyncIterator[Client]:
     """A connected client for the body, disconnected after it. Connect errors are mapped with
     `connect_error`; the body's own exceptions pass unchanged. `nodelay` turns Nagle off for small
     request/reply traffic: with it on, a small packet can wait ~40 ms for the peer's delayed ACK.
-    `max_inflight`: QoS 1/2 publishes paho lets be outstanding (default 20; more queue in order)."""
-    client = aiomqtt.Client(
+    `max_inflight`: QoS 1/2 publishes paho lets be outstanding (default 20; more queue in order).
+    `protocol` "5": MQTT 5, where a persistent session (clean_session=False) is a clean start of
+    False with a session expiry of a day."""
+    v5 = protocol == "5"
+    props = None
+    if v5 and clean_session is False:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = _SESSION_EXPIRY_S
+    client = Client(
         c.host,
         c.port or (8883 if c.tls else 1883),
         username=c.username,
         password=c.password.reveal() if c.password else None,
         identifier=identifier,
-        clean_session=clean_session,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        clean_session=None if v5 else clean_session,
+        clean_start=bool(clean_session is not False) if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        properties=props,
         keepalive=int(c.keepalive),
         timeout=float(c.timeout),
         tls_context=client_context(c, log) if c.tls else None,
@@ -97,6 +134,7 @@ async def session(
         logger=logging.getLogger("aiomqtt"),
     )
     client.pending_calls_threshold = _PENDING_CALLS
+    client.v5 = v5
     connected = False
 
     async def connect() -> None:
@@ -131,10 +169,28 @@ async def subscribe(client: aiomqtt.Client, topic: str, qos: int) -> None:
         raise Transient(f"subscribe to {topic} failed: {exc}") from exc
 
 
-async def publish(client: aiomqtt.Client, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> None:
+def publish_properties(content_type: str, content_encoding: str | None) -> Properties:
+    """MQTT 5 PUBLISH properties saying what a payload is: Content Type, and the compression as the
+    user property "content-encoding" (MQTT 5 has no field of its own for it)."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = content_type
+    if content_encoding is not None:
+        props.UserProperty = [("content-encoding", content_encoding)]
+    return props
+
+
+async def publish(
+    client: aiomqtt.Client,
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int,
+    retain: bool = False,
+    properties: Properties | None = None,
+) -> None:
     """Publish; returns at PUBACK for QoS 1 (PUBCOMP for 2). A lost connection is Transient."""
     try:
-        await honour_cancel(client.publish(topic, payload, qos=qos, retain=retain))
+        await honour_cancel(client.publish(topic, payload, qos=qos, retain=retain, properties=properties))
     except (aiomqtt.MqttError, OSError) as exc:
         raise Transient(f"publish failed: {exc}") from exc
 

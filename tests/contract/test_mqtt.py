@@ -298,3 +298,42 @@ async def test_a_window_in_flight_over_a_long_link_survives_a_broker_crash(
     twice = {w for w in windows if windows.count(w) > 1}
     assert len(twice) <= 8, f"only what was in flight at the crash went again ({len(twice)} windows)"
     assert len(seqs) - len(set(seqs)) <= 8 * 200
+
+
+async def test_mqtt5_payloads_say_what_they_are_and_the_window_keeps_to_the_receive_maximum(
+    tmp_path: Path,
+) -> None:
+    broker = Mosquitto(tmp_path, max_inflight=3)  # also its MQTT 5 Receive Maximum
+    broker.start()
+    try:
+        pre = Buffer(tmp_path / "buffer.db", BufferConfig())
+        async with pre:
+            pre.put([Sample(f"dev/t{i % 10}", time.time_ns(), i, Status.GOOD, 100) for i in range(5000)])
+            await pre.flush()
+        got: list[tuple[str | None, list[tuple[str, str]], bytes]] = []
+        ready = asyncio.Event()
+
+        async def subscribe() -> None:
+            async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+                await client.subscribe("edged/#", qos=1)
+                ready.set()
+                async for msg in client.messages:
+                    props = msg.properties
+                    ctype = getattr(props, "ContentType", None)
+                    got.append((ctype, list(getattr(props, "UserProperty", [])), bytes(msg.payload)))  # type: ignore[arg-type]
+
+        async with asyncio.TaskGroup() as tg, WanProxy(broker.port, delay_s=0.02) as proxy:
+            sub = tg.create_task(subscribe(), name="v5-subscriber")
+            await asyncio.wait_for(ready.wait(), 5)
+            kw: dict[str, Any] = {"protocol": "5", "encoding": "columns", "compression": "zstd", "max_inflight": 16}
+            async with running(tmp_path, proxy.port, batch_size=100, **kw) as (buf, sender):
+                await eventually(lambda: not buf.store.unacked("broker", buf.head), 30, "the backlog delivered")
+                await eventually(lambda: sum(len(decode_columns(p)["samples"]) for *_, p in got) >= 5000, 10, "all")
+            sub.cancel()
+        assert sender.stats.window == 3, "the broker's Receive Maximum bounds the window"
+        assert sender.stats.peak_in_flight == 2, "3 slots, one kept free for live data"
+        for ctype, user, _ in got:
+            assert ctype == "application/vnd.edged.columns+json"
+            assert ("content-encoding", "zstd") in user
+    finally:
+        broker.stop()

@@ -18,10 +18,17 @@ def free_port() -> int:
 
 class Mosquitto:
     """One broker process on a fixed port, so clients reconnect to the same address after restart.
-    With `users` (name -> password) only they may connect; `acl` is a mosquitto ACL file's text."""
+    With `users` (name -> password) only they may connect; `acl` is a mosquitto ACL file's text;
+    `max_inflight` is also the Receive Maximum it tells MQTT 5 clients."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, users: dict[str, str] | None = None, acl: str | None = None
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        users: dict[str, str] | None = None,
+        acl: str | None = None,
+        max_inflight: int = 1000,
     ) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
@@ -45,7 +52,7 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n{auth}user {getpass.getuser()}\n"
             f"persistence true\npersistence_location {workdir}/\nautosave_interval 0\n"
-            "max_inflight_messages 1000\nmax_queued_messages 100000\nlog_type error\n"
+            f"max_inflight_messages {max_inflight}\nmax_queued_messages 100000\nlog_type error\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

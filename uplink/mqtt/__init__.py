@@ -41,6 +41,7 @@ from edged.protocols.payload import Compression, Encoder, Encoding, check_compre
 class Config(MqttUplink):
     # host, port, client_id, username, password, tls, keepalive, timeout: edged.protocols.mqtt.MqttUplink
     # ca_file, cert_file, key_file, key_password, tls_insecure_skip_verify: edged.tls.TlsUplink
+    protocol: Literal["3.1.1", "5"] = "3.1.1"  # 5: payloads say their Content Type and compression
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
     topic: str = "edged/{gateway}/{kind}"  # {gateway}, {uplink}, {kind} = live | historical | gap
@@ -107,9 +108,14 @@ class Uplink:
         self.config = config
         self.gateway = ctx.gateway_id
         self.log = ctx.log
-        self._client: aiomqtt.Client | None = None
+        self._client: mqtt.Client | None = None
         self._stack = contextlib.AsyncExitStack()
         self._enc = Encoder(encoding=config.encoding, compression=config.compression)
+        self._props = (
+            mqtt.publish_properties(self._enc.content_type, self._enc.content_encoding)
+            if config.protocol == "5"
+            else None
+        )
         self.payload_bytes = 0  # what this connection published: the Sender sizes batches by it
         self.messages = 0
 
@@ -117,7 +123,9 @@ class Uplink:
         c = self.config
         # paho keeps at most max_inflight_messages QoS 1/2 publishes outstanding and queues the rest
         # in order: it is set to the window the Sender uses, so nothing waits unseen inside paho.
-        session = mqtt.session(c, self.log, c.identifier(self.gateway), max_inflight=c.max_inflight)
+        session = mqtt.session(
+            c, self.log, c.identifier(self.gateway), max_inflight=c.max_inflight, protocol=c.protocol
+        )
         self._client = await self._stack.enter_async_context(session)
         return self
 
@@ -130,8 +138,12 @@ class Uplink:
 
     def window(self) -> int:
         """Publishes outstanding at once: QoS 1/2 are acknowledged in order on one connection, so a
-        window keeps a long link busy; QoS 0 has no acknowledgement to wait for."""
-        return self.config.max_inflight if self.config.qos > 0 else 1
+        window keeps a long link busy, up to an MQTT 5 broker's Receive Maximum; QoS 0 has no
+        acknowledgement to wait for."""
+        if self.config.qos == 0:
+            return 1
+        most = self._client.receive_maximum() if self._client is not None else None
+        return min(self.config.max_inflight, most or self.config.max_inflight)
 
     def counters(self) -> dict[str, float]:
         return {"payload_bytes": self.payload_bytes, "messages": self.messages}
@@ -146,7 +158,8 @@ class Uplink:
         payload = self.encode(batch)
         self.payload_bytes += len(payload)
         self.messages += 1
-        await mqtt.publish(self._client, topic, payload, qos=self.config.qos, retain=self.config.retain)
+        c = self.config
+        await mqtt.publish(self._client, topic, payload, qos=c.qos, retain=c.retain, properties=self._props)
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -300,7 +313,10 @@ class _CommandListener:
         async with asyncio.TaskGroup() as handlers:
             while True:
                 try:
-                    session = mqtt.session(self.config, self.log, self.identifier, clean_session=False, nodelay=True)
+                    session = mqtt.session(
+                        self.config, self.log, self.identifier, clean_session=False, nodelay=True,
+                        protocol=self.config.protocol,
+                    )  # fmt: skip
                     async with session as client:
                         try:
                             await mqtt.subscribe(client, self.topic, qos=1)
