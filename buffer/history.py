@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from buffer.store import Store
 from edged.model import Sample
@@ -178,14 +178,30 @@ def read_tag(
 Caller = Callable[..., Awaitable[Any]]
 
 
+class TagHistory(Protocol):
+    """How a plugin reads one tag's history (PluginContext.history; `History.read` is one)."""
+
+    def __call__(
+        self,
+        tag: str,
+        lo_ns: int,
+        hi_ns: int,
+        *,
+        reverse: bool = False,
+        start: Position | None = None,
+        limit: int = 10_000,
+        budget: int = 1_000_000,
+    ) -> Awaitable[Page]: ...
+
+
 class History:
     """The async face for uplinks: each read is one bounded call on the buffer's thread (`call`),
     so the event loop never waits on SQLite and the writer gets the thread between reads."""
 
-    def __init__(self, store: Callable[[], Store], call: Caller) -> None:
+    def __init__(self, store: Callable[[], Store], call: Caller, *, block_bits: int = BLOCK_BITS) -> None:
         self._store = store
         self._call = call
-        self._map = TimeMap()
+        self._map = TimeMap(block_bits)
 
     async def _catch_up(self) -> None:
         """Summarize the blocks not known yet, one bounded call at a time (the first read after a
