@@ -1,7 +1,7 @@
 """One tag's samples by source time, read from the ring buffer in bounded steps (OPC UA HistoryRead).
 
 The samples table has no index by tag or time (an index led by the tag would dirty one page per tag
-per flush: about a hundred times the WAL writes at 500 tags, see bench/opcua_history.py), and no
+per flush: ~18x the WAL bytes per sample at 500 tags, bench/opcua_history.py), and no
 schema change is needed. What makes a time range cheap instead: seqs are assigned in arrival order
 and a stored row never changes (trims only delete the oldest), so a block of `BLOCK` seqs below the
 head is final and its (min, max) source time, once known, stays a valid bound forever. `TimeMap`
@@ -67,7 +67,7 @@ class TimeMap:
         self._bounds: dict[int, tuple[int, int]] = {}  # block number -> (min ts, max ts)
         self._next = -1  # first block number not summarized yet (-1: start at the oldest)
 
-    def refresh(self, store: Store, budget: int = 4 * DEFAULT_BUDGET) -> bool:
+    def refresh(self, store: Store, budget: int = DEFAULT_BUDGET) -> bool:
         """Summarize final blocks (up to about `budget` rows); True when every final block is known."""
         head = store._read_head()
         first = store.first_seq()
@@ -80,15 +80,15 @@ class TimeMap:
         self._next = max(self._next, oldest)
         final_end = (head + 1) >> self._bits  # blocks below this one hold no seq still to come
         stop = min(final_end, self._next + max(1, budget >> self._bits))
-        if stop > self._next:
-            rows = store.db.execute(
-                f"SELECT seq >> {self._bits}, min(ts_ns), max(ts_ns) FROM samples"
-                " WHERE seq >= ? AND seq < ? GROUP BY 1",
-                (self._next << self._bits, stop << self._bits),
-            ).fetchall()
-            for b, lo, hi in rows:
-                self._bounds[int(b)] = (int(lo), int(hi))
-            self._next = stop
+        while self._next < stop:  # one block a query: a rowid range, no GROUP BY (4x faster)
+            b = self._next
+            lo, hi = store.db.execute(
+                "SELECT min(ts_ns), max(ts_ns) FROM samples WHERE seq >= ? AND seq < ?",
+                (b << self._bits, (b + 1) << self._bits),
+            ).fetchone()
+            if lo is not None:
+                self._bounds[b] = (int(lo), int(hi))
+            self._next = b + 1
         return self._next >= final_end
 
     def blocks(self, first: int, head: int) -> list[_Block]:
@@ -205,7 +205,7 @@ class History:
 
     async def _catch_up(self) -> None:
         """Summarize the blocks not known yet, one bounded call at a time (the first read after a
-        start summarizes the whole buffer: ~2 s for 24 h x 500 tags, in steps the writer interleaves)."""
+        start summarizes the whole buffer: ~8 s for 24 h x 500 tags x 1 Hz, in ~0.2 s steps the writer interleaves)."""
         while not await self._call(self._map.refresh, self._store()):
             pass
 
