@@ -205,7 +205,8 @@ class History:
 
     async def _catch_up(self) -> None:
         """Summarize the blocks not known yet, one bounded call at a time (the first read after a
-        start summarizes the whole buffer: ~8 s for 24 h x 500 tags x 1 Hz, in ~0.2 s steps the writer interleaves)."""
+        start summarizes the whole buffer: ~14 s for 24 h x 500 tags x 1 Hz, in ~0.2-0.3 s steps
+        the writer interleaves)."""
         while not await self._call(self._map.refresh, self._store()):
             pass
 
