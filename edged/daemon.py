@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from buffer import Buffer
+from buffer.history import History
 from edged import registry
 from edged.aio import closing
 from edged.commands import AuditTrail, CommandGate, Writer
@@ -146,6 +147,7 @@ class Daemon:
         self.buffer_file_bytes = 0  # db + wal + shm on disk, measured off the event loop
         # Setpoint writes (edged.commands): one gate for every source, audited in the buffer database.
         self.commands = CommandGate(config, AuditTrail(lambda: self.buffer.store, self.buffer.call), self._writer)
+        self.history = History(lambda: self.buffer.store, self.buffer.call)  # HistoryRead (OPC UA server)
         self._listeners: dict[str, asyncio.Task[None]] = {}  # uplink -> its command listener task
         self._force_exit_timer: asyncio.TimerHandle | None = None
         self._hard_exit = hard_exit  # the `edged run` process only: a library user is never os._exit'ed
@@ -167,6 +169,7 @@ class Daemon:
             config=self.config,
             commands=self.commands,
             latest=self._latest,
+            history=self.history.read,
         )
 
     def _runner(self, dev: DeviceBase) -> DeviceRunner:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, runtime
 from edged.model import Batch, Sample, Value
 
 if TYPE_CHECKING:
+    from buffer.history import TagHistory
     from edged.commands import CommandGate
     from edged.config import Config, DeviceBase, UplinkBase
 
@@ -32,6 +33,7 @@ class PluginContext:
     config: Config | None = None  # the whole daemon config (an uplink mirroring devices reads their tags)
     commands: CommandGate | None = None  # the one way to write to a device (edged.commands)
     latest: Callable[[], Awaitable[list[Sample]]] | None = None  # each tag's newest stored sample
+    history: TagHistory | None = None  # one tag's stored samples by source time (buffer.history)
 
 
 class Driver(Protocol):

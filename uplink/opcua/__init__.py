@@ -53,8 +53,9 @@ from edged.protocols.opcua import certs
 from edged.protocols.opcua.errors import map_error
 from edged.protocols.opcua.values import datetime_ns, ns_datetime, ua_struct
 from uplink.opcua._asyncua import Rejected, Server, current_channel
-from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, ReadOnly, Users, written_value
+from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, Users, written_value
 from uplink.opcua.config import Config
+from uplink.opcua.history import BufferHistory, HistoryReadable, advertise
 
 __all__ = ["Config", "Uplink"]
 
@@ -118,6 +119,7 @@ class Uplink:
         self._routed: dict[ua.NodeId, str] = {}  # variable -> tag path: its client writes go to the gate
         self._counts: collections.Counter[str] = collections.Counter()
         self._logged: dict[tuple[str, str], float] = {}  # (what, client) -> when last logged
+        self._history: BufferHistory | None = None  # HistoryRead from the buffer (history.py)
 
     def count(self, name: str) -> None:
         self._counts[name] += 1
@@ -166,13 +168,19 @@ class Uplink:
             await server.set_application_uri(app_uri)
             writable = self._writable_tags()
             routed = self._routed_tags()
-            server.set_security_policy(self._policy_types(), permission_ruleset=ReadOnly(writes=bool(routed)))
+            server.set_security_policy(self._policy_types(), permission_ruleset=HistoryReadable(writes=bool(routed)))
             tokens: list[type] = [ua.UserNameIdentityToken] if c.users else []
             if c.allow_anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
             server.set_identity_tokens(tokens)
             server.set_certificate_validator(self._client_validator(users))
             self.ns = await server.register_namespace(self.namespace)
+            # --- history (uplink/opcua/history.py): HistoryRead served from the buffer
+            if self.ctx.history is not None:
+                self._history = BufferHistory(server.iserver, self.ctx.history)
+                server.iserver.history_manager = self._history
+                await advertise(server.iserver)
+            # --- end history
             await self._build(server)
             if routed:
                 await self._open_for_commands(server, writable, routed)
@@ -448,6 +456,8 @@ class Uplink:
                 ua.VariantType.ExtensionObject, ObjectIds.Range,
             )  # fmt: skip
         var = self._vars[path] = _Var(node.nodeid, path, vtype)
+        if self._history is not None:  # history hook: Historizing, HistoryRead access (history.py)
+            await self._history.add(node.nodeid, path)
         return var
 
     async def _lazy(self, s: Sample) -> _Var:
