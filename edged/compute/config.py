@@ -64,6 +64,8 @@ class ComputedTag(TagBase):
         if (self.expr is None) == (self.function is None):
             raise ValueError('give either expr = "..." or function = "..." (one of them)')
         if self.expr is not None:
+            if isinstance(self.inputs, list) and not self.inputs:
+                self.inputs = {}
             if self.input is not None or isinstance(self.inputs, list):
                 raise ValueError(
                     'an expr names its inputs in the expression, or as a table: inputs = { a = "dev/tag" }'

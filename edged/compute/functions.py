@@ -191,15 +191,16 @@ class VoteCalc(_Latest):
     def compute(self) -> Out:
         _, _, ts, each = self.inputs_quality()
         used: list[tuple[float, int, int]] = []
-        worst_bad = int(Status.BAD)
+        first_bad: int | None = None  # with no usable input, the result has the first Bad input's status
         for s, st, (k, off) in zip(self.latest, each, self.plan.factors, strict=True):
             x = number(s.value) if s is not None and usable(st) else None
             if x is None or not math.isfinite(x):
-                worst_bad = st if not usable(st) else Status.BAD_TYPE_MISMATCH
+                if first_bad is None:
+                    first_bad = st if not usable(st) else Status.BAD_TYPE_MISMATCH
                 continue
             used.append((x * k + off, st, s.score if s is not None else 0))
         if not used:
-            return (ts, None, worst_bad, 0)
+            return (ts, None, first_bad if first_bad is not None else Status.BAD, 0)
         xs = sorted(x for x, _, _ in used)
         n = len(self.plan.inputs)
         if self.plan.cfg.function == "median":
@@ -360,9 +361,7 @@ class TotalizerCalc(Calc):
         """State after a restart: the newest stored total, the input in effect when it was made, and
         the stored inputs after it (those newer than the total are integrated now, once)."""
         if total is None:
-            for s in later:
-                self._advance(point(s))
-            return
+            return  # a new totalizer: it counts from its first input, not the input's stored history
         value = number(total.value)
         self.total = value if value is not None and math.isfinite(value) else 0.0
         self.incomplete = value is None or severity(total.status) != Severity.GOOD

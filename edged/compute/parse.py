@@ -195,7 +195,7 @@ class _Parser:
                 raise ExprError(t.pos, f"number {t.text} is beyond float range")
             return Node("num", t.pos, value=value)
         if t.kind == "tag":
-            return Node("ref", t.pos, t.text, tag=self.resolve(t.text[1:-1].strip(), t.pos + 1, True))
+            return Node("ref", t.pos, t.text, tag=self.resolve(t.text[1:-1].strip(), t.pos, True))
         if t.kind == "name":
             if t.text in ("true", "false"):
                 return Node("bool", t.pos, value=1.0 if t.text == "true" else 0.0)

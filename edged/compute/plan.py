@@ -61,6 +61,18 @@ class _Units:
             self._alg = UnitAlgebra()
         return self._alg
 
+    def maybe(self, involved: Sequence[str | None]) -> UnitAlgebra | None:
+        """The algebra when any unit takes part; without pint, units that are all one label need none."""
+        present = {x for x in involved if x is not None}
+        if not present:
+            return None
+        try:
+            return self.alg
+        except ValueError:
+            if len(present) == 1:
+                return None
+            raise
+
     def factor(self, src: str | None, dst: str | None) -> tuple[float, float]:
         if src is None or dst is None or src == dst:
             return (1.0, 0.0)
@@ -173,8 +185,9 @@ def _plan(
             return name
 
         tree = parse(t.expr, resolve)
-        involved = [units.get(r) for r in _refs(tree)] + [t.unit]
-        alg = u.alg if any(x is not None for x in involved) and sum(x is not None for x in involved) > 1 else None
+        if not _refs(tree):
+            raise ExprError(0, "the expression reads no tag: a computed tag is computed from other tags")
+        alg = u.maybe([units.get(r) for r in _refs(tree)] + [t.unit])
         compiled = compile_expr(tree, units, t.unit, alg)
         return TagPlan(path, g, t, label, compiled.inputs, expr=compiled, input_max_age_ns=ages(compiled.inputs))
     fn = t.function
@@ -225,8 +238,7 @@ def _plan(
 
 
 def _alg_for(u: _Units, units: Mapping[str, str | None], inputs: Sequence[str], t: ComputedTag) -> UnitAlgebra | None:
-    involved = [units.get(i) for i in inputs] + [t.unit]
-    return u.alg if sum(x is not None for x in involved) > 1 else None
+    return u.maybe([units.get(i) for i in inputs] + [t.unit])
 
 
 def _refs(tree: Node) -> list[str]:
