@@ -37,8 +37,12 @@ def usable(status: int) -> bool:
 
 
 def worse(a: int, b: int) -> int:
-    """The status of worse severity (the first on a tie)."""
-    return b if severity(b) > severity(a) else a
+    """The status of worse severity (the first on a tie); statuses are stored ones (0..2^32)."""
+    if b < _UNC_MIN:  # b Good: the hot path, kept to one comparison
+        return a
+    if a < _UNC_MIN:
+        return b
+    return b if b >= _BAD_MIN > a else a  # both Uncertain or worse (0b11, reserved, counts as Bad)
 
 
 def number(value: Value) -> float | None:
@@ -434,8 +438,10 @@ def aggregate(
                 area += p.value * d
     used = in_effect if kind in ("minimum", "maximum", "first", "last", "average") else inside
     for p in used:
-        status = worse(status, p.status)
-        score = min(score, p.score)
+        if p.status:
+            status = worse(status, p.status)
+        if p.score < score:
+            score = p.score
     coverage = covered / span if span > 0 else (1.0 if inside else 0.0)
     value: float | None
     if kind == "average":
