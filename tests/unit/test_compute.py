@@ -6,12 +6,16 @@ recovery from a real buffer), rate, EMA, voting with drift, and the quality rule
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from buffer.store import Store
 from edged.commands import AuditTrail, Command, CommandGate, Result
@@ -479,3 +483,50 @@ def test_chained_computed_tags_see_this_rounds_values() -> None:
     e = engine(tag("b2", 'expr = "{k/a2} + 1"') + tag("a2", 'expr = "{p/raw} * 10"'))
     out = e.feed([s("raw", 0, 2.0)])
     assert [(x.tag, x.value) for x in out] == [("k/a2", 20.0), ("k/b2", 21.0)]
+
+
+async def test_edged_write_without_a_daemon_stores_the_reset_the_daemon_resumes_from(tmp_path: Path) -> None:
+    from edged.commands import write_standalone
+
+    extra = '[commands]\nenabled = true\ntags = [{ tag = "k/total", sources = ["cli"] }]\n'
+    cfg = load(TOTAL, extra)
+    with Store(tmp_path / "b.db") as store:
+        e = Engine(build(cfg.devices, cfg.computed), clock=lambda: T0)
+        for t in (0, 10):
+            batch = [s("flow", t, 36.0)]
+            store.append(batch + e.feed(batch))
+        result = await write_standalone(cfg, store, Command("c1", "cli", "ops", "k/total", 0, time.time_ns()))
+        assert result.result == Result.ACCEPTED, result
+        reset = store.newest_of("k/total")
+        assert reset is not None and reset.value == 0.0 and reset.ts_ns > T0 + 10 * NS
+        again = Engine(build(cfg.devices, cfg.computed), clock=lambda: T0)
+        assert again.recover(store) == 1
+        later = reset.ts_ns + 5 * NS
+        out = last(again.feed([Sample("p/flow", later, 36.0, Status.GOOD, 100)]), "total")
+        rows = store.audit_rows()
+    assert out.value == pytest.approx(0.05)  # counted from the reset only: 5 s at 0.01 m3/s
+    assert [(r.tag, r.result, r.user) for r in rows] == [("k/total", "accepted", "ops")]
+
+
+_PIECES = ["a", "b", "{p/a}", "{p/", "}", "{", "1", "2.5", ".5", "1e400", "e", "(", ")", ",", "+", "-", "*", "/",
+           "%", "^", "**", "<", "<=", "==", "!=", "!", "&&", "||", "and", "or", "not", "true", "false", "if", "min",
+           "max", "sqrt", "log", "pow", "abs", " ", "$", "é", "\n"]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=30), st.floats(allow_nan=True), st.floats(-1e6, 1e6))
+def test_any_expression_text_parses_or_is_an_expr_error(pieces: list[str], x: float, y: float) -> None:
+    """The grammar's only refusal is ExprError (with a column inside the text), and what it accepts
+    evaluates or fails with an arithmetic/value error that the engine turns into a Bad result."""
+    text = "".join(pieces)
+    try:
+        tree = parse(text, _resolve)
+    except ExprError as exc:
+        pos = exc.pos
+        assert 0 <= pos <= len(text)  # every refusal names a column inside the text
+        return
+    from edged.compute.parse import compile_expr
+
+    fn = compile_expr(tree, {}, None, None)
+    with contextlib.suppress(ArithmeticError, ValueError, TypeError):
+        fn.fn([x, y, x])
