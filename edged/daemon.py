@@ -150,7 +150,9 @@ class Daemon:
             from edged.compute.plan import build
 
             plans = build(config.devices, config.computed, file=config.source or "<config>")
-            self.compute = Engine(plans, sink=self.buffer.put)
+            # a silent totalizer is stored again well within the retention, so it is never trimmed away
+            refresh = min(3600.0, float(config.buffer.retention) / 4)
+            self.compute = Engine(plans, sink=self.buffer.put, refresh_s=refresh)
         self.started_ns = time.time_ns()
         self.loop_lag_s = 0.0
         self.stopped = False

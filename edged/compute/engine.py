@@ -52,8 +52,10 @@ class Engine:
         clock: Callable[[], int] = time.time_ns,
         sink: Sink | None = None,
         on_event: EventHook | None = None,
+        refresh_s: float = 3600.0,
     ) -> None:
         self._clock = clock
+        self._refresh_ns = int(refresh_s * 1e9)  # a silent totalizer's total is stored again this often
         self.sink = sink  # where a reset's sample goes (the buffer); feed/tick return theirs
         self.events = Events(on_event)
         groups: dict[str, ComputedGroup] = {}
@@ -67,6 +69,7 @@ class Engine:
             for i, tag in enumerate(n.plan.inputs):
                 self._users.setdefault(tag, []).append((n, i))
         self._ticking = [n for n in self._nodes if isinstance(n.calc, WindowCalc) and n.calc.aligned]
+        self._totalizers = [n for n in self._nodes if isinstance(n.calc, TotalizerCalc)]
         self.evaluations = 0
         self.stored = 0
 
@@ -117,11 +120,14 @@ class Engine:
         made = [Sample(path, ts, value, status, score, unit) for ts, value, status, score in results]
         stored = node.processor.process(made)
         self.stored += len(stored)
+        if stored and isinstance(node.calc, TotalizerCalc):
+            node.calc.emitted_ns = self._clock()
         return stored
 
     def tick(self, now_ns: int | None = None) -> list[Sample]:
-        """Close aligned windows whose end has passed (by the clock, after a grace period), and
-        report computed tags that went silent past their stale_after."""
+        """Close aligned windows whose end has passed (by the clock, after a grace period), store
+        again the total of a totalizer that stored nothing for `refresh_s`, and report computed tags
+        that went silent past their stale_after."""
         now = self._clock() if now_ns is None else now_ns
         heap: list[int] = []
         out: list[Sample] = []
@@ -131,6 +137,17 @@ class Engine:
                 stored = self._emit(node, results)
                 out.extend(stored)
                 self._dispatch(stored, heap)
+        for node in self._totalizers:
+            calc = node.calc
+            assert isinstance(calc, TotalizerCalc)
+            if calc.emitted_ns is None:
+                calc.emitted_ns = now
+            elif now - calc.emitted_ns >= self._refresh_ns:
+                calc.emitted_ns = now
+                again = calc.refresh()
+                if again is not None:  # past the deadband: the same total, stored again
+                    p = node.plan
+                    out.append(Sample(p.path, again[0], again[1], again[2], again[3], p.cfg.unit))
         for proc in self._processors.values():
             stale = proc.sweep(now)
             if stale:

@@ -323,6 +323,7 @@ class TotalizerCalc(Calc):
         self.incomplete = False  # a Bad stretch or a gap was not integrated: the total is Uncertain
         self.last: Point | None = None
         self.rollovers = 0
+        self.emitted_ns: int | None = None  # gateway clock of the last total handed out (Engine.tick)
 
     def _advance(self, p: Point) -> bool:
         """Integrate up to p; False for a sample that is not newer than the last one."""
@@ -351,6 +352,13 @@ class TotalizerCalc(Calc):
         p = point(s)
         if self._advance(p):
             self.pending.append(self._out(p.ts, s.score if p.value is not None else 100))
+
+    def refresh(self) -> Out | None:
+        """The current total again, stamped with the newest input integrated (what recovery needs):
+        stored while the input is silent, so retention never trims the newest total away."""
+        if self.last is None:
+            return None
+        return self._out(self.last.ts, 100)
 
     def reset(self, value: float, now_ns: int) -> Out:
         """Set the total (0: a reset; another value: a preset), from `now` or the newest input integrated."""

@@ -530,3 +530,17 @@ def test_any_expression_text_parses_or_is_an_expr_error(pieces: list[str], x: fl
     fn = compile_expr(tree, {}, None, None)
     with contextlib.suppress(ArithmeticError, ValueError, TypeError):
         fn.fn([x, y, x])
+
+
+def test_a_silent_totalizer_is_stored_again_so_retention_never_trims_it_away() -> None:
+    clock = [T0]
+    cfg = load(TOTAL)
+    e = Engine(build(cfg.devices, cfg.computed), clock=lambda: clock[0], refresh_s=600)
+    e.feed([s("flow", 0, 36.0)])
+    e.feed([s("flow", 10, 36.0)])
+    clock[0] = T0 + 599 * NS  # the gateway clock: both totals were stored at T0
+    assert e.tick() == []
+    clock[0] = T0 + 600 * NS  # 600 s since the last stored total, the input silent since
+    again = e.tick()
+    assert [(x.tag, x.ts_ns, x.value) for x in again] == [("k/total", T0 + 10 * NS, pytest.approx(0.1))]
+    assert e.tick() == []  # once per refresh period
