@@ -708,6 +708,31 @@ class Store(AuditTables):
         ).fetchall()
         return self._rows_to_samples(rows)[0] if rows else None
 
+    def newest_of(self, tag: str, *, before_seq: int | None = None) -> Sample | None:
+        """The newest stored sample of a tag (below `before_seq`), however far back: a totalizer's
+        recovery at start (edged.compute). Walks seq downwards from the head until it finds one."""
+        known = self.db.execute("SELECT tag_id FROM tags WHERE name=?", (tag,)).fetchone()
+        if known is None:
+            return None
+        rows = self.db.execute(
+            "SELECT seq, ts_ns, tag_id, value, status, score, kind FROM samples"
+            " WHERE seq < ? AND tag_id = ? ORDER BY seq DESC LIMIT 1",
+            (before_seq if before_seq is not None else 2**63 - 1, known[0]),
+        ).fetchall()
+        return self._rows_to_samples(rows)[0] if rows else None
+
+    def samples_of(self, tag: str, *, after_seq: int, limit: int = 1_000_000) -> list[Sample]:
+        """A tag's stored samples above `after_seq`, oldest first (a totalizer's recovery)."""
+        known = self.db.execute("SELECT tag_id FROM tags WHERE name=?", (tag,)).fetchone()
+        if known is None:
+            return []
+        rows = self.db.execute(
+            "SELECT seq, ts_ns, tag_id, value, status, score, kind FROM samples"
+            " WHERE seq > ? AND tag_id = ? ORDER BY seq LIMIT ?",
+            (after_seq, known[0], limit),
+        ).fetchall()
+        return self._rows_to_samples(rows)
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> BufferStatus:

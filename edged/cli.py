@@ -106,6 +106,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  retention {float(cfg.buffer.retention):g}s, max {_fmt_bytes(cfg.buffer.max_bytes)}")
         for d in cfg.devices:
             print(f"  device {d.name} ({d.type}){'' if d.enabled else ' disabled'}: {len(d.tags)} tags")
+        for g in cfg.computed:
+            print(f"  computed {g.name}{'' if g.enabled else ' disabled'}: {len(g.tags)} tags")
         for u in cfg.uplinks:
             print(f"  uplink {u.name} ({u.type}){'' if u.enabled else ' disabled'}")
         cmds = cfg.commands

@@ -673,8 +673,15 @@ def _check_commands(
         if found is None:
             raise ConfigError(f"unknown tag {entry.tag!r}: no [[devices]] entry has it", file=file, path=f"{label}.tag")
         dev, tag = found
-        if not registry.driver_spec(dev.type).can_write:
+        computed = _is_computed(dev)
+        if not computed and not registry.driver_spec(dev.type).can_write:
             raise ConfigError(f"the {dev.type} driver of device {dev.name!r} cannot write", file=file, path=label)
+        if computed and not tag.accepts_writes():
+            raise ConfigError(
+                f"computed tag {entry.tag!r} cannot be written: only a totalizer can (a reset through the gate)",
+                file=file,
+                path=label,
+            )
         if not tag.accepts_writes():
             raise ConfigError(
                 f"device {dev.name!r} tag {tag.name!r} is not writable: set writable = true on the tag",
@@ -710,6 +717,12 @@ def _check_commands(
                 )
 
 
+def _is_computed(dev: Any) -> bool:
+    from edged.compute.config import ComputedGroup  # local: edged.compute imports this module
+
+    return isinstance(dev, ComputedGroup)
+
+
 class Config(msgspec.Struct, kw_only=True):
     """The whole validated config. `source` is the file it came from (None for the demo)."""
 
@@ -719,6 +732,8 @@ class Config(msgspec.Struct, kw_only=True):
     uplinks: list[UplinkBase]
     source: str | None = None
     commands: CommandsConfig = msgspec.field(default_factory=CommandsConfig)
+    # [[computed]] groups (edged.compute.config.ComputedGroup; Any here: edged.compute imports this module)
+    computed: list[Any] = []
 
     @property
     def data_dir(self) -> Path:
@@ -732,7 +747,7 @@ class Config(msgspec.Struct, kw_only=True):
 
 # ----------------------------------------------------------------------------------------- loading
 
-_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands"}
+_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands", "computed"}
 
 
 def _dec_hook_for(base_dir: Path) -> Callable[[type, Any], Any]:
@@ -846,9 +861,38 @@ def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | No
                     path=f"devices[{di}] ({dev.name}).tags[{ti}].name",
                 )
             tags_seen[full] = f"devices[{di}].tags[{ti}]"
+    computed = _computed(raw, devices, file, base)
     commands = _convert(raw.get("commands", {}), CommandsConfig, file=file, path="commands", base_dir=base)
-    _check_commands(commands, devices, uplinks, file, buffer)
-    return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file, commands=commands)
+    _check_commands(commands, [*devices, *computed], uplinks, file, buffer)
+    return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file, commands=commands,
+                  computed=computed)  # fmt: skip
+
+
+def _computed(raw: Mapping[str, Any], devices: list[Any], file: str, base: Path) -> list[Any]:
+    """[[computed]] groups, each resolved against the devices and the other groups (edged.compute.plan):
+    unknown tags, syntax errors (with the column), unit mismatches and cycles are config errors."""
+    items = raw.get("computed", [])
+    if not items:
+        return []
+    from edged.compute.config import ComputedGroup  # local: edged.compute imports this module
+    from edged.compute.plan import build
+
+    if not isinstance(items, list):
+        raise ConfigError("`computed` must be an array of tables ([[computed]])", file=file, path="computed")
+    groups: list[Any] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        label = _entry_label("computed", i, item)
+        if not isinstance(item, dict):
+            raise ConfigError("must be a table", file=file, path=label)
+        group = _convert(item, ComputedGroup, file=file, path=label, base_dir=base)
+        if group.name in seen:
+            raise ConfigError(f"duplicate name {group.name!r} (also computed[{seen[group.name]}])", file=file,
+                              path=f"{label}.name")  # fmt: skip
+        seen[group.name] = i
+        groups.append(group)
+    build(devices, groups, file=file)
+    return groups
 
 
 NOTHING_TO_DO = "no [[devices]] and no [[uplinks]]: nothing to do; `edged run --demo` runs the demo"

@@ -14,6 +14,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from buffer.history import History
 from edged import registry
 from edged.aio import closing
 from edged.commands import AuditTrail, CommandGate, Writer
+from edged.compute.engine import Engine
 from edged.config import Config, DeviceBase, UplinkBase
 from edged.config import load as load_config
 from edged.delivery import Sender
@@ -61,11 +63,19 @@ class DeviceRunner:
     """Supervises one device: connect, read, hand to the buffer; on failure mark its tags Bad once,
     back off (capped, jittered) and reconnect. Never lets its failure reach the other devices."""
 
-    def __init__(self, config: DeviceBase, spec: DriverSpec[Any], buffer: Buffer, ctx: PluginContext) -> None:
+    def __init__(
+        self,
+        config: DeviceBase,
+        spec: DriverSpec[Any],
+        buffer: Buffer,
+        ctx: PluginContext,
+        put: Callable[[list[Sample]], None] | None = None,
+    ) -> None:
         self.config = config
         self.name = config.name
         self.spec = spec
         self.buffer = buffer
+        self.put = put or buffer.put  # the daemon's: the buffer, with the computed tags they lead to
         self.ctx = ctx
         self.processor = TagProcessor(config)
         self.backoff = Backoff(initial=1.0, cap=60.0)
@@ -111,7 +121,7 @@ class DeviceRunner:
             log.info("device %s recovered", self.name, extra={"device": self.name})
             self._down = False
             self.backoff.reset()
-        self.buffer.put(self.processor.process(batch))
+        self.put(self.processor.process(batch))
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -123,7 +133,7 @@ class DeviceRunner:
             # One Bad sample per tag per outage: a receiver sees the device is gone, not a frozen value.
             # Recorded through the processor, so the first value after the outage passes the deadband.
             status = Status.BAD_CONFIGURATION_ERROR if isinstance(exc, Permanent) else Status.BAD_NO_COMMUNICATION
-            self.buffer.put(self.processor.outage(status))
+            self.put(self.processor.outage(status))
             self._down = True
 
 
@@ -135,6 +145,15 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.stop_event = asyncio.Event()
         self.buffer = Buffer(config.buffer_path, config.buffer)
+        # Computed tags (edged.compute): fed what the drivers store, stored in the same flush.
+        self.compute: Engine | None = None
+        if config.computed:
+            from edged.compute.plan import build
+
+            plans = build(config.devices, config.computed, file=config.source or "<config>")
+            # a silent totalizer is stored again well within the retention, so it is never trimmed away
+            refresh = min(3600.0, float(config.buffer.retention) / 4)
+            self.compute = Engine(plans, sink=self.buffer.put, refresh_s=refresh)
         self.started_ns = time.time_ns()
         self.loop_lag_s = 0.0
         self.stopped = False
@@ -153,6 +172,8 @@ class Daemon:
         self._hard_exit = hard_exit  # the `edged run` process only: a library user is never os._exit'ed
 
     async def _writer(self, device: str) -> Writer | None:
+        if self.compute is not None and device in self.compute.groups:
+            return self.compute.writer(device)  # a totalizer reset
         entry = self._devices.get(device)
         driver = entry[0].driver if entry is not None else None
         return driver if isinstance(driver, Writable) else None
@@ -173,7 +194,16 @@ class Daemon:
         )
 
     def _runner(self, dev: DeviceBase) -> DeviceRunner:
-        return DeviceRunner(dev, registry.driver_spec(dev.type), self.buffer, self._ctx("device", dev.name))
+        ctx = self._ctx("device", dev.name)
+        return DeviceRunner(dev, registry.driver_spec(dev.type), self.buffer, ctx, put=self._put)
+
+    def _put(self, samples: list[Sample]) -> None:
+        """Samples to store, and the computed samples they lead to: one list, so one transaction."""
+        if self.compute is not None and samples:
+            computed = self.compute.feed(samples)
+            if computed:
+                samples = [*samples, *computed]
+        self.buffer.put(samples)
 
     def _sender(self, up: UplinkBase) -> Sender:
         spec = registry.uplink_spec(up.type)
@@ -250,6 +280,11 @@ class Daemon:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self.buffer.run_writer(), name="buffer-writer")
                     tg.create_task(self.buffer.run_maintenance(), name="buffer-maintenance")
+                    if self.compute is not None:
+                        resumed = await self.buffer.call(self.compute.recover, self.buffer.store)
+                        log.info("computed tags: %d, %d totalizers resumed from the buffer",
+                                 len(self.compute.tags), resumed)  # fmt: skip
+                        tg.create_task(self._compute_ticker(self.compute), name="compute-ticker")
                     for up in self.config.uplinks:
                         if up.enabled:
                             self._start_uplink(tg, up)
@@ -317,6 +352,8 @@ class Daemon:
             return
         if new.gateway != self.config.gateway or new.buffer != self.config.buffer:
             log.warning("reload: [gateway] and [buffer] changes take effect only after a restart")
+        if new.computed != self.config.computed:
+            log.warning("reload: [[computed]] changes take effect only after a restart")
         old_dev = {d.name: d for d in self.config.devices if d.enabled}
         new_dev = {d.name: d for d in new.devices if d.enabled}
         old_up = {u.name: u for u in self.config.uplinks if u.enabled}
@@ -375,6 +412,7 @@ class Daemon:
                 "set_aside": msgspec.to_builtins(list(self.buffer.set_aside)),
             },
             "devices": {d.name: {**asdict(d.stats), "counters": d.tally.totals()} for d in self.devices},
+            "compute": self.compute.counters() if self.compute is not None else {},
             "uplinks": {
                 s.name: {
                     **asdict(s.stats),
@@ -405,7 +443,15 @@ class Daemon:
             for runner in self.devices:
                 stale = runner.processor.sweep()
                 if stale:
-                    self.buffer.put(stale)
+                    self._put(stale)
+
+    async def _compute_ticker(self, engine: Engine) -> None:
+        """Once a second: close aligned windows whose end passed while their input was silent."""
+        while True:
+            await asyncio.sleep(1.0)
+            out = engine.tick()
+            if out:
+                self.buffer.put(out)
 
     async def _status_writer(self) -> None:
         """Refresh the per-uplink figures and file sizes (on the buffer thread) and write the status

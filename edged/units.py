@@ -143,3 +143,14 @@ def conversion(source_unit: str, unit: str) -> tuple[float, float]:
     Cached: the config loader validates with it and each TagProcessor asks again for the same pair.
     """
     return _units().conversion(source_unit, unit)
+
+
+def registry() -> Any:
+    """The pint UnitRegistry (with the plant spellings): for unit algebra at load (edged.compute)."""
+    return _units()._ureg
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_unit(text: str) -> Any:
+    """A pint Unit from a config's spelling ("m3/h", "t/h", "bar"); ValueError with the reason."""
+    return _units()._parse(text, "unit")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 
 import msgspec
@@ -13,6 +14,8 @@ from buffer.store import Store
 from edged.commands.gate import AuditTrail, CommandGate, Writer
 from edged.commands.model import Command, CommandResult, Result, answer, oversized
 from edged.config import CommandsConfig, Config
+from edged.errors import Permanent
+from edged.model import Sample, Status, Value
 
 
 async def write_standalone(config: Config, store: Store, cmd: Command) -> CommandResult:
@@ -22,10 +25,13 @@ async def write_standalone(config: Config, store: Store, cmd: Command) -> Comman
     from edged.plugin import PluginContext, Writable
 
     devices = {d.name: d for d in config.devices}
+    groups = {g.name for g in config.computed if g.enabled}
 
     async with contextlib.AsyncExitStack() as stack:
 
         async def connect(name: str) -> Writer | None:
+            if name in groups:  # a totalizer reset: the new total is stored, the daemon resumes from it
+                return _StoredTotal(store, name, config)
             dev = devices.get(name)
             if dev is None or not dev.enabled:
                 return None
@@ -38,6 +44,26 @@ async def write_standalone(config: Config, store: Store, cmd: Command) -> Comman
             return driver
 
         return await CommandGate(config, AuditTrail.for_store(store), connect).submit(cmd)
+
+
+class _StoredTotal:
+    """`edged write` to a totalizer while no daemon runs: the reset is a stored sample, stamped after
+    the newest stored total, which is what the daemon resumes from at its next start (edged.compute)."""
+
+    def __init__(self, store: Store, group: str, config: Config) -> None:
+        self._store = store
+        self._group = group
+        self._units = {g.tag_path(t): t.unit for g in config.computed for t in g.tags}
+
+    async def write(self, tag: str, value: Value) -> Sample | Value:
+        path = f"{self._group}/{tag}"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise Permanent(f"a totalizer is set to a finite number (0 to reset), not {value!r}")
+        newest = self._store.newest_of(path)
+        ts = max(time.time_ns(), newest.ts_ns + 1 if newest is not None else 0)
+        sample = Sample(path, ts, float(value), Status.GOOD, 100, self._units.get(path))
+        self._store.append([sample])
+        return sample
 
 
 def write_via_daemon(store: Store, cmd: Command, config: CommandsConfig, *, poll_s: float = 0.05) -> CommandResult:

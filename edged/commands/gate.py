@@ -195,8 +195,8 @@ class CommandGate:
         """(Re)load the command rules, e.g. on SIGHUP; in-flight commands finish under the old ones."""
         self.config: CommandsConfig = config.commands
         self._tags: dict[str, tuple[DeviceBase, TagBase]] = {
-            dev.tag_path(t): (dev, t) for dev in config.devices for t in dev.tags
-        }
+            dev.tag_path(t): (dev, t) for dev in [*config.devices, *config.computed] for t in dev.tags
+        }  # a computed group's totalizers can be reset (edged.compute)
         self._entries: dict[str, CommandTag] = {e.tag: e for e in config.commands.tags}
         self._signing: dict[str, CommandSource] = command_signing(config)
         self._audit_bound = (config.commands.audit_max_rows, audit_max_bytes(config))

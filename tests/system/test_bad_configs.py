@@ -81,6 +81,10 @@ def _big_secret(t: Path) -> str:
     return cfg_text(t, uplinks=mqtt_with('{ file = "big" }'))
 
 
+def _computed(body: str) -> str:
+    return f'\n[[computed]]\nname = "calc"\n[[computed.tags]]\nname = "x"\n{body}\n'
+
+
 def _file_as_data_dir(t: Path) -> str:
     (t / "data").write_text("not a directory")
     return cfg_text(t)
@@ -165,6 +169,14 @@ BAD = [
     Bad("gateway-id-too-long", lambda t: cfg_text(t).replace('"gw-bad"', '"' + "g" * 200 + '"'), "gateway",
         "invalid gateway id"),
     Bad("unknown-top-level", lambda t: cfg_text(t) + "\n[bogus]\n", None, "unknown top-level key `bogus`"),
+    Bad("computed-syntax", lambda t: cfg_text(t) + _computed('expr = "{line1/c0} * (2 +"'),
+        "computed[0] (calc).tags[0] (x).expr", "column 18: expected a value, found the end of the expression"),
+    Bad("computed-unknown-tag", lambda t: cfg_text(t) + _computed('expr = "{line1/c0} - {line1/c9}"'),
+        "computed[0] (calc).tags[0] (x).expr", "column 14: unknown tag 'line1/c9'"),
+    Bad("computed-unknown-input", lambda t: cfg_text(t) + _computed('expr = "a + b"\ninputs = { a = "line1/c0" }'),
+        "computed[0] (calc).tags[0] (x).expr", "column 5: unknown input 'b' (inputs: a)"),
+    Bad("computed-units", lambda t: cfg_text(t) + _computed('function = "totalizer"\ninput = "line1/c0"'),
+        "computed[0] (calc).tags[0] (x)", "totalizer needs units on its input and itself"),
 ]  # fmt: skip
 
 
