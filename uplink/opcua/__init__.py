@@ -38,11 +38,11 @@ from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes, get_name_and_doc
 from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 
+import edged
 from edged.commands import Command, CommandGate, new_id
 from edged.config import Config as EdgedConfig
 from edged.config import DeviceBase, tag_matcher
@@ -52,8 +52,9 @@ from edged.plugin import PluginContext, UplinkSpec
 from edged.protocols.opcua import certs
 from edged.protocols.opcua.errors import map_error
 from edged.protocols.opcua.values import datetime_ns, ns_datetime, ua_struct
-from uplink.opcua._asyncua import Rejected, Server, current_channel
-from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, ReadOnly, Users, written_value
+from uplink.opcua import space
+from uplink.opcua._asyncua import Rejected, Server, current_channel, on_read, publish
+from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, ReadOnly, UserAccess, Users, written_value
 from uplink.opcua.config import Config
 
 __all__ = ["Config", "Uplink"]
@@ -66,13 +67,7 @@ _POLICY_TYPES: Final[dict[tuple[str, str], ua.SecurityPolicyType]] = {
     ("Aes256_Sha256_RsaPss", "Sign"): ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
     ("Aes256_Sha256_RsaPss", "SignAndEncrypt"): ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
 }
-_VARIANT_DATATYPES: Final[dict[ua.VariantType, int]] = {
-    ua.VariantType.Boolean: ObjectIds.Boolean,
-    ua.VariantType.Double: ObjectIds.Double,
-    ua.VariantType.String: ObjectIds.String,
-}
 _BAD_TYPE_MISMATCH: Final = StatusCodes.BadTypeMismatch
-_UNITS_NAMESPACE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
 _GATEWAY_NODE: Final = 1  # numeric, so it can never collide with a device folder's string NodeId
 _STOP_TIMEOUT: Final = 5.0
 BACKOFF_CAP: Final = 900.0  # s: the longest login lockout
@@ -85,18 +80,15 @@ _INT64: Final = 2**63  # SQLite integers (and the buffer's ns timestamps) are 64
 class _Var:
     nodeid: ua.NodeId
     tag: str
-    vtype: ua.VariantType | None = None  # set with the DataType at the first value
+    vtype: ua.VariantType | None = None  # the DataType's; None: BaseDataType, typed by the first value
     ts_ns: int = -1  # source time of the value shown; never moves back
     type_warned: bool = False
+    declared: bool = True  # vtype is the node's DataType (else only the first value's type)
 
 
-def _variant_type(value: object) -> ua.VariantType:
-    """Numbers are published as Double (exact to 2^53), so a tag keeps one DataType for SCADA."""
-    if isinstance(value, bool):
-        return ua.VariantType.Boolean
-    if isinstance(value, int | float):
-        return ua.VariantType.Double
-    return ua.VariantType.String
+def _build_date() -> dt.datetime:
+    """When this edged was installed (its package's files), for BuildInfo.BuildDate."""
+    return dt.datetime.fromtimestamp(Path(edged.__file__).stat().st_mtime, dt.UTC)
 
 
 class Uplink:
@@ -110,7 +102,7 @@ class Uplink:
         self.skipped_older = 0  # samples older than the value already shown (historical replays)
         self._server: Server | None = None
         self._root: Node | None = None
-        self._folders: dict[str, Node] = {}
+        self._folders: dict[str, ua.NodeId] = {}
         self._vars: dict[str, _Var] = {}
         gate = ctx.commands
         self._gate: CommandGate | None = gate if isinstance(gate, CommandGate) else None
@@ -156,8 +148,10 @@ class Uplink:
         server.name = c.server_name
         server.product_uri = "urn:edged"
         server.manufacturer_name = "edged"
+        server.application_type = ua.ApplicationType.Server  # it is no client of anyone
         try:
-            await server.init()  # builds the standard address space: about 1.5 s of CPU
+            await server.init()  # the standard address space: about 1.5 s of CPU, in a thread
+            await space.describe_server(server, edged.__version__, _build_date())
             server.allow_remote_admin(False)
             server.set_endpoint(c.endpoint)
             server.set_server_name(c.server_name)
@@ -166,7 +160,8 @@ class Uplink:
             await server.set_application_uri(app_uri)
             writable = self._writable_tags()
             routed = self._routed_tags()
-            server.set_security_policy(self._policy_types(), permission_ruleset=ReadOnly(writes=bool(routed)))
+            # Write is a service every session may call: GatedWrites answers it per node
+            server.set_security_policy(self._policy_types(), permission_ruleset=ReadOnly(writes=True))
             tokens: list[type] = [ua.UserNameIdentityToken] if c.users else []
             if c.allow_anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
@@ -174,8 +169,7 @@ class Uplink:
             server.set_certificate_validator(self._client_validator(users))
             self.ns = await server.register_namespace(self.namespace)
             await self._build(server)
-            if routed:
-                await self._open_for_commands(server, writable, routed)
+            await self._open_for_commands(server, writable, routed)
             await server.start()
         except (UaError, ServiceError) as exc:
             raise map_error(exc, f"OPC UA server at {c.endpoint}") from exc
@@ -233,10 +227,17 @@ class Uplink:
                 continue
             self._routed[var.nodeid] = path
             if path in writable:
-                await server.get_node(var.nodeid).set_writable()
+                # AccessLevel says the variable can be written; UserAccessLevel stays read for
+                # everyone but command_users, whose sessions read CurrentWrite (UserAccess)
+                stored = server.read_attribute_value(var.nodeid, AttributeIds.AccessLevel).Value
+                level = (stored.Value if stored is not None else 0) | ua.AccessLevel.CurrentWrite.mask
+                await server.write_attribute_value(
+                    var.nodeid, ua.DataValue(ua.Variant(level, ua.VariantType.Byte)), AttributeIds.AccessLevel
+                )
                 self._commandable[var.nodeid] = path
         gated = GatedWrites(server.iserver.aspace, self._routed, self._on_write)
         server.iserver.attribute_service = gated
+        on_read(server, UserAccess(self._commandable, self.config.command_users))
         if not self._commandable:
             return
         self.log.info(
@@ -254,6 +255,12 @@ class Uplink:
         ts = wv.Value.SourceTimestamp
         ts_ns = datetime_ns(ts) if ts is not None and ts.year > 1601 else time.time_ns()
         value, problem = written_value(wv)
+        var = self._vars[path]
+        written = wv.Value.Value
+        declared = var.vtype if var.declared else None
+        if problem is None and declared is not None and written is not None and written.VariantType != declared:
+            # Part 4 5.10.4: the server does not convert (a Float to a Double node): BadTypeMismatch
+            problem = f"a {written.VariantType.name} was written to a {declared.name} variable"
         if not -_INT64 <= ts_ns < _INT64:  # e.g. year 9999: beyond what the audit trail can hold
             cmd = Command(new_id(), c.name, name, path, value, 0)  # audited without a command time
             result = await gate.refuse(cmd, "stale", f"the write's source timestamp {ts.isoformat()} is out of range")
@@ -364,29 +371,29 @@ class Uplink:
     # ------------------------------------------------------------------ address space
 
     async def _build(self, server: Server) -> None:
-        """Gateway folder, a folder per device, a variable per tag, from the daemon's config; tags
-        missing from it (config unknown, or changed since the samples were stored) appear lazily."""
+        """Gateway folder, a folder per device, a variable per tag, described from the daemon's
+        config (space.TagNode); tags missing from it (config unknown, or changed since the samples
+        were stored) appear lazily. Added in chunks: thousands of tags do not stall the loop."""
         gw_id = ua_struct(ua.NodeId, Identifier=_GATEWAY_NODE, NamespaceIndex=self.ns)
         self._root = await server.nodes.objects.add_folder(gw_id, self._qname(self.gateway))
         full = self.ctx.config
         devices: list[DeviceBase] = full.devices if isinstance(full, EdgedConfig) else []
         wanted = tag_matcher(self.config.tags)
+        items: list[ua.AddNodesItem] = []
         for dev in devices:
             if not dev.enabled:
                 continue
             for tag in dev.tags:
                 path = dev.tag_path(tag)
-                if not wanted(path):
+                if not wanted(path) or path in self._vars:
                     continue  # the Sender never forwards it either
-                await self._add_variable(
-                    path,
-                    dev.name,
-                    tag.name,
-                    unit=tag.unit,
-                    description=tag.description,
-                    low=tag.low,
-                    high=tag.high,
-                )
+                node = space.TagNode(
+                    path, tag.name, space.variant_type(tag.value_type()), tag.unit, tag.description,
+                    tag.low, tag.high, dev.read_interval(tag),
+                )  # fmt: skip
+                items.extend(self._items(node, dev.name))
+                self._vars[path] = _Var(self._node_id(path), path, node.vtype)
+        await space.add_nodes(server, items)
 
     def _qname(self, name: str, ns: int | None = None) -> ua.QualifiedName:
         return ua_struct(ua.QualifiedName, Name=name, NamespaceIndex=self.ns if ns is None else ns)
@@ -394,70 +401,31 @@ class Uplink:
     def _node_id(self, ident: str) -> ua.NodeId:
         return ua_struct(ua.NodeId, Identifier=ident, NamespaceIndex=self.ns)
 
-    async def _folder(self, device: str) -> Node:
+    def _items(self, node: space.TagNode, device: str) -> list[ua.AddNodesItem]:
+        """The nodes of one tag, with its device folder first when it is new."""
+        assert self._root is not None
+        if not device:
+            return space.variable_items(node, self._root.nodeid, self.ns)
         folder = self._folders.get(device)
+        items = []
         if folder is None:
-            assert self._root is not None
-            folder = await self._root.add_folder(self._node_id(device), self._qname(device))
-            self._folders[device] = folder
-        return folder
-
-    async def _add_variable(
-        self,
-        path: str,
-        device: str,
-        name: str,
-        *,
-        unit: str | None,
-        description: str = "",
-        low: float | None = None,
-        high: float | None = None,
-        vtype: ua.VariantType | None = None,
-    ) -> _Var:
-        parent = await self._folder(device) if device else self._root
-        assert parent is not None
-        datatype = _VARIANT_DATATYPES[vtype] if vtype is not None else ObjectIds.BaseDataType
-        node = await parent.add_variable(self._node_id(path), self._qname(name), None, ua.VariantType.Null, datatype)
-        await node.write_attribute(
-            AttributeIds.Value,
-            ua.DataValue(
-                ua.Variant(None, ua.VariantType.Null),
-                ua_struct(ua.StatusCode, value=Status.BAD_WAITING_FOR_INITIAL_DATA),
-            ),
-        )
-        if description:
-            await node.write_attribute(
-                AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(description)))
-            )
-        if unit:
-            info = ua_struct(
-                ua.EUInformation,
-                NamespaceUri=_UNITS_NAMESPACE,
-                UnitId=-1,
-                DisplayName=ua.LocalizedText(unit),
-                Description=ua.LocalizedText(unit),
-            )
-            await node.add_property(
-                self._node_id(f"{path}#EngineeringUnits"), self._qname("EngineeringUnits", 0), info,
-                ua.VariantType.ExtensionObject, ObjectIds.EUInformation,
-            )  # fmt: skip
-        if low is not None and high is not None:
-            eu_range = ua_struct(ua.Range, Low=low, High=high)
-            await node.add_property(
-                self._node_id(f"{path}#EURange"), self._qname("EURange", 0), eu_range,
-                ua.VariantType.ExtensionObject, ObjectIds.Range,
-            )  # fmt: skip
-        var = self._vars[path] = _Var(node.nodeid, path, vtype)
-        return var
+            folder = self._folders[device] = self._node_id(device)
+            items.append(space.folder_item(folder, device, self._root.nodeid))
+        return [*items, *space.variable_items(node, folder, self.ns)]
 
     async def _lazy(self, s: Sample) -> _Var:
-        """A tag the config did not announce: its device folder and variable appear now."""
+        """A tag the config did not announce: its device folder and variable appear now, typed
+        by this first value (BaseDataType when it has none)."""
+        assert self._server is not None
         device, sep, name = s.tag.partition("/")
         if not sep:  # not a device/tag path: straight under the gateway folder
             device, name = "", s.tag
-        vtype = None if s.value is None else _variant_type(s.value)
+        vtype = None if s.value is None else space.value_variant_type(s.value)
         self.log.info("uplink %s: adding variable for tag %s (not in the config)", self.config.name, s.tag)
-        return await self._add_variable(s.tag, device, name, unit=s.unit, vtype=vtype)
+        node = space.TagNode(s.tag, name, vtype, s.unit)
+        await space.add_nodes(self._server, self._items(node, device))
+        var = self._vars[s.tag] = _Var(self._node_id(s.tag), s.tag, vtype)
+        return var
 
     # ------------------------------------------------------------------ data
 
@@ -505,24 +473,17 @@ class Uplink:
             if severity(status) != Severity.BAD:
                 status = Status.BAD  # no value cannot be Good or Uncertain
         else:
-            vtype = _variant_type(value)
-            if var.vtype is None:
-                await server.write_attribute_value(
-                    var.nodeid,
-                    ua.DataValue(
-                        ua.Variant(ua_struct(ua.NodeId, Identifier=_VARIANT_DATATYPES[vtype]), ua.VariantType.NodeId)
-                    ),
-                    AttributeIds.DataType,
-                )
-                var.vtype = vtype
-            if vtype == var.vtype:
-                variant = ua.Variant(float(value) if vtype == ua.VariantType.Double else value, vtype)
+            if var.vtype is None:  # BaseDataType: the first value's type is kept from now on
+                var.vtype, var.declared = space.value_variant_type(value), False
+            converted = space.to_variant(value, var.vtype)
+            if converted is not None:
+                variant = converted
             else:
                 if not var.type_warned:
                     var.type_warned = True
                     self.log.warning(
-                        "uplink %s: tag %s changed type (%s, was %s): published as BadTypeMismatch",
-                        self.config.name, s.tag, vtype.name, var.vtype.name,
+                        "uplink %s: tag %s has a %s value %r, not a %s: published as BadTypeMismatch",
+                        self.config.name, s.tag, type(value).__name__, value, var.vtype.name,
                     )  # fmt: skip
                 status = _BAD_TYPE_MISMATCH
         dv = ua_struct(
@@ -532,7 +493,7 @@ class Uplink:
             SourceTimestamp=ns_datetime(s.ts_ns),
             ServerTimestamp=now,
         )
-        await server.write_attribute_value(var.nodeid, dv)
+        await publish(server.iserver.aspace, var.nodeid, dv)
         var.ts_ns = s.ts_ns
 
 
