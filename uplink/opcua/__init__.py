@@ -55,6 +55,7 @@ from edged.protocols.opcua.values import datetime_ns, ns_datetime, ua_struct
 from uplink.opcua import space
 from uplink.opcua._asyncua import Rejected, Server, current_channel, on_read, publish
 from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, ReadOnly, UserAccess, Users, written_value
+from uplink.opcua.addresses import endpoint_addresses
 from uplink.opcua.config import Config
 
 __all__ = ["Config", "Uplink"]
@@ -301,6 +302,7 @@ class Uplink:
         c = self.config
         if all(p == "None" for p in c.security_policies):
             return None
+        addresses = await asyncio.to_thread(endpoint_addresses, c.endpoint)
         if c.certificate and c.private_key:
             cert_path, key_path = self._path(c.certificate), self._path(c.private_key)
         else:
@@ -310,7 +312,7 @@ class Uplink:
                 made = await asyncio.to_thread(
                     certs.create_self_signed_certificate,
                     cert_path, key_path, c.application_uri or self._default_app_uri(), socket.gethostname(),
-                    server=True, overwrite=True, days=3650,
+                    server=True, overwrite=True, days=3650, addresses=addresses,
                 )  # fmt: skip
                 self.log.info(
                     "uplink %s: created the server certificate %s (SHA-1 %s): give it to the SCADA to trust",
@@ -325,6 +327,14 @@ class Uplink:
             raise Permanent(f"uplink {c.name}: cannot read {exc.filename}: {exc.strerror}") from exc
         except (ValueError, TypeError) as exc:
             raise Permanent(f"uplink {c.name}: cannot load {cert_path} / {key_path}: {exc}") from exc
+        missing = [a for a in addresses if a not in certs.alt_addresses(cert)]
+        if missing:  # a client connecting by one of these refuses the certificate (hostname check)
+            self.log.warning(
+                "uplink %s: server certificate %s does not name %s in its SubjectAltName: clients connecting "
+                "so reject it%s",
+                c.name, cert_path, ", ".join(missing),
+                "" if c.certificate else " (delete it and its key to have one made, then trust it anew)",
+            )  # fmt: skip
         if certs.expires_within(cert, 30):
             self.log.warning(
                 "uplink %s: server certificate %s expires on %s",
