@@ -53,7 +53,7 @@ from edged.protocols.opcua import certs
 from edged.protocols.opcua.errors import map_error
 from edged.protocols.opcua.values import datetime_ns, ns_datetime, ua_struct
 from uplink.opcua import space
-from uplink.opcua._asyncua import Rejected, Server, current_channel, on_read, publish
+from uplink.opcua._asyncua import Published, Rejected, Server, current_channel, on_read, publish
 from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, ReadOnly, UserAccess, Users, written_value
 from uplink.opcua.addresses import endpoint_addresses
 from uplink.opcua.config import Config
@@ -71,6 +71,7 @@ _POLICY_TYPES: Final[dict[tuple[str, str], ua.SecurityPolicyType]] = {
 _BAD_TYPE_MISMATCH: Final = StatusCodes.BadTypeMismatch
 _GATEWAY_NODE: Final = 1  # numeric, so it can never collide with a device folder's string NodeId
 _STOP_TIMEOUT: Final = 5.0
+_YIELD_EVERY: Final = 200  # values written between two yields to the event loop
 BACKOFF_CAP: Final = 900.0  # s: the longest login lockout
 _LOG_EVERY: Final = 60.0  # s: a refusal repeated by the same client is logged once per this
 _COUNTERS: Final = ("channels_rejected", "sessions_refused", "logins_failed", "logins_throttled")
@@ -403,6 +404,9 @@ class Uplink:
                 )  # fmt: skip
                 items.extend(self._items(node, dev.name))
                 self._vars[path] = _Var(self._node_id(path), path, node.vtype)
+                if len(items) >= space.CHUNK:  # describing tags takes time too: add as we go
+                    await space.add_nodes(server, items)
+                    items = []
         await space.add_nodes(server, items)
 
     def _qname(self, name: str, ns: int | None = None) -> ua.QualifiedName:
@@ -467,7 +471,9 @@ class Uplink:
                 newest[s.tag] = s
         now = dt.datetime.now(dt.UTC)
         try:
-            for s in newest.values():
+            for i, s in enumerate(newest.values()):
+                if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # each value costs ~50 us per subscriber: let the loop breathe
                 var = self._vars.get(s.tag) or await self._lazy(s)
                 if s.ts_ns < var.ts_ns:
                     self.skipped_older += 1
@@ -497,7 +503,7 @@ class Uplink:
                     )  # fmt: skip
                 status = _BAD_TYPE_MISMATCH
         dv = ua_struct(
-            ua.DataValue,
+            Published,
             Value=variant,
             StatusCode=ua_struct(ua.StatusCode, value=status),
             SourceTimestamp=ns_datetime(s.ts_ns),

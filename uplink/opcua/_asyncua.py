@@ -18,6 +18,10 @@ arrives on. Three gaps follow, each closed here:
   returns (a refused value vanishes silently) and its check refuses any value of a BaseDataType
   variable; `publish` stores the value the uplink has already typed and notifies the monitored
   items, as asyncua does after its check.
+* Every monitored item deep-copies each value it is given (MonitoredItemValues), in case the
+  writer changes it later: at 10,000 tags that copy was 60 % of the server's CPU. The uplink never
+  changes a value it has published (a new DataValue per sample, scalar Variants), so `Published`
+  values copy as themselves.
 * The user's UserAccessLevel: asyncua stores one per node; `on_read` lets the uplink answer it
   per session (the Read service's PostRead callback carries the session's user).
 
@@ -187,6 +191,16 @@ class Server(AsyncuaServer):
         if value is not None and not isinstance(value, _BinaryServer):
             value = _BinaryServer(value, self._on_reject)
         self._bserver = value
+
+
+class Published(ua.DataValue):
+    """A DataValue that is never changed once published: deepcopy() returns it (see the module
+    docstring). Encoded as a DataValue: asyncua picks the encoder from the declared field type."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Published:
+        return self
 
 
 async def publish(aspace: AddressSpace, nodeid: ua.NodeId, dv: ua.DataValue) -> bool:
