@@ -19,7 +19,7 @@ import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -369,8 +369,28 @@ class TagBase(Base):
         says no until it is set); whether the driver can write at all is its Writable capability."""
         return True
 
+    def source_type(self) -> ValueType | None:
+        """The type of the driver's values where its config says (a Modbus `type`); by default
+        derived from value_kind(), a number being a double. None: only the device knows."""
+        kind = self.value_kind()
+        return None if kind is None else _KIND_TYPES[kind]
+
+    def value_type(self) -> ValueType | None:
+        """The type of the stored values: the driver's, except that an integer the core converts
+        (source_unit, calibration) becomes a double. Known at load, so an OPC UA server can show
+        the DataType before the first value arrives."""
+        t = self.source_type()
+        if t in INTEGER_TYPES and (self.source_unit is not None or self.calibration is not None):
+            return "double"
+        return t
+
 
 ValueKind = Literal["number", "bool", "string"]
+# A tag's value type, finer than ValueKind: the integer widths a driver delivers exactly (ints stay
+# ints through the core unless converted), "double" for every other number.
+ValueType = Literal["bool", "string", "int16", "uint16", "int32", "uint32", "int64", "uint64", "double"]
+INTEGER_TYPES: Final[frozenset[str]] = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
+_KIND_TYPES: Final[dict[str, ValueType]] = {"number": "double", "bool": "bool", "string": "string"}
 
 
 class DeviceBase(Base):
@@ -387,6 +407,11 @@ class DeviceBase(Base):
 
     def tag_path(self, tag: TagBase) -> str:
         return f"{self.name}/{tag.name}"
+
+    def read_interval(self, tag: TagBase) -> float | None:
+        """Seconds between the driver's readings of `tag` where the config says (a poll interval),
+        None when unknown: how current the tag's value is kept (OPC UA MinimumSamplingInterval)."""
+        return None
 
 
 class UplinkBase(Base):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from edged.config import DeviceBase, Duration, TagBase
+from edged.config import DeviceBase, Duration, TagBase, ValueType
 from edged.conversions.rtd import NI100, NI120, PT100, PT1000, RtdCurve
 from edged.conversions.thermocouple import ThermocoupleType
 
@@ -93,6 +93,9 @@ class Tag(TagBase, kw_only=True):
         if self.ne43 and sig == "current_ma" and self.input not in (None, (4.0, 20.0)):
             raise ValueError("NE43 classification applies to 4-20 mA inputs: set ne43 = false for other spans")
 
+    def source_type(self) -> ValueType:
+        return "double"  # engineering values computed from the signal
+
     @property
     def input_span(self) -> tuple[float, float]:
         return self.input if self.input is not None else (4.0, 20.0)
@@ -118,6 +121,9 @@ class Config(DeviceBase, kw_only=True):
     modbus: dict[str, Any] | None = None  # modbus: connection settings of the modbus driver (host, port, unit_id...)
     interval: Duration = Duration(1.0)
     tags: list[Tag] = []
+
+    def read_interval(self, tag: TagBase) -> float:
+        return float(self.interval)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from drivers.hart.protocol import HARTIP_PORT, LongAddress, parse_unique_id
-from edged.config import DeviceBase, Duration, TagBase
+from edged.config import DeviceBase, Duration, TagBase, ValueType
 
 Variable = Literal["pv", "sv", "tv", "qv", "loop_current", "percent_range"]
 
@@ -15,6 +15,9 @@ class Tag(TagBase, kw_only=True):
     the value itself is not converted."""
 
     variable: Variable = "pv"
+
+    def source_type(self) -> ValueType:
+        return "double"  # every dynamic variable is an IEEE 754 float on the wire
 
 
 class Config(DeviceBase):
@@ -35,6 +38,9 @@ class Config(DeviceBase):
     max_failed_polls: int = 3  # polls in a row without any answer before reconnecting (Transient)
     inactivity_timeout: Duration = Duration(60.0)  # HART-IP session inactivity close timer
     tags: list[Tag] = []
+
+    def read_interval(self, tag: TagBase) -> float:
+        return float(self.interval)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,7 +12,7 @@ from typing import Literal
 
 from drivers.modbus.codec import DataType, Order, is_integer_type, register_count
 from drivers.modbus.plan import BIT_TABLES, MAX_BITS, MAX_REGISTERS, Limits, Table
-from edged.config import DeviceBase, Duration, TagBase, ValueKind
+from edged.config import DeviceBase, Duration, TagBase, ValueKind, ValueType
 
 Parity = Literal["N", "E", "O"]
 
@@ -91,6 +91,15 @@ class Tag(TagBase, kw_only=True):
             return "bool"
         return "string" if self.type == "string" else "number"
 
+    def source_type(self) -> ValueType:
+        """Integers stay integers of their register type unless scaled; floats are doubles."""
+        kind = self.value_kind()
+        if kind != "number":
+            return kind
+        if is_integer_type(self.dtype) and self.scale == 1.0 and self.offset == 0.0:
+            return self.dtype  # type: ignore[return-value]  # an integer DataType is a ValueType
+        return "double"
+
     def accepts_writes(self) -> bool:
         return self.writable
 
@@ -148,6 +157,10 @@ class Config(DeviceBase):
                     f"tags[{i}] ({tag.name}): {tag.size} registers do not fit one request"
                     f" (max_registers = {limits.max_registers})"
                 )
+
+    def read_interval(self, tag: TagBase) -> float | None:
+        own = tag.interval if isinstance(tag, Tag) else None
+        return float(own if own is not None else self.interval)
 
     @property
     def limits(self) -> Limits:

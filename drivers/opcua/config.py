@@ -95,6 +95,15 @@ class Config(DeviceBase):
     max_nodes_per_read: int = 500  # per Read/CreateMonitoredItems/TranslateBrowsePaths request
     tags: list[OpcuaTag] = []
 
+    def read_interval(self, tag: TagBase) -> float:
+        if self.mode == "poll":
+            return float(self.poll_interval)
+        own = tag.sampling_interval if isinstance(tag, OpcuaTag) else None
+        for interval in (own, self.sampling_interval):
+            if interval is not None:
+                return float(interval)
+        return float(self.publishing_interval)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.endpoint:

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Literal, Self
 
-from edged.config import DeviceBase, Duration, TagBase
+from edged.config import DeviceBase, Duration, TagBase, ValueType
 from edged.errors import Transient
 from edged.model import Sample, Status
 from edged.plugin import DriverSpec, PluginContext
@@ -30,6 +30,9 @@ class SimTag(TagBase):
     spike_probability: float = 0.0  # chance per poll of a +-10x amplitude outlier
     nan_probability: float = 0.0  # chance per poll of NaN (a broken sensor)
 
+    def source_type(self) -> ValueType:
+        return "bool" if self.signal == "bool" else "int64" if self.signal == "counter" else "double"
+
 
 class Config(DeviceBase):
     interval: Duration = Duration(1.0)
@@ -43,6 +46,9 @@ class Config(DeviceBase):
             raise ValueError("interval must be at least 500us")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+
+    def read_interval(self, tag: TagBase) -> float:
+        return float(self.interval)
 
 
 class _Gen:

@@ -38,11 +38,11 @@ from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes, get_name_and_doc
 from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 
+import edged
 from edged.commands import Command, CommandGate, new_id
 from edged.config import Config as EdgedConfig
 from edged.config import DeviceBase, tag_matcher
@@ -52,8 +52,10 @@ from edged.plugin import PluginContext, UplinkSpec
 from edged.protocols.opcua import certs
 from edged.protocols.opcua.errors import map_error
 from edged.protocols.opcua.values import datetime_ns, ns_datetime, ua_struct
-from uplink.opcua._asyncua import Rejected, Server, current_channel
-from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, Users, written_value
+from uplink.opcua import space
+from uplink.opcua._asyncua import Published, Rejected, Server, current_channel, on_read, publish
+from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, UserAccess, Users, written_value
+from uplink.opcua.addresses import endpoint_addresses
 from uplink.opcua.config import Config
 from uplink.opcua.history import BufferHistory, HistoryReadable, advertise
 
@@ -67,15 +69,10 @@ _POLICY_TYPES: Final[dict[tuple[str, str], ua.SecurityPolicyType]] = {
     ("Aes256_Sha256_RsaPss", "Sign"): ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
     ("Aes256_Sha256_RsaPss", "SignAndEncrypt"): ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
 }
-_VARIANT_DATATYPES: Final[dict[ua.VariantType, int]] = {
-    ua.VariantType.Boolean: ObjectIds.Boolean,
-    ua.VariantType.Double: ObjectIds.Double,
-    ua.VariantType.String: ObjectIds.String,
-}
 _BAD_TYPE_MISMATCH: Final = StatusCodes.BadTypeMismatch
-_UNITS_NAMESPACE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
 _GATEWAY_NODE: Final = 1  # numeric, so it can never collide with a device folder's string NodeId
 _STOP_TIMEOUT: Final = 5.0
+_YIELD_EVERY: Final = 200  # values written between two yields to the event loop
 BACKOFF_CAP: Final = 900.0  # s: the longest login lockout
 _LOG_EVERY: Final = 60.0  # s: a refusal repeated by the same client is logged once per this
 _COUNTERS: Final = ("channels_rejected", "sessions_refused", "logins_failed", "logins_throttled")
@@ -86,18 +83,15 @@ _INT64: Final = 2**63  # SQLite integers (and the buffer's ns timestamps) are 64
 class _Var:
     nodeid: ua.NodeId
     tag: str
-    vtype: ua.VariantType | None = None  # set with the DataType at the first value
+    vtype: ua.VariantType | None = None  # the DataType's; None: BaseDataType, typed by the first value
     ts_ns: int = -1  # source time of the value shown; never moves back
     type_warned: bool = False
+    declared: bool = True  # vtype is the node's DataType (else only the first value's type)
 
 
-def _variant_type(value: object) -> ua.VariantType:
-    """Numbers are published as Double (exact to 2^53), so a tag keeps one DataType for SCADA."""
-    if isinstance(value, bool):
-        return ua.VariantType.Boolean
-    if isinstance(value, int | float):
-        return ua.VariantType.Double
-    return ua.VariantType.String
+def _build_date() -> dt.datetime:
+    """When this edged was installed (its package's files), for BuildInfo.BuildDate."""
+    return dt.datetime.fromtimestamp(Path(edged.__file__).stat().st_mtime, dt.UTC)
 
 
 class Uplink:
@@ -111,7 +105,7 @@ class Uplink:
         self.skipped_older = 0  # samples older than the value already shown (historical replays)
         self._server: Server | None = None
         self._root: Node | None = None
-        self._folders: dict[str, Node] = {}
+        self._folders: dict[str, ua.NodeId] = {}
         self._vars: dict[str, _Var] = {}
         gate = ctx.commands
         self._gate: CommandGate | None = gate if isinstance(gate, CommandGate) else None
@@ -158,8 +152,10 @@ class Uplink:
         server.name = c.server_name
         server.product_uri = "urn:edged"
         server.manufacturer_name = "edged"
+        server.application_type = ua.ApplicationType.Server  # it is no client of anyone
         try:
-            await server.init()  # builds the standard address space: about 1.5 s of CPU
+            await server.init()  # the standard address space: about 1.5 s of CPU, in a thread
+            await space.describe_server(server, edged.__version__, _build_date())
             server.allow_remote_admin(False)
             server.set_endpoint(c.endpoint)
             server.set_server_name(c.server_name)
@@ -168,7 +164,9 @@ class Uplink:
             await server.set_application_uri(app_uri)
             writable = self._writable_tags()
             routed = self._routed_tags()
-            server.set_security_policy(self._policy_types(), permission_ruleset=HistoryReadable(writes=bool(routed)))
+            # Write is a service every session may call: GatedWrites answers it per node;
+            # HistoryRead is too, served from the buffer (history.py)
+            server.set_security_policy(self._policy_types(), permission_ruleset=HistoryReadable(writes=True))
             tokens: list[type] = [ua.UserNameIdentityToken] if c.users else []
             if c.allow_anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
@@ -182,8 +180,7 @@ class Uplink:
                 await advertise(server.iserver)
             # --- end history
             await self._build(server)
-            if routed:
-                await self._open_for_commands(server, writable, routed)
+            await self._open_for_commands(server, writable, routed)
             await server.start()
         except (UaError, ServiceError) as exc:
             raise map_error(exc, f"OPC UA server at {c.endpoint}") from exc
@@ -241,10 +238,17 @@ class Uplink:
                 continue
             self._routed[var.nodeid] = path
             if path in writable:
-                await server.get_node(var.nodeid).set_writable()
+                # AccessLevel says the variable can be written; UserAccessLevel stays read for
+                # everyone but command_users, whose sessions read CurrentWrite (UserAccess)
+                stored = server.read_attribute_value(var.nodeid, AttributeIds.AccessLevel).Value
+                level = (stored.Value if stored is not None else 0) | ua.AccessLevel.CurrentWrite.mask
+                await server.write_attribute_value(
+                    var.nodeid, ua.DataValue(ua.Variant(level, ua.VariantType.Byte)), AttributeIds.AccessLevel
+                )
                 self._commandable[var.nodeid] = path
         gated = GatedWrites(server.iserver.aspace, self._routed, self._on_write)
         server.iserver.attribute_service = gated
+        on_read(server, UserAccess(self._commandable, self.config.command_users))
         if not self._commandable:
             return
         self.log.info(
@@ -262,6 +266,12 @@ class Uplink:
         ts = wv.Value.SourceTimestamp
         ts_ns = datetime_ns(ts) if ts is not None and ts.year > 1601 else time.time_ns()
         value, problem = written_value(wv)
+        var = self._vars[path]
+        written = wv.Value.Value
+        declared = var.vtype if var.declared else None
+        if problem is None and declared is not None and written is not None and written.VariantType != declared:
+            # Part 4 5.10.4: the server does not convert (a Float to a Double node): BadTypeMismatch
+            problem = f"a {written.VariantType.name} was written to a {declared.name} variable"
         if not -_INT64 <= ts_ns < _INT64:  # e.g. year 9999: beyond what the audit trail can hold
             cmd = Command(new_id(), c.name, name, path, value, 0)  # audited without a command time
             result = await gate.refuse(cmd, "stale", f"the write's source timestamp {ts.isoformat()} is out of range")
@@ -302,6 +312,7 @@ class Uplink:
         c = self.config
         if all(p == "None" for p in c.security_policies):
             return None
+        addresses = await asyncio.to_thread(endpoint_addresses, c.endpoint)
         if c.certificate and c.private_key:
             cert_path, key_path = self._path(c.certificate), self._path(c.private_key)
         else:
@@ -311,7 +322,7 @@ class Uplink:
                 made = await asyncio.to_thread(
                     certs.create_self_signed_certificate,
                     cert_path, key_path, c.application_uri or self._default_app_uri(), socket.gethostname(),
-                    server=True, overwrite=True, days=3650,
+                    server=True, overwrite=True, days=3650, addresses=addresses,
                 )  # fmt: skip
                 self.log.info(
                     "uplink %s: created the server certificate %s (SHA-1 %s): give it to the SCADA to trust",
@@ -326,6 +337,14 @@ class Uplink:
             raise Permanent(f"uplink {c.name}: cannot read {exc.filename}: {exc.strerror}") from exc
         except (ValueError, TypeError) as exc:
             raise Permanent(f"uplink {c.name}: cannot load {cert_path} / {key_path}: {exc}") from exc
+        missing = [a for a in addresses if a not in certs.alt_addresses(cert)]
+        if missing:  # a client connecting by one of these refuses the certificate (hostname check)
+            self.log.warning(
+                "uplink %s: server certificate %s does not name %s in its SubjectAltName: clients connecting "
+                "so reject it%s",
+                c.name, cert_path, ", ".join(missing),
+                "" if c.certificate else " (delete it and its key to have one made, then trust it anew)",
+            )  # fmt: skip
         if certs.expires_within(cert, 30):
             self.log.warning(
                 "uplink %s: server certificate %s expires on %s",
@@ -372,29 +391,32 @@ class Uplink:
     # ------------------------------------------------------------------ address space
 
     async def _build(self, server: Server) -> None:
-        """Gateway folder, a folder per device, a variable per tag, from the daemon's config; tags
-        missing from it (config unknown, or changed since the samples were stored) appear lazily."""
+        """Gateway folder, a folder per device, a variable per tag, described from the daemon's
+        config (space.TagNode); tags missing from it (config unknown, or changed since the samples
+        were stored) appear lazily. Added in chunks: thousands of tags do not stall the loop."""
         gw_id = ua_struct(ua.NodeId, Identifier=_GATEWAY_NODE, NamespaceIndex=self.ns)
         self._root = await server.nodes.objects.add_folder(gw_id, self._qname(self.gateway))
         full = self.ctx.config
         devices: list[DeviceBase] = full.devices if isinstance(full, EdgedConfig) else []
         wanted = tag_matcher(self.config.tags)
+        items: list[ua.AddNodesItem] = []
         for dev in devices:
             if not dev.enabled:
                 continue
             for tag in dev.tags:
                 path = dev.tag_path(tag)
-                if not wanted(path):
+                if not wanted(path) or path in self._vars:
                     continue  # the Sender never forwards it either
-                await self._add_variable(
-                    path,
-                    dev.name,
-                    tag.name,
-                    unit=tag.unit,
-                    description=tag.description,
-                    low=tag.low,
-                    high=tag.high,
-                )
+                node = space.TagNode(
+                    path, tag.name, space.variant_type(tag.value_type()), tag.unit, tag.description,
+                    tag.low, tag.high, dev.read_interval(tag),
+                )  # fmt: skip
+                items.extend(self._items(node, dev.name))
+                self._vars[path] = _Var(self._node_id(path), path, node.vtype)
+                if len(items) >= space.CHUNK:  # describing tags takes time too: add as we go
+                    await space.add_nodes(server, items)
+                    items = []
+        await space.add_nodes(server, items)
 
     def _qname(self, name: str, ns: int | None = None) -> ua.QualifiedName:
         return ua_struct(ua.QualifiedName, Name=name, NamespaceIndex=self.ns if ns is None else ns)
@@ -402,72 +424,34 @@ class Uplink:
     def _node_id(self, ident: str) -> ua.NodeId:
         return ua_struct(ua.NodeId, Identifier=ident, NamespaceIndex=self.ns)
 
-    async def _folder(self, device: str) -> Node:
+    def _items(self, node: space.TagNode, device: str) -> list[ua.AddNodesItem]:
+        """The nodes of one tag, with its device folder first when it is new."""
+        assert self._root is not None
+        history = self._history is not None
+        if self._history is not None:
+            self._history.track(self._node_id(node.path), node.path)
+        if not device:
+            return space.variable_items(node, self._root.nodeid, self.ns, history=history)
         folder = self._folders.get(device)
+        items = []
         if folder is None:
-            assert self._root is not None
-            folder = await self._root.add_folder(self._node_id(device), self._qname(device))
-            self._folders[device] = folder
-        return folder
-
-    async def _add_variable(
-        self,
-        path: str,
-        device: str,
-        name: str,
-        *,
-        unit: str | None,
-        description: str = "",
-        low: float | None = None,
-        high: float | None = None,
-        vtype: ua.VariantType | None = None,
-    ) -> _Var:
-        parent = await self._folder(device) if device else self._root
-        assert parent is not None
-        datatype = _VARIANT_DATATYPES[vtype] if vtype is not None else ObjectIds.BaseDataType
-        node = await parent.add_variable(self._node_id(path), self._qname(name), None, ua.VariantType.Null, datatype)
-        await node.write_attribute(
-            AttributeIds.Value,
-            ua.DataValue(
-                ua.Variant(None, ua.VariantType.Null),
-                ua_struct(ua.StatusCode, value=Status.BAD_WAITING_FOR_INITIAL_DATA),
-            ),
-        )
-        if description:
-            await node.write_attribute(
-                AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(description)))
-            )
-        if unit:
-            info = ua_struct(
-                ua.EUInformation,
-                NamespaceUri=_UNITS_NAMESPACE,
-                UnitId=-1,
-                DisplayName=ua.LocalizedText(unit),
-                Description=ua.LocalizedText(unit),
-            )
-            await node.add_property(
-                self._node_id(f"{path}#EngineeringUnits"), self._qname("EngineeringUnits", 0), info,
-                ua.VariantType.ExtensionObject, ObjectIds.EUInformation,
-            )  # fmt: skip
-        if low is not None and high is not None:
-            eu_range = ua_struct(ua.Range, Low=low, High=high)
-            await node.add_property(
-                self._node_id(f"{path}#EURange"), self._qname("EURange", 0), eu_range,
-                ua.VariantType.ExtensionObject, ObjectIds.Range,
-            )  # fmt: skip
-        var = self._vars[path] = _Var(node.nodeid, path, vtype)
-        if self._history is not None:  # history hook: Historizing, HistoryRead access (history.py)
-            await self._history.add(node.nodeid, path)
-        return var
+            folder = self._folders[device] = self._node_id(device)
+            items.append(space.folder_item(folder, device, self._root.nodeid))
+        return [*items, *space.variable_items(node, folder, self.ns, history=history)]
 
     async def _lazy(self, s: Sample) -> _Var:
-        """A tag the config did not announce: its device folder and variable appear now."""
+        """A tag the config did not announce: its device folder and variable appear now, typed
+        by this first value (BaseDataType when it has none)."""
+        assert self._server is not None
         device, sep, name = s.tag.partition("/")
         if not sep:  # not a device/tag path: straight under the gateway folder
             device, name = "", s.tag
-        vtype = None if s.value is None else _variant_type(s.value)
+        vtype = None if s.value is None else space.value_variant_type(s.value)
         self.log.info("uplink %s: adding variable for tag %s (not in the config)", self.config.name, s.tag)
-        return await self._add_variable(s.tag, device, name, unit=s.unit, vtype=vtype)
+        node = space.TagNode(s.tag, name, vtype, s.unit)
+        await space.add_nodes(self._server, self._items(node, device))
+        var = self._vars[s.tag] = _Var(self._node_id(s.tag), s.tag, vtype)
+        return var
 
     # ------------------------------------------------------------------ data
 
@@ -499,7 +483,9 @@ class Uplink:
                 newest[s.tag] = s
         now = dt.datetime.now(dt.UTC)
         try:
-            for s in newest.values():
+            for i, s in enumerate(newest.values()):
+                if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # each value costs ~50 us per subscriber: let the loop breathe
                 var = self._vars.get(s.tag) or await self._lazy(s)
                 if s.ts_ns < var.ts_ns:
                     self.skipped_older += 1
@@ -515,34 +501,27 @@ class Uplink:
             if severity(status) != Severity.BAD:
                 status = Status.BAD  # no value cannot be Good or Uncertain
         else:
-            vtype = _variant_type(value)
-            if var.vtype is None:
-                await server.write_attribute_value(
-                    var.nodeid,
-                    ua.DataValue(
-                        ua.Variant(ua_struct(ua.NodeId, Identifier=_VARIANT_DATATYPES[vtype]), ua.VariantType.NodeId)
-                    ),
-                    AttributeIds.DataType,
-                )
-                var.vtype = vtype
-            if vtype == var.vtype:
-                variant = ua.Variant(float(value) if vtype == ua.VariantType.Double else value, vtype)
+            if var.vtype is None:  # BaseDataType: the first value's type is kept from now on
+                var.vtype, var.declared = space.value_variant_type(value), False
+            converted = space.to_variant(value, var.vtype)
+            if converted is not None:
+                variant = converted
             else:
                 if not var.type_warned:
                     var.type_warned = True
                     self.log.warning(
-                        "uplink %s: tag %s changed type (%s, was %s): published as BadTypeMismatch",
-                        self.config.name, s.tag, vtype.name, var.vtype.name,
+                        "uplink %s: tag %s has a %s value %r, not a %s: published as BadTypeMismatch",
+                        self.config.name, s.tag, type(value).__name__, value, var.vtype.name,
                     )  # fmt: skip
                 status = _BAD_TYPE_MISMATCH
         dv = ua_struct(
-            ua.DataValue,
+            Published,
             Value=variant,
             StatusCode=ua_struct(ua.StatusCode, value=status),
             SourceTimestamp=ns_datetime(s.ts_ns),
             ServerTimestamp=now,
         )
-        await server.write_attribute_value(var.nodeid, dv)
+        await publish(server.iserver.aspace, var.nodeid, dv)
         var.ts_ns = s.ts_ns
 
 

@@ -201,8 +201,8 @@ _ADMIN: Final = User(role=UserRole.Admin)  # the server's own writes (asyncua's 
 
 class GatedWrites(AttributeService):
     """The server's attribute service with client writes replaced: the Value of a commandable tag
-    goes to the command gate (never into the address space), everything else is refused. The
-    server's own writes (admin, e.g. publishing values) pass as before."""
+    goes to the command gate (never into the address space), a node that does not exist is
+    BadNodeIdUnknown, everything else is refused. The server's own writes (admin) pass as before."""
 
     def __init__(self, aspace: AddressSpace, targets: Mapping[ua.NodeId, str], handler: WriteHandler) -> None:
         super().__init__(aspace)
@@ -216,9 +216,38 @@ class GatedWrites(AttributeService):
                 out.extend(await super().write(ua_struct(ua.WriteParameters, NodesToWrite=[wv]), user))
             elif wv.AttributeId == AttributeIds.Value and wv.NodeId in self._targets:
                 out.append(await self._handler(user, wv))
+            elif wv.NodeId not in self._aspace:
+                out.append(ua_struct(ua.StatusCode, value=StatusCodes.BadNodeIdUnknown))
             else:
                 out.append(ua_struct(ua.StatusCode, value=StatusCodes.BadUserAccessDenied))
         return out
+
+
+_CURRENT_WRITE: Final = ua.AccessLevel.CurrentWrite.mask
+
+
+class UserAccess:
+    """UserAccessLevel per session (Part 3 5.6.2: what *this* user may do): the stored one is
+    everyone's (read), a user in `command_users` also sees CurrentWrite on the variables the gate
+    lets this uplink write. Installed with `_asyncua.on_read`."""
+
+    def __init__(self, writable: Mapping[ua.NodeId, str], command_users: list[str]) -> None:
+        self._writable = writable
+        self._writers = frozenset(command_users)
+
+    def may_write(self, user: User) -> bool:
+        return user.role == UserRole.User and user.name in self._writers
+
+    def __call__(self, user: User, nodes: list[ua.ReadValueId], results: list[ua.DataValue]) -> None:
+        if user.role == UserRole.Admin or not self.may_write(user):
+            return
+        for i, rv in enumerate(nodes):
+            if rv.AttributeId != AttributeIds.UserAccessLevel or rv.NodeId not in self._writable:
+                continue
+            dv = results[i]
+            if dv.Value is not None and isinstance(dv.Value.Value, int):
+                level = dv.Value.Value | _CURRENT_WRITE
+                results[i] = ua.DataValue(ua.Variant(level, ua.VariantType.Byte))
 
 
 def written_value(wv: ua.WriteValue) -> tuple[Value, str | None]:

@@ -239,10 +239,9 @@ class BufferHistory(HistoryManager):
         self.budget = budget
         self.config = config or AggConfig()
 
-    async def add(self, nodeid: ua.NodeId, tag: str) -> None:
-        """A tag variable: Historizing, readable as history (its AccessLevel HistoryRead bit)."""
+    def track(self, nodeid: ua.NodeId, tag: str) -> None:
+        """A tag variable, made Historizing with the HistoryRead access bit (space.variable_items)."""
         self.tags[nodeid] = tag
-        await _historize(self.iserver, nodeid)
 
     async def read_history(self, params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
         nodes = params.NodesToRead
@@ -505,19 +504,3 @@ async def advertise(iserver: InternalServer) -> None:
             ref.TargetNodeClass = ua.NodeClass.Object
             refs.append(ref)
         iserver.node_mgt_service.add_references(refs)
-
-
-async def _historize(iserver: InternalServer, nodeid: ua.NodeId) -> None:
-    await iserver.write_attribute_value(
-        nodeid, ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)), AttributeIds.Historizing
-    )
-    for attr in (AttributeIds.AccessLevel, AttributeIds.UserAccessLevel):
-        dv = iserver.aspace.read_attribute_value(nodeid, attr)
-        level = (
-            dv.Value.Value
-            if dv.Value is not None and isinstance(dv.Value.Value, int)
-            else ua.AccessLevel.CurrentRead.mask
-        )
-        await iserver.write_attribute_value(
-            nodeid, ua.DataValue(ua.Variant(level | ua.AccessLevel.HistoryRead.mask, ua.VariantType.Byte)), attr
-        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import os
 import socket
 from collections.abc import Iterable, Sequence
@@ -69,8 +70,11 @@ def create_self_signed_certificate(
     days: int = 730,
     overwrite: bool = False,
     server: bool = False,
+    addresses: Sequence[str] = (),
 ) -> GeneratedCertificate:
-    """Like `create_client_certificate`; `server=True` makes a server (ServerAuth) certificate."""
+    """Like `create_client_certificate`; `server=True` makes a server (ServerAuth) certificate.
+    `addresses` (IP addresses or DNS names) join the SubjectAltName: a client connecting by IP
+    checks that the server certificate names that IP (OPC 10000-6 6.2.2, hostname check)."""
     if days < 1:
         raise ValueError("days must be at least 1")
     cert_file, key_file = Path(cert_path), Path(key_path)
@@ -91,9 +95,7 @@ def create_self_signed_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))  # tolerate a peer's clock running slightly behind
         .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(app_uri), x509.DNSName(host)]), False
-        )
+        .add_extension(x509.SubjectAlternativeName(_alt_names(app_uri, [host, *addresses])), False)
         # Self-signed OPC UA application certificates carry cA=TRUE (OPC 10000-6 6.2.2), else
         # OpenSSL-based validators refuse them as their own issuer.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
@@ -125,6 +127,25 @@ def create_self_signed_certificate(
     write_atomic(key_file, key_bytes, mode=PRIVATE_MODE, fsync=True)
     write_atomic(cert_file, cert.public_bytes(encoding), mode=FILE_MODE, fsync=True)
     return GeneratedCertificate(cert_file, key_file, app_uri, thumbprint(cert), cert.not_valid_after_utc)
+
+
+def _alt_names(app_uri: str, names: Sequence[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = [x509.UniformResourceIdentifier(app_uri)]
+    for name in dict.fromkeys(names):  # once each, in order
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+def alt_addresses(cert: x509.Certificate) -> set[str]:
+    """The IP addresses and DNS names of a certificate's SubjectAltName."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
 
 
 def thumbprint(cert: x509.Certificate) -> str:
