@@ -64,6 +64,7 @@ class _InFlight:
     lo: int
     hi: int
     samples: int
+    historical: bool
 
 
 class _PayloadBytes:
@@ -122,6 +123,7 @@ class Sender:
         self._retry: list[Range] = []  # the batches in flight when a session failed: re-sent first
         self._inflight: dict[int, _InFlight] = {}  # by lo seq
         self._inflight_samples = 0
+        self._hist_inflight = 0  # historical batches among them
         self._acked = asyncio.Event()
         self._bytes = _PayloadBytes()
         self.link = LinkEstimate()
@@ -241,7 +243,7 @@ class Sender:
         finally:
             self._retry = sorted([(p.lo, p.hi) for p in self._inflight.values()] + self._retry)
             self._inflight.clear()
-            self._inflight_samples = 0
+            self._inflight_samples = self._hist_inflight = 0
             self.stats.in_flight = 0
 
     def _slots(self, uplink: Uplink) -> int:
@@ -284,9 +286,8 @@ class Sender:
             hole = await self._next_hole(live_pos, since)
             have_live = since is None and buf.head > live_pos
             live_room = len(self._inflight) < slots
-            hist_room = len(self._inflight) < max(1, slots - 1) and (
-                not self._inflight or self._inflight_samples < self._budget()
-            )  # historical leaves a slot free, so a live batch never waits for the window
+            hist_room = len(self._inflight) < max(1, slots - 1) and self._bulk_allowed()
+            # historical leaves a slot free, so a live batch never waits for the window
             if have_live and live_room and (hole is None or credit < 1.0 or not hist_room):
                 if self._inflight and self.config.linger > 0 and buf.head - live_pos < self._count():
                     # the link is busy anyway: let the next polls join this batch
@@ -331,13 +332,17 @@ class Sender:
         size = self.config.batch_size
         return size if per is None else max(1, min(size, int(self.config.batch_bytes / per)))
 
-    def _budget(self) -> int:
-        """Samples the window may hold: the link's bandwidth x delay, within `max_inflight_bytes`."""
-        budget = self.link.budget(self._count())
+    def _bulk_allowed(self) -> bool:
+        """Another historical batch fits: the link's bandwidth x delay (edged.flow), and
+        `max_inflight_bytes` (one batch always may go when nothing is in flight)."""
+        if not self._inflight:
+            return True
         per = self._bytes.per_sample
-        if per is not None:
-            budget = min(budget, max(1, int(self.config.max_inflight_bytes / per)))
-        return budget
+        if per is not None and self._inflight_samples * per >= self.config.max_inflight_bytes:
+            return False
+        return self.link.bulk_allowed(
+            bulk_in_flight=self._hist_inflight, in_flight=self._inflight_samples, floor=self._count()
+        )
 
     async def _wait_ack(self, timeout: float | None) -> None:
         """Until a batch in flight is acknowledged (or `timeout`, to look at new live data again)."""
@@ -354,9 +359,10 @@ class Sender:
         keep = self._keep
         if keep is not None:
             samples = [s for s in samples if keep(s.tag)]
-        stamp = self.link.sent(in_flight=len(self._inflight))
-        self._inflight[lo] = _InFlight(lo, hi, len(samples))
+        stamp = self.link.sent(bulk=historical, bulk_in_flight=self._hist_inflight)
+        self._inflight[lo] = _InFlight(lo, hi, len(samples), historical)
         self._inflight_samples += len(samples)
+        self._hist_inflight += historical
         self._bytes.submitted(len(samples))
         self.stats.in_flight = len(self._inflight)
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
@@ -389,6 +395,7 @@ class Sender:
         await self._record_ack(lo, hi, sent=sent)
         done = self._inflight.pop(lo)
         self._inflight_samples -= done.samples
+        self._hist_inflight -= done.historical
         self.link.acked(stamp, max(1, done.samples))
         self.stats.in_flight = len(self._inflight)
         self.stats.rtt_ms = None if self.link.rtt is None else round(self.link.rtt * 1000, 1)

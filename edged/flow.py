@@ -7,8 +7,10 @@ miniature: the delivery rate (samples acknowledged per second, the best seen ove
 seconds) times the shortest round trip seen, doubled, gives a budget that keeps the link busy with
 about one round trip of queue. The budget starts at one batch and doubles every round trip while the
 link keeps up, so it needs no configured bandwidth. A queue that never drains would hide the true
-round trip (every ack then measures the queue too), so every ten seconds the budget drops to one
-batch until a batch sent into the emptied link is acknowledged: its round trip is the new minimum.
+round trip (every ack then measures the queue too), so when the shortest round trip is ten seconds
+old the estimator probes: no new bulk (historical) batch goes out until those in flight are
+acknowledged, then one does, and its round trip is the new minimum. Live batches keep flowing
+meanwhile: they are small, and the link must not wait for a quiet moment that never comes.
 
 No TCP-level measurement is used on purpose: acknowledgements are what count here (a PUBACK, a 2xx),
 and they include the peer's own processing, which the window must cover too.
@@ -31,7 +33,7 @@ class Stamp:
 
     at: float
     delivered: int  # samples acknowledged when it was sent
-    probe: bool  # sent into an emptied link, to measure the bare round trip
+    probe: bool  # sent into a link emptied of bulk, to measure the bare round trip
 
 
 class LinkEstimate:
@@ -43,15 +45,16 @@ class LinkEstimate:
         self._rates: deque[tuple[float, float]] = deque()  # (when, samples/s), for a windowed max
         self._rtt: float | None = None  # shortest round trip since _rtt_at
         self._rtt_at = 0.0
-        self.probing = False  # the budget is one batch until a probe batch is acknowledged
+        self.probing = False  # bulk waits for an empty link, then one probe batch, until it is acked
         self.probes = 0
 
-    def sent(self, *, in_flight: int) -> Stamp:
-        """Note a batch going out now, with `in_flight` batches already outstanding."""
+    def sent(self, *, bulk: bool, bulk_in_flight: int) -> Stamp:
+        """Note a batch going out now: `bulk` (historical) or not, with `bulk_in_flight` bulk
+        batches already outstanding."""
         now = self.clock()
         if self._rtt is not None and now - self._rtt_at > WINDOW_S:
             self.probing = True
-        probe = self.probing and in_flight == 0
+        probe = self.probing and bulk and bulk_in_flight == 0
         if probe:
             self.probes += 1
         return Stamp(now, self.delivered, probe)
@@ -86,12 +89,16 @@ class LinkEstimate:
             self._rates.popleft()
         return self._rates[0][1] if self._rates else 0.0
 
+    def bulk_allowed(self, *, bulk_in_flight: int, in_flight: int, floor: int) -> bool:
+        """Whether another bulk batch may go out now, with `in_flight` samples outstanding: within
+        the budget; while probing only into a link with no bulk in flight (that batch is the probe)."""
+        if self.probing:
+            return bulk_in_flight == 0
+        return in_flight < self.budget(floor)
+
     def budget(self, floor: int) -> int:
         """Samples that may be in flight: GAIN x rate x round trip, at least `floor` (one batch);
-        `floor` before anything was measured, and 1 while probing the round trip (nothing more goes
-        out until the link is empty)."""
-        if self.probing:
-            return 1
+        `floor` before anything was measured."""
         if self._rtt is None:
             return floor
         return max(floor, round(GAIN * self.rate * self._rtt))

@@ -17,40 +17,70 @@ class Clock:
         return self.now
 
 
-def simulate(rate: float, rtt: float, batch: int, seconds: float) -> tuple[LinkEstimate, list[float], int]:
-    """A sender that keeps the estimator's budget in flight over a link that serialises `rate`
-    samples/s behind an unbounded queue (a cellular modem) and adds `rtt`. Returns the estimator,
-    the round trips seen after the first 5 s, and the samples delivered after them."""
+def simulate(
+    rate: float, rtt: float, batch: int, seconds: float, *, live_every: float = 0.0, live: int = 50
+) -> tuple[LinkEstimate, list[float], int]:
+    """A sender that keeps the estimator's budget of bulk batches in flight over a link that
+    serialises `rate` samples/s behind an unbounded queue (a cellular modem) and adds `rtt`; with
+    `live_every`, a small live batch goes out that often too. Returns the estimator, the bulk round
+    trips seen after the first 5 s, and the bulk samples delivered after them."""
     clock = Clock()
     link = LinkEstimate(clock)
     free_at = 0.0  # when the bottleneck has sent everything queued so far
-    acks: list[tuple[float, int, Stamp]] = []  # (when, samples, stamp): a heap
-    in_flight, rtts, delivered, seq = 0, [], 0, 0
+    acks: list[tuple[float, int, int, bool, Stamp]] = []  # (when, order, samples, bulk, stamp): a heap
+    bulk_n = in_flight = delivered = order = 0
+    rtts: list[float] = []
+    next_live = live_every or float("inf")
+
+    def send(n: int, bulk: bool) -> None:
+        nonlocal free_at, order, in_flight, bulk_n
+        stamp = link.sent(bulk=bulk, bulk_in_flight=bulk_n)
+        free_at = max(free_at, clock.now) + n / rate
+        heapq.heappush(acks, (free_at + rtt, order, n, bulk, stamp))
+        order += 1
+        in_flight += n
+        bulk_n += bulk
+
     while clock.now < seconds:
-        while in_flight == 0 or (in_flight < link.budget(batch) and clock.now < seconds):
-            stamp = link.sent(in_flight=len(acks))
-            free_at = max(free_at, clock.now) + batch / rate
-            heapq.heappush(acks, (free_at + rtt, seq, batch, stamp))  # type: ignore[misc]
-            seq += 1
-            in_flight += batch
-        when, _, n, stamp = heapq.heappop(acks)  # type: ignore[misc]
+        while clock.now < seconds and (
+            not in_flight or link.bulk_allowed(bulk_in_flight=bulk_n, in_flight=in_flight, floor=batch)
+        ):
+            send(batch, True)
+        if next_live < acks[0][0]:
+            clock.now = next_live
+            send(live, False)
+            next_live += live_every
+            continue
+        when, _, n, bulk, stamp = heapq.heappop(acks)
         clock.now = when
         link.acked(stamp, n)
         in_flight -= n
-        if when > 5.0:
+        bulk_n -= bulk
+        if when > 5.0 and bulk:
             rtts.append(when - stamp.at)
             delivered += n
     return link, rtts, delivered
 
 
 @pytest.mark.parametrize(
-    ("rate", "rtt"),
-    [(20_000.0, 0.1), (200_000.0, 0.1), (20_000.0, 0.3), (5_000.0, 0.6), (100_000.0, 0.001)],
+    ("rate", "rtt", "live_every"),
+    [
+        (20_000.0, 0.1, 0.0),
+        (200_000.0, 0.1, 0.0),
+        (20_000.0, 0.3, 0.0),
+        (5_000.0, 0.6, 0.0),
+        (100_000.0, 0.001, 0.0),
+        (20_000.0, 0.3, 0.1),  # live batches always in flight: probing must not starve the backlog
+        (200_000.0, 0.6, 0.05),
+    ],
 )
-def test_the_budget_fills_the_link_with_about_one_round_trip_of_queue(rate: float, rtt: float) -> None:
+def test_the_budget_fills_the_link_with_about_one_round_trip_of_queue(
+    rate: float, rtt: float, live_every: float
+) -> None:
     batch = 500
-    link, rtts, delivered = simulate(rate, rtt, batch, 65.0)
-    used = delivered / 60.0 / rate
+    link, rtts, delivered = simulate(rate, rtt, batch, 65.0, live_every=live_every)
+    live_share = 50 / live_every / rate if live_every else 0.0
+    used = delivered / 60.0 / rate + live_share
     assert used > 0.9, f"the link is {used:.0%} used"
     bare = rtt + batch / rate  # a batch alone on the link
     median = sorted(rtts)[len(rtts) // 2]
@@ -69,25 +99,28 @@ def test_the_budget_starts_at_one_batch_and_doubles_per_round_trip() -> None:
     for _ in range(5):  # a round trip of 0.1 s; the link never the bottleneck
         b = link.budget(100)
         budgets.append(b)
-        stamps = [link.sent(in_flight=i) for i in range(b // 100)]
+        stamps = [link.sent(bulk=True, bulk_in_flight=i) for i in range(b // 100)]
         clock.now += 0.1
         for s in stamps:
             link.acked(s, 100)
     assert budgets == [100, 200, 400, 800, 1600]
 
 
-def test_a_probe_waits_for_an_empty_link_and_takes_its_round_trip_as_the_new_minimum() -> None:
+def test_a_probe_waits_for_the_bulk_in_flight_and_takes_its_round_trip_as_the_new_minimum() -> None:
     clock = Clock()
     link = LinkEstimate(clock)
-    link.acked(link.sent(in_flight=0), 100)  # an instant round trip...
+    link.acked(link.sent(bulk=True, bulk_in_flight=0), 100)  # an instant round trip...
     clock.now = 0.05
-    link.acked(link.sent(in_flight=0), 100)  # ...0.05 s is not shorter: the minimum stays
+    link.acked(link.sent(bulk=True, bulk_in_flight=0), 100)  # ...0.05 s is not shorter: the minimum stays
     assert link.rtt == pytest.approx(1e-6)
     clock.now = WINDOW_S + 1.0
-    stamp = link.sent(in_flight=3)  # the minimum is too old: probing starts, not into a busy link
-    assert link.probing and not stamp.probe
-    assert link.budget(100) == 1, "nothing more until the link is empty"
-    probe = link.sent(in_flight=0)
+    stamp = link.sent(bulk=True, bulk_in_flight=3)  # the minimum is too old: probing starts
+    assert link.probing and not stamp.probe, "not into a link with bulk in flight"
+    assert not link.bulk_allowed(bulk_in_flight=3, in_flight=300, floor=100), "no more bulk until it is acked"
+    live = link.sent(bulk=False, bulk_in_flight=0)
+    assert not live.probe, "live batches go on meanwhile, and do not end the probe"
+    assert link.bulk_allowed(bulk_in_flight=0, in_flight=5, floor=100), "a live batch in flight does not block it"
+    probe = link.sent(bulk=True, bulk_in_flight=0)
     assert probe.probe
     clock.now += 0.2
     link.acked(probe, 100)
@@ -98,12 +131,12 @@ def test_a_probe_waits_for_an_empty_link_and_takes_its_round_trip_as_the_new_min
 def test_rates_older_than_the_window_are_forgotten() -> None:
     clock = Clock()
     link = LinkEstimate(clock)
-    s = link.sent(in_flight=0)
+    s = link.sent(bulk=True, bulk_in_flight=0)
     clock.now = 0.01
     link.acked(s, 10_000)  # 1 M samples/s
     assert link.rate == pytest.approx(1e6)
     clock.now = WINDOW_S + 1
-    s = link.sent(in_flight=0)
+    s = link.sent(bulk=True, bulk_in_flight=0)
     clock.now += 1.0
     link.acked(s, 100)
     assert link.rate == pytest.approx(100.0)
