@@ -172,8 +172,16 @@ def daemon_config(tmp_path: Path, **uplink: Any) -> Config:
     )
 
 
-def ctx(cfg: Config, tmp_path: Path) -> PluginContext:
-    return PluginContext(GW, tmp_path, logging.getLogger("test.sparkplug"), config=cfg)
+def ctx(cfg: Config, tmp_path: Path, buf: Buffer | None = None) -> PluginContext:
+    """As the daemon builds it: with `buf`, `latest` reads each tag's newest stored sample."""
+
+    async def latest() -> list[Sample]:
+        assert buf is not None
+        return await buf.call(buf.store.latest)
+
+    return PluginContext(
+        GW, tmp_path, logging.getLogger("test.sparkplug"), config=cfg, latest=latest if buf is not None else None
+    )
 
 
 @pytest.fixture
@@ -197,7 +205,7 @@ async def host_and_node(
         tasks = [tg.create_task(host.run(), name="host")]
         await eventually(host.connected.is_set, 15, "the test host")
         sender = Sender(
-            buf, up, lambda: SpUplink(up, ctx(cfg, tmp_path)), gateway_id=GW, log=logging.getLogger("test"),
+            buf, up, lambda: SpUplink(up, ctx(cfg, tmp_path, buf)), gateway_id=GW, log=logging.getLogger("test"),
             backoff=Backoff(initial=0.1, cap=0.3),
         )  # fmt: skip
         tasks += [tg.create_task(buf.run_writer(), name="writer"), tg.create_task(sender.run(), name="sender")]
@@ -745,19 +753,22 @@ async def test_dcmd_write_lands_and_the_readback_follows_in_ddata(
         # by alias, a Float value with only the payload's timestamp
         await host.publish(DCMD, write_payload(121.25, alias=alias["setpoint"], datatype=pb.Float, metric_ts=False))
         await eventually(lambda: len(host.of("DDATA")) == 2, 15, "the second read-back")
-        # a coil: written, but its metric was born Double (no value yet), so the poll's rebirth answers
+        # a coil: born Boolean from its config (no value known yet), so its read-back follows too
         await host.publish(DCMD, write_payload(True, name="pump", datatype=pb.Boolean))
+        await eventually(lambda: len(host.of("DDATA")) == 3, 15, "the coil's read-back")
         await audited(store, 3)
         await settled(host, node)
         rows = store.audit_rows()
     assert press.registers(1, "h", SP, 2) == f32(121.25)
     assert press.registers(1, "c", 0) == [1]
-    first, second = (m.payload.metrics for m in host.of("DDATA"))
+    first, second, coil = (m.payload.metrics for m in host.of("DDATA"))
     assert [(x.alias, x.double_value, x.is_historical) for x in [*first, *second]] == [
         (alias["setpoint"], 120.5, False), (alias["setpoint"], 121.25, False),
     ]  # fmt: skip
+    assert [(x.alias, x.boolean_value, x.is_historical) for x in coil] == [(alias["pump"], True, False)]
     assert props(first[0]) == {"Quality": (pb.Int32, 192), "OpcUaStatusCode": (pb.UInt32, 0)}
-    assert len(host.of("DDATA")) == 2, "no DDATA for a value that does not fit the born datatype"
+    (birth,) = host.of("DBIRTH")
+    assert metric(birth.payload, "pump").datatype == pb.Boolean, "from the config: a coil"
     check_session_rules(host.messages)  # the read-back DDATA continues the session's seq
     assert [(r.source, r.user, r.tag, r.value, r.result, r.readback) for r in rows] == [
         ("spb", "scada", "press/setpoint", 120.5, "accepted", 120.5),
