@@ -219,7 +219,7 @@ class Session:
             try:
                 await honour_cancel(client.unsubscribe(self.confirm_topic, timeout=float(self.config.timeout)))
             except (aiomqtt.MqttError, OSError) as exc:
-                reason = f"the broker did not confirm the data within {float(self.config.timeout):g}s: {exc}"
+                reason = f"the broker did not confirm the data (timeout {float(self.config.timeout):g}s): {exc}"
                 self.kill(reason)
                 raise Transient(reason) from exc
             self.confirmations += 1
