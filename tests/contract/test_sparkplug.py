@@ -708,19 +708,28 @@ async def test_data_unconfirmed_when_the_broker_dies_arrives_as_history_after_th
 
 
 async def test_a_batch_is_acknowledged_only_after_the_broker_confirmed_it(tmp_path: Path, broker: Mosquitto) -> None:
-    """Direct: with the broker frozen, `send` does not return; it raises Transient after `timeout`."""
+    """Direct: with the broker frozen, `send` does not return; it raises Transient after `timeout`,
+    and so does every send overlapping it (as a Sender with a window of batches would call them)."""
     cfg = SpConfig(name="spb", type="sparkplug", group_id=GROUP, port=broker.port, timeout=Duration(1.0))
+
+    def batch(seq: int) -> Batch:
+        return Batch(GW, seq, seq, False, [Sample("boiler/pressure", time.time_ns(), float(seq), seq=seq)])
+
     async with SpUplink(cfg, PluginContext(GW, tmp_path, logging.getLogger("test"))) as up:
-        await up.send(Batch(GW, 1, 1, False, [Sample("boiler/pressure", time.time_ns(), 1.0, seq=1)]))
+        await up.send(batch(1))
         assert up.counters()["data_confirmations"] == 1
+        await asyncio.gather(*(up.send(batch(n)) for n in range(2, 6)))  # overlapping: each confirmed
+        assert 2 <= up.counters()["data_confirmations"] <= 5
+        assert up.session.confirmed_bytes == up.session.published_bytes
         assert broker.proc is not None
         broker.proc.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            with pytest.raises(Transient, match="did not confirm"):
-                await up.send(Batch(GW, 2, 2, False, [Sample("boiler/pressure", time.time_ns(), 2.0, seq=2)]))
+            results = await asyncio.gather(*(up.send(batch(n)) for n in range(6, 9)), return_exceptions=True)
+            assert all(isinstance(r, Transient) for r in results), results
+            assert "did not confirm" in str(results[0])
             assert time.monotonic() - started >= 0.9, "waited for the confirmation"
-            assert up.is_closed(), "the session is over: the Sender reconnects and sends it again"
+            assert up.is_closed(), "the session is over: the Sender reconnects and sends them again"
         finally:
             broker.proc.send_signal(signal.SIGCONT)
 

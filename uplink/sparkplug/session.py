@@ -68,7 +68,7 @@ class Session:
         self.published_bytes = 0  # their payload bytes
         self.confirmed_bytes = 0  # of those, what the broker has provably read (`confirm`)
         self.confirmations = 0  # confirmation round trips
-        self._confirm_lock = asyncio.Lock()
+        self._confirming: list[tuple[int, asyncio.Event]] = []  # round trips under way: (bytes covered, done)
         self.lock = asyncio.Lock()  # one publisher at a time, so seq order is publish order
         self.changed = asyncio.Event()  # host state or session state changed
         self.host_online = config.primary_host_id is None
@@ -204,26 +204,35 @@ class Session:
         of a topic filter it never subscribed to and waits for the UNSUBACK (MQTT 3.1.1 3.10.4: the
         server answers every UNSUBSCRIBE). The connection is one ordered TCP stream and the broker
         handles one connection's packets in the order they arrive, so the UNSUBACK proves it has read
-        and routed everything published before. Concurrent callers share a round trip: one that
-        finds its bytes covered by a confirmation made meanwhile returns at once. A timeout or a lost
-        connection kills the session (Transient): what was not confirmed is sent again, as history.
+        and routed everything published before. Overlapping sends pipeline their round trips, and one
+        whose bytes a round trip already under way covers waits for that one instead. A timeout or a
+        lost connection kills the session (Transient): what was not confirmed is sent again, as history.
         """
         target = self.published_bytes
-        async with self._confirm_lock:
-            if self.confirmed_bytes >= target:
-                return
-            client = self.client
-            if client is None or self.dead is not None:
-                raise Transient(self.dead or "not connected")
-            covers = self.published_bytes
-            try:
-                await honour_cancel(client.unsubscribe(self.confirm_topic, timeout=float(self.config.timeout)))
-            except (aiomqtt.MqttError, OSError) as exc:
-                reason = f"the broker did not confirm the data (timeout {float(self.config.timeout):g}s): {exc}"
-                self.kill(reason)
-                raise Transient(reason) from exc
-            self.confirmations += 1
-            self.confirmed_bytes = max(self.confirmed_bytes, covers)
+        if self.confirmed_bytes >= target:
+            return
+        for covers, done in self._confirming:
+            if covers >= target:  # sent after our bytes: its UNSUBACK proves them too
+                await done.wait()
+                if self.confirmed_bytes >= target:
+                    return
+                raise Transient(self.dead or "the broker did not confirm the data")
+        client = self.client
+        if client is None or self.dead is not None:
+            raise Transient(self.dead or "not connected")
+        entry = (target, asyncio.Event())
+        self._confirming.append(entry)
+        try:
+            await honour_cancel(client.unsubscribe(self.confirm_topic, timeout=float(self.config.timeout)))
+        except (aiomqtt.MqttError, OSError) as exc:
+            reason = f"the broker did not confirm the data (timeout {float(self.config.timeout):g}s): {exc}"
+            self.kill(reason)
+            raise Transient(reason) from exc
+        finally:
+            self._confirming.remove(entry)
+            entry[1].set()
+        self.confirmations += 1
+        self.confirmed_bytes = max(self.confirmed_bytes, target)
 
     async def birth(self) -> None:
         """NBIRTH (seq 0, bdSeq, rebirth control) and a DBIRTH per device, each metric with its newest
