@@ -164,7 +164,7 @@ class Uplink:
                 await s.publish(s.topic["NDATA"], reg.gaps(batch.gaps), qos)
         if qos == 0:
             # QoS 0 has no acknowledgement: the batch counts as delivered once the broker has provably
-            # read it (outside the lock, so overlapping sends share the round trip)
+            # read it (outside the lock, so overlapping sends pipeline their round trips)
             await s.confirm()
 
 

@@ -228,11 +228,12 @@ class Session:
             reason = f"the broker did not confirm the data (timeout {float(self.config.timeout):g}s): {exc}"
             self.kill(reason)
             raise Transient(reason) from exc
-        finally:
+        else:
+            self.confirmations += 1
+            self.confirmed_bytes = max(self.confirmed_bytes, target)
+        finally:  # after the else: a waiter woken here sees the bytes confirmed
             self._confirming.remove(entry)
             entry[1].set()
-        self.confirmations += 1
-        self.confirmed_bytes = max(self.confirmed_bytes, target)
 
     async def birth(self) -> None:
         """NBIRTH (seq 0, bdSeq, rebirth control) and a DBIRTH per device, each metric with its newest
