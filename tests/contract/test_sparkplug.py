@@ -178,6 +178,26 @@ TYPED_DEVICES: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+def check_live_values(msgs: list[Msg]) -> None:
+    """From a birth on, per metric: a metric is live exactly when it is newer than the value the host
+    holds as current (the born one, then the last live one), so the live tag never goes back. A metric
+    born null (nothing known) takes any first value live."""
+    held: dict[tuple[str | None, int], int] = {}
+    for m in msgs:
+        if m.kind in ("NBIRTH", "DBIRTH"):
+            for x in m.payload.metrics:
+                if x.HasField("alias"):
+                    held[(m.device, x.alias)] = -1 if x.is_null else x.timestamp
+        elif m.kind in ("NDATA", "DDATA"):
+            for x in m.payload.metrics:
+                key = (m.device, x.alias)
+                if x.is_historical:
+                    assert x.timestamp <= held[key], f"{m.topic}: a historical metric newer than the live value"
+                else:
+                    assert x.timestamp > held[key], f"{m.topic}: a live metric older than the live value"
+                    held[key] = x.timestamp
+
+
 def daemon_config(tmp_path: Path, devices: list[dict[str, Any]] | None = None, **uplink: Any) -> Config:
     return parse(
         {
@@ -236,12 +256,18 @@ async def host_and_node(
 
 
 async def produce(buf: Buffer, tags: list[str], rate_hz: float, stop: asyncio.Event, counter: list[int]) -> None:
-    """Each tag's value counts up (as a float), so completeness can be checked per tag."""
+    """Each tag's value counts up (as a float), so completeness can be checked per tag. Returns once
+    all of them are committed (`Buffer.flush` returns at once while the writer's flush is under way, so
+    a test's catch-up check could otherwise pass before the last ones are in the buffer)."""
+    put = 0
+    target = buf.stored
     while not stop.is_set():
         buf.put([Sample(t, time.time_ns(), float(counter[0])) for t in tags])
         counter[0] += 1
+        put += len(tags)
         await asyncio.sleep(1 / rate_hz)
     await buf.flush()
+    await eventually(lambda: buf.stored >= target + put, 15, "the produced samples committed")
 
 
 def values(host: Host, alias_names: dict[int, str], *, historical: bool | None = None) -> dict[str, list[float]]:
@@ -545,9 +571,7 @@ async def test_store_and_forward_while_primary_host_offline(
     names.update(check_session_rules(host.messages[i2:]))
     historical = values(host, names, historical=True)
     assert historical, "the offline period came back as historical data"
-    for m in host.messages[i2:]:
-        if m.kind == "DDATA" and any(x.is_historical for x in m.payload.metrics):
-            assert all(x.is_historical for x in m.payload.metrics), "every metric of a replayed batch"
+    check_live_values(host.messages[i2:])
     got = values(host, names)
     for t in tags:
         assert set(got[t]) == {float(i) for i in range(counter[0])}, f"{t}: every value arrived"
@@ -584,6 +608,7 @@ async def test_births_after_the_host_returns_carry_the_newest_buffered_values(
     assert props(pressure)["Quality"] == (pb.Int32, 192)
     assert (speed.double_value, speed.timestamp, props(speed)["Quality"]) == (1500.0, t1 // 10**6, (pb.Int32, 64))
     names = check_session_rules(host.messages[host.messages.index(second) :])
+    check_live_values(host.messages[host.messages.index(second) :])
     replay = [
         (names[x.alias], x.double_value, x.is_historical) for m in host.of("DDATA")[1:] for x in m.payload.metrics
     ]
@@ -693,6 +718,7 @@ async def test_data_unconfirmed_when_the_broker_dies_arrives_as_history_after_th
     names = check_session_rules(host.messages[:i2])
     names.update(check_session_rules(host.messages[i2:]))
     assert set(values(host, names)[tags[0]]) == {float(i) for i in range(counter[0])}, "every value arrived"
+    check_live_values(host.messages[i2:])
     after = [
         (x.double_value, x.is_historical) for m in host.messages[i2:] if m.kind == "DDATA" for x in m.payload.metrics
     ]
