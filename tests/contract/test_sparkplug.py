@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import struct
 import sys
 import time
@@ -23,9 +24,9 @@ from buffer import Buffer
 from buffer.store import Store
 from drivers.modbus import Driver as ModbusDriver
 from edged.commands import AuditTrail, CommandGate
-from edged.config import BufferConfig, Config, parse
+from edged.config import BufferConfig, Config, Duration, parse
 from edged.delivery import Sender
-from edged.errors import ConfigError
+from edged.errors import ConfigError, Transient
 from edged.model import Batch, Gap, Sample, Status
 from edged.plugin import Backoff, PluginContext
 from peers.modbus_server import ModbusPeer, Unit
@@ -49,6 +50,7 @@ class Msg:
     retain: bool
     qos: int
     payload: Any  # pb.Payload, or the decoded JSON of a STATE message
+    raw: bytes = b""
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Host:
     port: int
     messages: list[Msg] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    connects: int = 0
 
     async def run(self) -> None:
         while True:
@@ -66,6 +69,7 @@ class Host:
                     "127.0.0.1", self.port, identifier="sp-test-host", clean_session=False
                 ) as client:
                     await client.subscribe(f"{NAMESPACE}/#", qos=1)
+                    self.connects += 1
                     self.connected.set()
                     async for m in client.messages:
                         self._record(str(m.topic), bytes(m.payload), m.retain, m.qos)
@@ -83,7 +87,7 @@ class Host:
             payload = pb.Payload.FromString(raw)
         except Exception:  # the garbage NCMD a test sends on purpose
             payload = None
-        self.messages.append(Msg(topic, kind, device, retain, qos, payload))
+        self.messages.append(Msg(topic, kind, device, retain, qos, payload, raw))
 
     def of(self, *kinds: str) -> list[Msg]:
         return [m for m in self.messages if m.kind in kinds]
@@ -159,21 +163,61 @@ def check_session_rules(msgs: list[Msg]) -> dict[int, str]:
     return {a: n for mine in bound.values() for a, n in mine.items()}
 
 
-def daemon_config(tmp_path: Path, **uplink: Any) -> Config:
+SIM_DEVICES: list[dict[str, Any]] = [
+    {"name": "boiler", "type": "sim", "tags": [{"name": "pressure", "unit": "bar"}, {"name": "level"}]},
+    {"name": "pump", "type": "sim", "tags": [{"name": "speed", "unit": "rpm"}]},
+]
+# A Modbus device's tags say what they hold (TagBase.value_kind): a coil is a bool, a register a number;
+# a sim tag says nothing, so its datatype is learnt from its values.
+TYPED_DEVICES: list[dict[str, Any]] = [
+    {"name": "plc", "type": "modbus", "host": "127.0.0.1", "port": 1502, "tags": [
+        {"name": "running", "address": 0, "table": "coil"},
+        {"name": "count", "address": 0, "type": "uint16"},
+    ]},
+    {"name": "boiler", "type": "sim", "tags": [{"name": "level"}]},
+]  # fmt: skip
+
+
+def check_live_values(msgs: list[Msg]) -> None:
+    """From a birth on, per metric: a metric is live exactly when it is newer than the value the host
+    holds as current (the born one, then the last live one), so the live tag never goes back. A metric
+    born null (nothing known) takes any first value live."""
+    held: dict[tuple[str | None, int], int] = {}
+    for m in msgs:
+        if m.kind in ("NBIRTH", "DBIRTH"):
+            for x in m.payload.metrics:
+                if x.HasField("alias"):
+                    held[(m.device, x.alias)] = -1 if x.is_null else x.timestamp
+        elif m.kind in ("NDATA", "DDATA"):
+            for x in m.payload.metrics:
+                key = (m.device, x.alias)
+                if x.is_historical:
+                    assert x.timestamp <= held[key], f"{m.topic}: a historical metric newer than the live value"
+                else:
+                    assert x.timestamp > held[key], f"{m.topic}: a live metric older than the live value"
+                    held[key] = x.timestamp
+
+
+def daemon_config(tmp_path: Path, devices: list[dict[str, Any]] | None = None, **uplink: Any) -> Config:
     return parse(
         {
             "gateway": {"id": GW, "data_dir": str(tmp_path)},
-            "devices": [
-                {"name": "boiler", "type": "sim", "tags": [{"name": "pressure", "unit": "bar"}, {"name": "level"}]},
-                {"name": "pump", "type": "sim", "tags": [{"name": "speed", "unit": "rpm"}]},
-            ],
+            "devices": SIM_DEVICES if devices is None else devices,
             "uplinks": [{"name": "spb", "type": "sparkplug", "group_id": GROUP, **uplink}],
         }
     )
 
 
-def ctx(cfg: Config, tmp_path: Path) -> PluginContext:
-    return PluginContext(GW, tmp_path, logging.getLogger("test.sparkplug"), config=cfg)
+def ctx(cfg: Config, tmp_path: Path, buf: Buffer | None = None) -> PluginContext:
+    """As the daemon builds it: with `buf`, `latest` reads each tag's newest stored sample."""
+
+    async def latest() -> list[Sample]:
+        assert buf is not None
+        return await buf.call(buf.store.latest)
+
+    return PluginContext(
+        GW, tmp_path, logging.getLogger("test.sparkplug"), config=cfg, latest=latest if buf is not None else None
+    )
 
 
 @pytest.fixture
@@ -186,9 +230,9 @@ def broker(mosquitto: Mosquitto) -> Mosquitto:
 
 @contextlib.asynccontextmanager
 async def host_and_node(
-    tmp_path: Path, port: int, *, batch_size: int = 500, **uplink: Any
+    tmp_path: Path, port: int, *, batch_size: int = 500, devices: list[dict[str, Any]] | None = None, **uplink: Any
 ) -> AsyncIterator[tuple[Host, Buffer, Sender, asyncio.TaskGroup]]:
-    cfg = daemon_config(tmp_path, port=port, batch_size=batch_size, timeout="2s", **uplink)
+    cfg = daemon_config(tmp_path, devices, port=port, batch_size=batch_size, timeout="2s", **uplink)
     up = cfg.uplinks[0]
     assert isinstance(up, SpConfig)
     host = Host(port)
@@ -197,7 +241,7 @@ async def host_and_node(
         tasks = [tg.create_task(host.run(), name="host")]
         await eventually(host.connected.is_set, 15, "the test host")
         sender = Sender(
-            buf, up, lambda: SpUplink(up, ctx(cfg, tmp_path)), gateway_id=GW, log=logging.getLogger("test"),
+            buf, up, lambda: SpUplink(up, ctx(cfg, tmp_path, buf)), gateway_id=GW, log=logging.getLogger("test"),
             backoff=Backoff(initial=0.1, cap=0.3),
         )  # fmt: skip
         tasks += [tg.create_task(buf.run_writer(), name="writer"), tg.create_task(sender.run(), name="sender")]
@@ -212,12 +256,18 @@ async def host_and_node(
 
 
 async def produce(buf: Buffer, tags: list[str], rate_hz: float, stop: asyncio.Event, counter: list[int]) -> None:
-    """Each tag's value counts up (as a float), so completeness can be checked per tag."""
+    """Each tag's value counts up (as a float), so completeness can be checked per tag. Returns once
+    all of them are committed (`Buffer.flush` returns at once while the writer's flush is under way, so
+    a test's catch-up check could otherwise pass before the last ones are in the buffer)."""
+    put = 0
+    target = buf.stored
     while not stop.is_set():
         buf.put([Sample(t, time.time_ns(), float(counter[0])) for t in tags])
         counter[0] += 1
+        put += len(tags)
         await asyncio.sleep(1 / rate_hz)
     await buf.flush()
+    await eventually(lambda: buf.stored >= target + put, 15, "the produced samples committed")
 
 
 def values(host: Host, alias_names: dict[int, str], *, historical: bool | None = None) -> dict[str, list[float]]:
@@ -521,13 +571,266 @@ async def test_store_and_forward_while_primary_host_offline(
     names.update(check_session_rules(host.messages[i2:]))
     historical = values(host, names, historical=True)
     assert historical, "the offline period came back as historical data"
-    for m in host.messages[i2:]:
-        if m.kind == "DDATA" and any(x.is_historical for x in m.payload.metrics):
-            assert all(x.is_historical for x in m.payload.metrics), "every metric of a replayed batch"
+    check_live_values(host.messages[i2:])
     got = values(host, names)
     for t in tags:
         assert set(got[t]) == {float(i) for i in range(counter[0])}, f"{t}: every value arrived"
     assert sender.stats.errors >= 1
+
+
+async def test_births_after_the_host_returns_carry_the_newest_buffered_values(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value that changed while the host was away reaches it in the DBIRTH (with its own timestamp),
+    not only as history: a host files historical metrics without touching the live value."""
+    caplog.set_level(logging.INFO, logger="test.sparkplug")
+    waiting = "waiting for primary host scada to be online"
+    async with host_and_node(tmp_path, broker.port, primary_host_id="scada") as (host, buf, _sender, _tg):
+        await host.state(True, 1000)
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
+        t0 = time.time_ns()
+        buf.put([Sample("boiler/pressure", t0, 1.0, unit="bar")])
+        await eventually(lambda: host.of("DDATA"), 15, "the first value, live")
+        await host.state(False, 2000)
+        await eventually(lambda: host.of("NDEATH") and node_log(caplog, waiting) >= 2, 15, "a session waiting again")
+        t1 = time.time_ns()
+        buf.put([Sample("boiler/pressure", t1, 2.0, unit="bar"), Sample("boiler/pressure", t1 + 10**6, 3.0, unit="bar"),
+                 Sample("pump/speed", t1, 1500.0, Status.UNCERTAIN, 50, "rpm")])  # fmt: skip
+        await buf.flush()
+        await host.state(True, 3000)
+        await eventually(lambda: len(host.of("DBIRTH")) == 4, 15, "births after the host is back")
+        await eventually(lambda: not buf.store.unacked("spb", buf.head), 15, "the replay")
+        await host.marker()
+    second = host.of("NBIRTH")[1]
+    reborn = {m.device: m.payload for m in host.of("DBIRTH")[2:]}
+    pressure, speed = metric(reborn["boiler"], "pressure"), metric(reborn["pump"], "speed")
+    assert (pressure.double_value, pressure.timestamp) == (3.0, (t1 + 10**6) // 10**6), "the newest, not 1.0"
+    assert props(pressure)["Quality"] == (pb.Int32, 192)
+    assert (speed.double_value, speed.timestamp, props(speed)["Quality"]) == (1500.0, t1 // 10**6, (pb.Int32, 64))
+    names = check_session_rules(host.messages[host.messages.index(second) :])
+    check_live_values(host.messages[host.messages.index(second) :])
+    replay = [
+        (names[x.alias], x.double_value, x.is_historical) for m in host.of("DDATA")[1:] for x in m.payload.metrics
+    ]
+    assert sorted(replay) == [("pressure", 2.0, True), ("pressure", 3.0, True), ("speed", 1500.0, True)], (
+        "the replay is history only: the live values are the born ones"
+    )
+
+
+async def test_a_fresh_start_is_born_once_with_datatypes_from_the_config(tmp_path: Path, broker: Mosquitto) -> None:
+    """A coil Bad at start is born Boolean (null, with its quality), a register Double: the first
+    values fit, so no second NBIRTH/DBIRTH follows them."""
+    ts = time.time_ns()
+    async with host_and_node(tmp_path, broker.port, devices=TYPED_DEVICES) as (host, buf, sender, _tg):
+        buf.put([Sample("plc/running", ts, None, Status.BAD_NO_COMMUNICATION, 0),
+                 Sample("plc/count", ts, None, Status.BAD_NO_COMMUNICATION, 0)])  # fmt: skip
+        await eventually(lambda: host.of("DBIRTH"), 15, "births")
+        await eventually(lambda: not buf.store.unacked("spb", buf.head), 15, "the Bad samples delivered")
+        buf.put([Sample("plc/running", ts + 10**6, True), Sample("plc/count", ts + 10**6, 7)])
+        await eventually(lambda: sum(not x.is_null for m in host.of("DDATA") if m.device == "plc"
+                                     for x in m.payload.metrics) >= 2, 15, "the first good values")  # fmt: skip
+        await host.marker()
+        assert sender.stats.sent_live >= 2
+    assert len(host.of("NBIRTH")) == 1, "born once"
+    assert sorted(m.device for m in host.of("DBIRTH")) == ["boiler", "plc"], "one DBIRTH per device"
+    (plc,) = [m.payload for m in host.of("DBIRTH") if m.device == "plc"]
+    running, count = metric(plc, "running"), metric(plc, "count")
+    assert (running.datatype, count.datatype) == (pb.Boolean, pb.Double)
+    assert running.is_null and count.is_null
+    if props(running):  # the birth found the Bad sample in the buffer: its quality is born with it
+        assert props(running)["OpcUaStatusCode"] == (pb.UInt32, Status.BAD_NO_COMMUNICATION)
+    live = [x for m in host.of("DDATA") if m.device == "plc" for x in m.payload.metrics]
+    names = check_session_rules(host.messages)
+    got = {names[x.alias]: x.boolean_value if names[x.alias] == "running" else x.double_value for x in live
+           if not x.is_null}  # fmt: skip
+    assert got == {"running": True, "count": 7.0}
+
+
+async def test_datatypes_are_the_same_after_a_restart(tmp_path: Path, broker: Mosquitto) -> None:
+    """Config datatypes never move; a learnt one (a sim tag: no kind in its config) is kept in the
+    state file, so a tag born Double with an int value is not born Int64 after a restart."""
+    births: list[dict[str, int]] = []
+    for run in range(2):
+        async with host_and_node(tmp_path, broker.port, devices=TYPED_DEVICES) as (host, buf, _sender, _tg):
+            await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, f"births of run {run}")
+            ts = time.time_ns()
+            buf.put([Sample("boiler/level", ts, 5 + run), Sample("plc/running", ts, bool(run)),
+                     Sample("plc/count", ts, 3 + run)])  # fmt: skip
+            await eventually(lambda: len(host.of("DDATA")) == 2 and not buf.store.unacked("spb", buf.head), 15,
+                             f"data of run {run}")  # fmt: skip
+            await host.marker()
+            assert len(host.of("NBIRTH")) == 1, f"run {run}: born once"
+            births.append({f"{m.device}/{x.name}": x.datatype for m in host.of("DBIRTH") for x in m.payload.metrics})
+            # the next run's birth takes the newest values from the buffer: an int for the learnt tag
+            assert (tmp_path / "sparkplug-spb.state.json").exists()
+    assert births[0] == births[1] == {"plc/running": pb.Boolean, "plc/count": pb.Double, "boiler/level": pb.Double}
+
+
+# ----------------------------------------------------------------------------------------- QoS 0 confirmation
+
+
+async def test_data_unconfirmed_when_the_broker_dies_arrives_as_history_after_the_reconnect(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QoS 0 has no acknowledgement: data the node wrote to a broker that then died (frozen with
+    SIGSTOP, so nothing it was sent is read, then SIGKILLed) must not count as delivered. The node
+    confirms each batch with an UNSUBACK; the unconfirmed ones come again, as history, after the
+    reconnect, and the DBIRTH carries the newest value."""
+    stop, counter = asyncio.Event(), [0]
+    tags = ["boiler/pressure"]
+    unconfirmed: list[Batch] = []  # published to the frozen broker, then not confirmed
+    real_send = SpUplink.send
+
+    async def send(self: SpUplink, batch: Batch) -> None:
+        try:
+            await real_send(self, batch)
+        except Transient as exc:
+            if "did not confirm" in str(exc):
+                unconfirmed.append(batch)
+            raise
+
+    monkeypatch.setattr(SpUplink, "send", send)
+    async with host_and_node(tmp_path, broker.port, batch_size=20, primary_host_id="scada") as (host, buf, sender, tg):
+        await host.state(True, 1000)
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births")
+        prod = tg.create_task(produce(buf, tags, 50, stop, counter), name="producer")
+        await eventually(lambda: len(host.of("DDATA")) >= 5, 15, "live data")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)  # reads nothing from now on
+        frozen_at = counter[0]
+        await eventually(lambda: counter[0] >= frozen_at + 100, 15, "two more seconds of data")
+        stop.set()
+        await prod
+        received_before = {x.double_value for m in host.of("DDATA") for x in m.payload.metrics}
+        broker.proc.kill()  # SIGKILL: what sat in its socket buffers is gone
+        broker.proc.wait()
+        broker.proc = None
+        connects = host.connects
+        broker.start()
+        await eventually(lambda: host.connects > connects, 15, "the host back on the new broker")
+        await host.state(True, 3000)  # the retained STATE died with the broker
+        await eventually(lambda: len(host.of("NBIRTH")) == 2, 15, "a new session")
+        await eventually(lambda: not buf.store.unacked("spb", buf.head), 15, "the replay")
+        await host.marker()
+        confirmations = sender.tally.totals()["data_confirmations"]
+    second = host.of("NBIRTH")[1]
+    i2 = host.messages.index(second)
+    names = check_session_rules(host.messages[:i2])
+    names.update(check_session_rules(host.messages[i2:]))
+    assert set(values(host, names)[tags[0]]) == {float(i) for i in range(counter[0])}, "every value arrived"
+    check_live_values(host.messages[i2:])
+    after = [
+        (x.double_value, x.is_historical) for m in host.messages[i2:] if m.kind == "DDATA" for x in m.payload.metrics
+    ]
+    assert unconfirmed, "the node wrote a batch the frozen broker never read"
+    in_flight = {s.value for s in unconfirmed[0].samples}
+    assert not in_flight & received_before, "it died with the broker"
+    assert in_flight <= {v for v, hist in after if hist}, "the unconfirmed batch came again, as history"
+    unsent = {float(i) for i in range(frozen_at, counter[0])} - received_before
+    assert unsent <= {v for v, hist in after if hist}, "everything since the freeze came as history"
+    boiler = [m for m in host.of("DBIRTH") if m.device == "boiler"][-1]
+    assert metric(boiler.payload, "pressure").double_value == float(counter[0] - 1), "born with the newest"
+    assert confirmations >= len(host.of("DDATA")) // 2, "a confirmation per batch"
+
+
+async def test_a_batch_is_acknowledged_only_after_the_broker_confirmed_it(tmp_path: Path, broker: Mosquitto) -> None:
+    """Direct: with the broker frozen, `send` does not return; it raises Transient after `timeout`,
+    and so does every send overlapping it (as a Sender with a window of batches would call them)."""
+    cfg = SpConfig(name="spb", type="sparkplug", group_id=GROUP, port=broker.port, timeout=Duration(1.0))
+
+    def batch(seq: int) -> Batch:
+        return Batch(GW, seq, seq, False, [Sample("boiler/pressure", time.time_ns(), float(seq), seq=seq)])
+
+    async with SpUplink(cfg, PluginContext(GW, tmp_path, logging.getLogger("test"))) as up:
+        await up.send(batch(1))
+        assert up.counters()["data_confirmations"] == 1
+        await asyncio.gather(*(up.send(batch(n)) for n in range(2, 6)))  # overlapping: each confirmed
+        assert 2 <= up.counters()["data_confirmations"] <= 5
+        assert up.session.confirmed_bytes == up.session.published_bytes
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(up.send(batch(n)) for n in range(6, 9)), return_exceptions=True)
+            assert all(isinstance(r, Transient) for r in results), results
+            assert "did not confirm" in str(results[0])
+            assert time.monotonic() - started >= 0.9, "waited for the confirmation"
+            assert up.is_closed(), "the session is over: the Sender reconnects and sends them again"
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+
+
+# ----------------------------------------------------------------------------------------- UInt32 encoding
+
+
+def wire(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """Protobuf wire format decoded by hand (varint and length-delimited fields only, which is all
+    Sparkplug payloads here use besides fixed64 doubles): an independent check of the encoding."""
+    out: list[tuple[int, int | bytes]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+
+    while i < len(buf):
+        key = varint()
+        field_no, kind = key >> 3, key & 7
+        if kind == 0:
+            out.append((field_no, varint()))
+        elif kind == 2:
+            n = varint()
+            out.append((field_no, buf[i : i + n]))
+            i += n
+        elif kind == 1:
+            out.append((field_no, buf[i : i + 8]))
+            i += 8
+        else:
+            raise AssertionError(f"wire type {kind} not expected")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("setting", "golden"),
+    [
+        (None, bytes.fromhex("0807 20 8080b08408")),  # default: long_value (field 4), as Tahu and Ignition read it
+        ("long_value", bytes.fromhex("0807 20 8080b08408")),
+        ("int_value", bytes.fromhex("0807 18 8080b08408")),  # the specification's uint32 field (3)
+    ],
+)
+async def test_uint32_status_code_field(tmp_path: Path, broker: Mosquitto, setting: str | None, golden: bytes) -> None:
+    """OpcUaStatusCode (UInt32 = 7) 0x808C0000 is the varint 80 80 B0 84 08, in long_value or int_value."""
+    extra = {} if setting is None else {"uint32_field": setting}
+    cfg = SpConfig(name="spb", type="sparkplug", group_id=GROUP, port=broker.port, **extra)  # type: ignore[arg-type]
+    host = Host(broker.port)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(host.run(), name="host")
+        await eventually(host.connected.is_set, 15, "the test host")
+        async with SpUplink(cfg, PluginContext(GW, tmp_path, logging.getLogger("test"))) as up:
+            bad = Sample("boiler/pressure", time.time_ns(), None, Status.BAD_SENSOR_FAILURE, 0, seq=1)
+            await up.send(Batch(GW, 1, 1, False, [bad]))
+            await eventually(lambda: host.of("DDATA"), 15, "data")
+        task.cancel()
+    (ddata,) = host.of("DDATA")
+    metrics = [v for f, v in wire(ddata.raw) if f == 2]  # Payload.metrics
+    assert len(metrics) == 1 and isinstance(metrics[0], bytes)
+    (props_raw,) = [v for f, v in wire(metrics[0]) if f == 9]  # Metric.properties
+    assert isinstance(props_raw, bytes)
+    fields = wire(props_raw)
+    assert [v for f, v in fields if f == 1] == [b"Quality", b"OpcUaStatusCode"]  # PropertySet.keys
+    quality, status = (v for f, v in fields if f == 2)  # PropertySet.values
+    assert quality == bytes.fromhex("0803 1800"), "Int32 (3) 0 in int_value: Bad in opc_da codes"
+    assert status == golden
+    assert dict(wire(status)) == {1: 7, 4 if golden[2] == 0x20 else 3: 0x808C0000}
+    decoded = props(ddata.payload.metrics[0])["OpcUaStatusCode"]  # and the protobuf library agrees
+    assert decoded == (pb.UInt32, 0x808C0000)
 
 
 # ----------------------------------------------------------------------------------------- direct
@@ -745,19 +1048,22 @@ async def test_dcmd_write_lands_and_the_readback_follows_in_ddata(
         # by alias, a Float value with only the payload's timestamp
         await host.publish(DCMD, write_payload(121.25, alias=alias["setpoint"], datatype=pb.Float, metric_ts=False))
         await eventually(lambda: len(host.of("DDATA")) == 2, 15, "the second read-back")
-        # a coil: written, but its metric was born Double (no value yet), so the poll's rebirth answers
+        # a coil: born Boolean from its config (no value known yet), so its read-back follows too
         await host.publish(DCMD, write_payload(True, name="pump", datatype=pb.Boolean))
+        await eventually(lambda: len(host.of("DDATA")) == 3, 15, "the coil's read-back")
         await audited(store, 3)
         await settled(host, node)
         rows = store.audit_rows()
     assert press.registers(1, "h", SP, 2) == f32(121.25)
     assert press.registers(1, "c", 0) == [1]
-    first, second = (m.payload.metrics for m in host.of("DDATA"))
+    first, second, coil = (m.payload.metrics for m in host.of("DDATA"))
     assert [(x.alias, x.double_value, x.is_historical) for x in [*first, *second]] == [
         (alias["setpoint"], 120.5, False), (alias["setpoint"], 121.25, False),
     ]  # fmt: skip
+    assert [(x.alias, x.boolean_value, x.is_historical) for x in coil] == [(alias["pump"], True, False)]
     assert props(first[0]) == {"Quality": (pb.Int32, 192), "OpcUaStatusCode": (pb.UInt32, 0)}
-    assert len(host.of("DDATA")) == 2, "no DDATA for a value that does not fit the born datatype"
+    (birth,) = host.of("DBIRTH")
+    assert metric(birth.payload, "pump").datatype == pb.Boolean, "from the config: a coil"
     check_session_rules(host.messages)  # the read-back DDATA continues the session's seq
     assert [(r.source, r.user, r.tag, r.value, r.result, r.readback) for r in rows] == [
         ("spb", "scada", "press/setpoint", 120.5, "accepted", 120.5),

@@ -2,10 +2,12 @@
 
 One connection is one Sparkplug session: CONNECT with the NDEATH as Will (carrying a bdSeq persisted
 across restarts), subscribe to NCMD and the primary host's STATE, wait until that host is online,
-NBIRTH (seq 0) and one DBIRTH per device, then NDATA/DDATA by alias. `send` acknowledges a batch once
-its DATA messages are published. While the host is offline or the broker is gone the batch raises
-Transient and stays in the buffer; after the next birth it comes back as historical batches, sent
-with `is_historical = true` on every metric. Topics, metrics and persisted files: README.md.
+NBIRTH (seq 0) and one DBIRTH per device, each metric with its newest value in the buffer and a
+datatype from the config, then NDATA/DDATA by alias. `send` acknowledges a batch once the broker has
+provably read its DATA messages (QoS 0: an UNSUBACK after them; QoS 1: the PUBACKs). While the host
+is offline or the broker is gone the batch raises Transient and stays in the buffer; after the next
+birth it comes back as historical batches: a metric is historical unless it is newer than the value
+the host holds as current. Topics, metrics and persisted files: README.md.
 
 Writes: DCMD metrics (and NCMD metrics other than Node Control) are setpoint commands. Each goes
 through the daemon's command gate (edged.commands: allow-list, limits, staleness, duplicates, audit),
@@ -37,7 +39,7 @@ from edged.protocols import mqtt
 from uplink.sparkplug.commands import Commands, command_value
 from uplink.sparkplug.config import Config
 from uplink.sparkplug.metrics import Registry, split_tag
-from uplink.sparkplug.session import Session
+from uplink.sparkplug.session import MAX_UNCONFIRMED, Session
 
 __all__ = ["Config", "Uplink", "command_value"]
 
@@ -127,6 +129,8 @@ class Uplink:
             "commands_oversized": cmds.oversized.total,
             "commands_malformed_metrics": cmds.bad_metrics,
             "commands_in_flight": len(cmds.running),
+            "values_mistyped": self.registry.mistyped,
+            "data_confirmations": s.confirmations,
         }
 
     def is_closed(self) -> bool:
@@ -149,14 +153,19 @@ class Uplink:
                 self.log.info("uplink %s: new tags or types: rebirth", self.config.name)
                 await s.birth()
                 await asyncio.to_thread(reg.save_state)
+            if s.unconfirmed() > MAX_UNCONFIRMED:  # pace by bytes when sends overlap
+                await s.confirm()
             for device, samples in groups.items():
-                payload = reg.data(samples, batch.historical)
+                payload, current = reg.data(samples)
                 topic = s.topic["NDATA"] if device is None else s.device_topic("DDATA", device)
                 await s.publish(topic, payload, qos)
+                reg.hold(current)
             if batch.gaps:
                 await s.publish(s.topic["NDATA"], reg.gaps(batch.gaps), qos)
-            for sample in batch.samples:
-                reg.remember(reg.metrics[sample.tag], sample)
+        if qos == 0:
+            # QoS 0 has no acknowledgement: the batch counts as delivered once the broker has provably
+            # read it (outside the lock, so overlapping sends pipeline their round trips)
+            await s.confirm()
 
 
 plugin = UplinkSpec(config=Config, uplink=Uplink)  # mypy checks it against edged.plugin

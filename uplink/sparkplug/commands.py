@@ -271,9 +271,9 @@ class Commands:
             async with self._session.lock:
                 if not self._session.born or self._session.dead is not None or not self._session.host_online:
                     return
-                payload = self._registry.data([s], historical=False)
+                payload, current = self._registry.data([s])
                 await self._session.publish(self._session.device_topic("DDATA", device), payload, self.config.data_qos)
-                self._registry.remember(m, s)
+                self._registry.hold(current)
         except Transient as exc:  # the session is dead now; the Sender starts a new one
             self.log.warning("uplink %s: read-back of %s not published: %s", self.config.name, path, exc)
 

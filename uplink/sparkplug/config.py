@@ -25,6 +25,9 @@ class Config(MqttUplink, kw_only=True):
     primary_host_id: str | None = None  # publish only while spBv1.0/STATE/<id> says online
     data_qos: Literal[0, 1] = 0  # Sparkplug says 0 for NDATA/DDATA; 1 waits for the broker's PUBACK
     quality_codes: Literal["opc_da", "ignition8"] = "opc_da"
+    # where a UInt32 (the OpcUaStatusCode property) travels: long_value as Eclipse Tahu and Ignition read
+    # it (eclipse-sparkplug/sparkplug#102), or int_value, the protobuf uint32 field the specification names
+    uint32_field: Literal["long_value", "int_value"] = "long_value"
     max_command_bytes: int = 65536  # a larger NCMD/DCMD payload is dropped before it is decoded
     commands_require_primary_host: bool = True  # with primary_host_id: writes only while it is online
     rebirth_min_interval: Duration = Duration(5.0)  # Rebirth NCMDs closer together are coalesced; 0: off

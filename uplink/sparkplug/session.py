@@ -1,5 +1,6 @@
 """One Sparkplug session: bdSeq (persisted) and the NDEATH Will at CONNECT, seq per message, NBIRTH
-and DBIRTHs, the primary host's STATE, coalesced Rebirth requests, and the NDEATH at the end."""
+and DBIRTHs, the primary host's STATE, coalesced Rebirth requests, the confirmation of QoS 0 data,
+and the NDEATH at the end."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import aiomqtt
 import msgspec
 
+from edged.aio import honour_cancel
 from edged.errors import Transient
 from edged.plugin import PluginContext
 from edged.protocols import mqtt
@@ -21,6 +23,7 @@ from uplink.sparkplug.metrics import BDSEQ, REBIRTH, Registry, now_ms, write_ato
 
 NAMESPACE = "spBv1.0"
 REPORT_S = 60.0  # a recurring problem (oversized payloads, rebirth floods) is logged at most this often
+MAX_UNCONFIRMED = 1 << 20  # bytes published and not yet confirmed before a send waits for a confirmation
 
 
 @dataclass(slots=True)
@@ -62,6 +65,10 @@ class Session:
         self.bdseq = 0
         self.seq = 0  # of the next message in this session
         self.published = 0  # messages published in this session (births included)
+        self.published_bytes = 0  # their payload bytes
+        self.confirmed_bytes = 0  # of those, what the broker has provably read (`confirm`)
+        self.confirmations = 0  # confirmation round trips
+        self._confirming: list[tuple[int, asyncio.Event]] = []  # round trips under way: (bytes covered, done)
         self.lock = asyncio.Lock()  # one publisher at a time, so seq order is publish order
         self.changed = asyncio.Event()  # host state or session state changed
         self.host_online = config.primary_host_id is None
@@ -78,6 +85,8 @@ class Session:
         base = f"{NAMESPACE}/{config.group_id}"
         self.topic = {k: f"{base}/{k}/{self.node_id}" for k in ("NBIRTH", "NDEATH", "NDATA", "NCMD")}
         self.topic["DCMD"] = f"{base}/DCMD/{self.node_id}/+"
+        # never subscribed: its UNSUBSCRIBE changes nothing and publishes nothing, only the UNSUBACK matters
+        self.confirm_topic = f"{self.topic['NCMD']}/edged-confirm"
         self.state_topic = f"{NAMESPACE}/STATE/{config.primary_host_id}" if config.primary_host_id else None
 
     def device_topic(self, kind: str, device: str) -> str:
@@ -173,15 +182,63 @@ class Session:
             raise Transient(self.dead or "not connected")
         payload.seq = self.seq
         self.seq = (self.seq + 1) % 256
+        data = payload.SerializeToString()
         try:
-            await mqtt.publish(client, topic, payload.SerializeToString(), qos=qos)
+            await mqtt.publish(client, topic, data, qos=qos)
         except Transient as exc:
             self.kill(str(exc))
             raise
         self.published += 1
+        self.published_bytes += len(data)
+        if qos:
+            self.confirmed_bytes = self.published_bytes  # a PUBACK: the broker read it and all before it
+
+    def unconfirmed(self) -> int:
+        return self.published_bytes - self.confirmed_bytes
+
+    async def confirm(self) -> None:
+        """Return once the broker has provably read every message published so far on this connection.
+
+        A QoS 0 publish returns when paho has queued the bytes: they may still sit in paho's buffer or
+        the socket's, and a connection that breaks then loses them. So the node sends an UNSUBSCRIBE
+        of a topic filter it never subscribed to and waits for the UNSUBACK (MQTT 3.1.1 3.10.4: the
+        server answers every UNSUBSCRIBE). The connection is one ordered TCP stream and the broker
+        handles one connection's packets in the order they arrive, so the UNSUBACK proves it has read
+        and routed everything published before. Overlapping sends pipeline their round trips, and one
+        whose bytes a round trip already under way covers waits for that one instead. A timeout or a
+        lost connection kills the session (Transient): what was not confirmed is sent again, as history.
+        """
+        target = self.published_bytes
+        if self.confirmed_bytes >= target:
+            return
+        for covers, done in self._confirming:
+            if covers >= target:  # sent after our bytes: its UNSUBACK proves them too
+                await done.wait()
+                if self.confirmed_bytes >= target:
+                    return
+                raise Transient(self.dead or "the broker did not confirm the data")
+        client = self.client
+        if client is None or self.dead is not None:
+            raise Transient(self.dead or "not connected")
+        entry = (target, asyncio.Event())
+        self._confirming.append(entry)
+        try:
+            await honour_cancel(client.unsubscribe(self.confirm_topic, timeout=float(self.config.timeout)))
+        except (aiomqtt.MqttError, OSError) as exc:
+            reason = f"the broker did not confirm the data (timeout {float(self.config.timeout):g}s): {exc}"
+            self.kill(reason)
+            raise Transient(reason) from exc
+        else:
+            self.confirmations += 1
+            self.confirmed_bytes = max(self.confirmed_bytes, target)
+        finally:  # after the else: a waiter woken here sees the bytes confirmed
+            self._confirming.remove(entry)
+            entry[1].set()
 
     async def birth(self) -> None:
-        """NBIRTH (seq 0, bdSeq, rebirth control) and a DBIRTH per device; called with the lock held."""
+        """NBIRTH (seq 0, bdSeq, rebirth control) and a DBIRTH per device, each metric with its newest
+        value in the buffer; called with the lock held."""
+        await self.registry.refresh()
         self.seq = 0
         self._last_birth = asyncio.get_running_loop().time()  # a Rebirth request from now on needs another
         devices = self.registry.by_device()
