@@ -141,6 +141,7 @@ class Buffer:
         self._max_pending = max_pending
         self._have_pending = asyncio.Event()
         self._head_changed = asyncio.Event()  # replaced on every commit: waiters hold the old one
+        self._flushing = asyncio.Lock()  # one flush at a time, so a flush waits for the one before
         self.head = 0
         self.stored = 0
         self.dropped_ingest = 0  # samples lost before reaching disk (pending overflow on a failing disk)
@@ -269,20 +270,23 @@ class Buffer:
             log.error("final flush failed, %d samples not stored: %s", len(self._pending), exc)
 
     async def flush(self) -> int:
-        """Commit pending samples in one transaction; on failure they stay pending."""
-        batch, self._pending = self._pending, []
-        if not batch:
-            return 0
-        try:
-            _, last = await self.call(self.store.append, batch)
-        except (sqlite3.Error, OSError):
-            self._pending[:0] = batch
-            raise
-        self.stored += len(batch)
-        self.head = last
-        changed, self._head_changed = self._head_changed, asyncio.Event()
-        changed.set()
-        return len(batch)
+        """Commit pending samples in one transaction; on failure they stay pending. Returns once
+        all that was put before the call is committed, also while another flush (the writer's)
+        holds part of it: "flush, then read" must see every sample put before."""
+        async with self._flushing:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return 0
+            try:
+                _, last = await self.call(self.store.append, batch)
+            except (sqlite3.Error, OSError):
+                self._pending[:0] = batch
+                raise
+            self.stored += len(batch)
+            self.head = last
+            changed, self._head_changed = self._head_changed, asyncio.Event()
+            changed.set()
+            return len(batch)
 
     async def run_writer(self) -> None:
         """The single writer: flush every interval (sooner when flush_rows are pending) until cancelled.

@@ -131,12 +131,18 @@ class Uplink:
             "commands_in_flight": len(cmds.running),
             "values_mistyped": self.registry.mistyped,
             "data_confirmations": s.confirmations,
+            "payload_bytes": s.published_bytes,  # births included; the Sender sizes batches by it
         }
 
     def is_closed(self) -> bool:
         """The session ended (connection lost, primary host offline). The Sender asks while idle,
         so a node re-births after a broker restart without waiting for the next sample."""
         return self.session.dead is not None
+
+    def window(self) -> int:
+        """Sends overlap (edged.plugin.Windowed): publishes keep their order under the session's
+        lock, and QoS 0 confirmations pipeline their round trips (session.confirm)."""
+        return self.config.max_inflight
 
     async def send(self, batch: Batch) -> None:
         s, reg = self.session, self.registry
