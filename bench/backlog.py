@@ -36,7 +36,7 @@ from uplink.mqtt import Uplink as MqttUplink
 TARGET = 43_200_000
 
 
-async def run(tmp: Path, backlog: int, n_tags: int, batch_size: int, share: float) -> None:
+async def run(tmp: Path, backlog: int, n_tags: int, batch_size: int, share: float, extra: dict[str, object]) -> None:
     buf = Buffer(tmp / "buffer.db", BufferConfig(flush_interval=0.05))  # type: ignore[arg-type]
     t_fill = time.perf_counter()
     async with buf:
@@ -56,7 +56,8 @@ async def run(tmp: Path, backlog: int, n_tags: int, batch_size: int, share: floa
             )  # fmt: skip
             assert counter.stdout is not None
             await counter.stdout.readline()
-            cfg = MqttConfig(name="bench", type="mqtt", port=broker.port, batch_size=batch_size, backfill_share=share)
+            cfg = MqttConfig(name="bench", type="mqtt", port=broker.port, batch_size=batch_size, backfill_share=share,
+                             **extra)  # type: ignore[arg-type]  # fmt: skip
             ctx = PluginContext("bench", tmp, logging.getLogger("bench"))
             sender = Sender(buf, cfg, lambda: MqttUplink(cfg, ctx), gateway_id="bench",
                             log=logging.getLogger("bench"), backoff=Backoff(0.1, 1.0))  # fmt: skip
@@ -98,11 +99,14 @@ def main() -> None:
     ap.add_argument("--tags", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--share", type=float, default=0.5)
+    ap.add_argument("--inflight", type=int, default=16, help="max_inflight (1: the stop-and-wait Sender)")
+    ap.add_argument("--batch-bytes", default="128KiB", help="batch_bytes")
     args = ap.parse_args()
+    extra = {"max_inflight": args.inflight, "batch_bytes": args.batch_bytes}
     logging.basicConfig(level=logging.ERROR)
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as d:
-        asyncio.run(run(Path(d), args.backlog, args.tags, args.batch_size, args.share))
+        asyncio.run(run(Path(d), args.backlog, args.tags, args.batch_size, args.share, extra))
 
 
 if __name__ == "__main__":
