@@ -321,6 +321,34 @@ async def test_writes_go_through_the_gate_and_are_audited(tmp_path: Path, peer: 
     assert rows[-1].user == f"127.0.0.1:{local[1]}"
 
 
+async def test_a_write_of_several_values_stops_at_the_first_refused(tmp_path: Path, peer: ModbusPeer) -> None:
+    async with rig(tmp_path, peer) as r:
+        client = AsyncModbusTcpClient("127.0.0.1", port=r.port, timeout=5)
+        await client.connect()
+        try:
+            both = await client.write_registers(0, [*f32(50.0), 0], device_id=1)  # setpoint and mode
+            assert not both.isError()
+            assert peer.registers(1, "h", 0, 3) == [*f32(50.0), 0]
+            second_refused = await client.write_registers(0, [*f32(60.0), 9], device_id=1)
+            assert second_refused.isError() and second_refused.exception_code == 3
+            assert peer.registers(1, "h", 0, 3) == [*f32(60.0), 0]  # the first stays written
+            half = await client.write_registers(1, [0, 2], device_id=1)  # from the middle of the float32
+            assert half.isError() and half.exception_code == 2
+            masked = await client.mask_write_register(address=2, and_mask=0, or_mask=2, device_id=1)  # FC22
+            assert not masked.isError()
+            assert peer.registers(1, "h", 2) == [2]
+        finally:
+            client.close()
+        rows = r.store.audit_rows()
+    assert [(row.tag, row.result, row.code) for row in rows] == [
+        ("press/setpoint", "accepted", "ok"),
+        ("press/mode", "accepted", "ok"),
+        ("press/setpoint", "accepted", "ok"),
+        ("press/mode", "rejected", "not_allowed"),
+        ("press/mode", "accepted", "ok"),
+    ]
+
+
 async def test_a_master_not_in_command_clients_is_refused_and_audited(tmp_path: Path, peer: ModbusPeer) -> None:
     async with rig(tmp_path, peer, command_clients=["10.0.0.0/8"]) as r:
         m = r.tk()
