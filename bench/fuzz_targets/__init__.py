@@ -21,11 +21,12 @@ class Target(NamedTuple):
 
 TARGETS: dict[str, Target] = {
     "hart": Target(("drivers.hart.protocol",), 320),  # a frame is at most 272 bytes, 20 preambles before
-    "modbus": Target(("drivers.modbus.codec",), 64),  # one value: at most 4 registers, strings 12
+    "modbus": Target(("edged.protocols.modbus",), 64),  # one value: at most 4 registers, strings 12
     "mqtt_command": Target(("uplink.mqtt", "edged.commands"), 1024),
     "sparkplug_command": Target(("uplink.sparkplug", "edged.commands"), 1024),
     "http_response": Target(("uplink.http",), 2048),
     "config": Target(("edged.config", "drivers", "uplink"), 8192),
+    "modbus_server_request": Target(("uplink.modbus_server.image", "edged.protocols.modbus"), 280),
 }
 
 

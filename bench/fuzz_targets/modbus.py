@@ -7,7 +7,7 @@ import encodings
 import pkgutil
 import struct
 
-from drivers.modbus.codec import DATA_TYPES, ORDERS, CodecError, decode, encode, is_integer_type, set_bit
+from edged.protocols.modbus import DATA_TYPES, ORDERS, CodecError, decode, encode, is_integer_type, set_bit
 
 ACCEPTS = (CodecError,)
 _CODECS = sorted(m.name for m in pkgutil.iter_modules(encodings.__path__))

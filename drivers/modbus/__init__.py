@@ -1,7 +1,8 @@
 """Modbus TCP and RTU driver: polls a device's register map with the fewest requests.
 
 Per poll, the tags that are due are planned into requests (`plan.py`), read one transaction at a
-time on the device's link (`client.py`) and decoded (`codec.py`). Failure handling, by scope:
+time on the device's link (`client.py`) and decoded (`edged/protocols/modbus.py`, the codec shared
+with the modbus_server uplink). Failure handling, by scope:
 
 * One request fails (exception response, timeout, CRC error, short frame): its tags get a Bad sample
   with the reason's status, the problem is counted in `Driver.counters` and logged once, and the
@@ -28,7 +29,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import NoReturn, Self
 
-from drivers.modbus import codec
 from drivers.modbus.client import (
     Failure,
     LineSettings,
@@ -45,6 +45,7 @@ from edged.errors import Permanent, Transient
 from edged.model import Sample, Status, Value
 from edged.plugin import DriverSpec, PluginContext
 from edged.problems import Problems
+from edged.protocols import modbus as codec
 
 __all__ = ["Config", "Driver", "SerialLines", "Tag", "WriteError"]
 

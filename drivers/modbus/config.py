@@ -10,9 +10,9 @@ import codecs
 import math
 from typing import Literal
 
-from drivers.modbus.codec import DataType, Order, is_integer_type, register_count
 from drivers.modbus.plan import BIT_TABLES, MAX_BITS, MAX_REGISTERS, Limits, Table
 from edged.config import DeviceBase, Duration, TagBase, ValueKind, ValueType
+from edged.protocols.modbus import DataType, Order, is_integer_type, register_count
 
 Parity = Literal["N", "E", "O"]
 

@@ -51,7 +51,7 @@ VALUES: dict[str, int | float] = {
 
 
 def ref_regs(value: int | float, dtype: str, order: str) -> list[int]:
-    """Reference layout written independently of drivers.modbus.codec: pack big-endian, then
+    """Reference layout written independently of edged.protocols.modbus: pack big-endian, then
     reverse the words (CDAB, DCBA) and/or swap the bytes inside each word (BADC, DCBA)."""
     b = struct.pack(">" + FORMATS[dtype], value)
     words = [b[i : i + 2] for i in range(0, len(b), 2)]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.modbus.codec import (
+from edged.protocols.modbus import (
     DATA_TYPES,
     ORDERS,
     CodecError,

@@ -1,4 +1,5 @@
-"""Register <-> value conversion for every Modbus data type and the four word/byte orders.
+"""Register <-> value conversion for every Modbus data type and the four word/byte orders, shared by
+the modbus driver (reading and writing devices) and the modbus_server uplink (serving SCADA masters).
 
 Pure and dependency-free so it can be fuzzed: decoding any register payload either returns a value
 or raises `CodecError` (a ValueError) with a message a plant engineer can act on.
