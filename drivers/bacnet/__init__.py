@@ -486,7 +486,7 @@ class Driver:
         if isinstance(got, Failure) or got is None:
             return ""
         for n, slot in enumerate(got, start=1):
-            if getattr(slot, "null", ()) is None:
+            if getattr(slot, "null", None) is not None:  # a relinquished slot holds the Null choice
                 continue
             return f" (priority {n} holds the object)"
         return ""

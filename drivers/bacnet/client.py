@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,11 +29,16 @@ from bacpypes3.apdu import (
     SubscribeCOVRequest,
     UnconfirmedCOVNotificationRequest,
 )
+from bacpypes3.app import Application
+from bacpypes3.appservice import ApplicationServiceAccessPoint
 from bacpypes3.basetypes import ErrorType, PropertyIdentifier
+from bacpypes3.comm import bind
 from bacpypes3.constructeddata import Any as BAny
 from bacpypes3.errors import ServicesError
 from bacpypes3.ipv4.app import NormalApplication
+from bacpypes3.ipv4.link import NormalLinkLayer
 from bacpypes3.local.device import DeviceObject
+from bacpypes3.netservice import NetworkServiceAccessPoint, NetworkServiceElement
 from bacpypes3.pdu import Address, GlobalBroadcast, IPv4Address
 from bacpypes3.primitivedata import ObjectIdentifier
 from bacpypes3.vendor import get_vendor_info
@@ -129,10 +135,21 @@ Listener = Callable[[dict[str, object]], None]
 
 class _App(NormalApplication):  # type: ignore[misc]  # bacpypes3 is untyped
     """Routes COV notifications to the driver that subscribed (by source and process id) instead of
-    bacpypes3's SubscriptionContextManager, whose renewal runs in tasks of its own."""
+    bacpypes3's SubscriptionContextManager, whose renewal runs in tasks of its own.
 
-    def __init__(self, device: DeviceObject, local: IPv4Address) -> None:
-        super().__init__(device, local)
+    `__init__` is NormalApplication's, except that the link layer gets our socket (bacpypes3 0.0.110
+    accepts `bind_socket` there but does not pass it on)."""
+
+    def __init__(self, device: DeviceObject, local: IPv4Address, bind_socket: socket.socket | None = None) -> None:
+        Application.__init__(self)
+        self.asap = ApplicationServiceAccessPoint(device, self.device_info_cache)
+        self.nsap = NetworkServiceAccessPoint()
+        self.nse = NetworkServiceElement()
+        bind(self.nse, self.nsap)
+        bind(self, self.asap, self.nsap)
+        self.normal = NormalLinkLayer(local, bind_socket=bind_socket)
+        self.nsap.bind(self.normal, address=local)
+        self.add_object(device)
         self.listeners: dict[tuple[Address, int], tuple[ObjectIdentifier, Listener]] = {}
 
     def _dispatch(self, apdu: Any) -> bool:
@@ -177,13 +194,30 @@ class Stack:
             apduTimeout=60000,  # our asyncio.timeout fires first
             numberOfApduRetries=0,  # retries are ours
         )
+        addr = IPv4Address(local)
+        # bacpypes3 binds with SO_REUSEPORT and retries forever: a port held by another process would
+        # silently share its answers. Bind here without it, so a taken port is a clear error.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            self.app = _App(device, IPv4Address(local))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind(addr.addrTuple)
         except OSError as exc:
+            sock.close()
             raise LinkDown(f"cannot open BACnet/IP socket {local}: {exc.strerror or exc}") from None
+        self._sock: socket.socket | None = sock
+        if addr.addrBroadcastTuple != addr.addrTuple:  # bacpypes3 also binds the broadcast address
+            sock.close()
+            self._sock = None
+            self.app = _App(device, addr)
+        else:
+            self.app = _App(device, addr, bind_socket=sock)
 
     def close(self) -> None:
+        """Close now: the transport would release the port only at the next loop iteration, and a
+        supervisor reconnecting at once must be able to bind it again."""
         self.app.close()
+        if self._sock is not None:
+            self._sock.close()
 
     def new_spid(self) -> int:
         spid = self._next_spid

@@ -11,14 +11,19 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from bacpypes3.app import Application
+from bacpypes3.appservice import ApplicationServiceAccessPoint
 from bacpypes3.basetypes import ServicesSupported
+from bacpypes3.comm import bind
 from bacpypes3.ipv4.app import NormalApplication
+from bacpypes3.ipv4.link import NormalLinkLayer
 from bacpypes3.local.analog import AnalogInputObject, AnalogOutputObject, AnalogValueObject
 from bacpypes3.local.binary import BinaryValueObject
 from bacpypes3.local.cmd import Commandable
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.multistate import MultiStateValueObject
 from bacpypes3.local.object import Object as LocalObject
+from bacpypes3.netservice import NetworkServiceAccessPoint, NetworkServiceElement
 from bacpypes3.object import CharacterStringValueObject as _CharacterStringValueObject
 from bacpypes3.pdu import IPv4Address
 
@@ -45,6 +50,21 @@ class _NoCovDevice(DeviceObject):  # type: ignore[misc]
         pass
 
 
+class _BoundApplication(NormalApplication):  # type: ignore[misc]
+    """NormalApplication on a socket bound beforehand (it does not pass `bind_socket` on)."""
+
+    def __init__(self, device: DeviceObject, local: IPv4Address, sock: socket.socket) -> None:
+        Application.__init__(self)
+        self.asap = ApplicationServiceAccessPoint(device, self.device_info_cache)
+        self.nsap = NetworkServiceAccessPoint()
+        self.nse = NetworkServiceElement()
+        bind(self.nse, self.nsap)
+        bind(self, self.asap, self.nsap)
+        self.normal = NormalLinkLayer(local, bind_socket=sock)
+        self.nsap.bind(self.normal, address=local)
+        self.add_object(device)
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +88,11 @@ class BacnetDevice:
     def start(self) -> None:
         cls = DeviceObject if self.cov else _NoCovDevice
         device = cls(objectIdentifier=("device", self.instance), objectName="test-ahu", vendorIdentifier=999)
-        self.app = NormalApplication(device, IPv4Address(self.address))
+        # bound here, synchronously (bacpypes3 binds in a task of its own, so a port picked for the
+        # client meanwhile could be this one); no SO_REUSEPORT, so a taken port fails at once
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", self.port))
+        self.app = _BoundApplication(device, IPv4Address(self.address), self._sock)
         flags = [0, 0, 0, 0]
         objs = [
             AnalogInputObject(objectIdentifier=("analog-input", 1), objectName="temperature", presentValue=21.5,
@@ -92,4 +116,5 @@ class BacnetDevice:
     def stop(self) -> None:
         if self.app is not None:
             self.app.close()
+            self._sock.close()
             self.app = None
