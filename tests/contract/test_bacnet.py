@@ -231,10 +231,14 @@ async def test_device_that_stops_answering_then_restarts(tmp_path: Path, peer: B
         await collect(it, {"temperature"})
         peer.stop()
         bad: list[Sample] = []
-        with pytest.raises(Transient, match="did not answer 2 polls in a row"):
+
+        async def drain() -> None:
             async with asyncio.timeout(10):
                 while True:
-                    bad += await anext(it)
+                    bad.extend(await anext(it))
+
+        with pytest.raises(Transient, match="did not answer 2 polls in a row"):
+            await drain()
         assert bad and all(s.status == Status.BAD_TIMEOUT and s.value is None for s in bad)
     peer.start()  # the supervisor re-enters: a new driver on the same config
     async with Driver(cfg, ctx(tmp_path)) as drv:
@@ -435,3 +439,23 @@ async def test_golden_bytes_against_a_scripted_device(tmp_path: Path) -> None:
         assert who_is == [b"\x10\x08\x0a\x03\xe9\x1a\x03\xe9"]  # Who-Is 1001..1001
     finally:
         transport.close()
+
+
+async def test_edged_discover_bacnet_directed(peer: BacnetDevice, capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    from edged import cli
+
+    argv = ["discover", "bacnet", "--local", f"127.0.0.1:{free_udp_port()}", "--address", peer.address, "--wait",
+            "0.5", "--objects"]  # fmt: skip
+    rc = await asyncio.to_thread(cli.main, argv)  # its own event loop; the peer's keeps running here
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert f"device 1001 at {peer.address}: vendor 999" in out
+    entry = out[out.index("[[devices]]") :]
+    cfg = parse({"gateway": {"id": "gw", "data_dir": "/tmp"}, **tomllib.loads(entry)})
+    assert {t.name: (t.object, t.unit) for t in cfg.devices[0].tags} == {
+        "temperature": ("analog-input,1", "degC"), "setpoint": ("analog-value,2", "%"),
+        "pump": ("binary-value,3", None), "mode": ("multi-state-value,4", None),
+        "note": ("characterstring-value,5", None), "valve": ("analog-output,6", "%"),
+    }  # fmt: skip
