@@ -376,6 +376,36 @@ async def _no_driver(device: str) -> None:
 # ----------------------------------------------------------------------------------------- main
 
 
+# ----------------------------------------------------------------------------------------- discover bacnet
+# (one function per protocol: `discover` may gain opcua/hart beside it; merge under one `discover`)
+
+
+def cmd_discover_bacnet(args: argparse.Namespace) -> int:
+    try:
+        from drivers.bacnet.discover import run
+    except ModuleNotFoundError as exc:
+        print(f"edged: discover bacnet needs {exc.name!r}: pip install 'edged[bacnet]'", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        lines = asyncio.run(run(args.local, args.address, args.low, args.high, args.wait, args.objects))
+    except (Transient, ValueError) as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def add_discover_bacnet(kinds: Any) -> None:
+    b = kinds.add_parser("bacnet", help="BACnet/IP Who-Is: broadcast, or directed with --address")
+    b.add_argument("--local", default="0.0.0.0:47808", help="our socket ip[/prefix][:port]; /prefix for broadcast")
+    b.add_argument("--address", action="append", default=[], help="a device address (directed Who-Is); repeatable")
+    b.add_argument("--low", type=int, help="lowest device instance (with --high)")
+    b.add_argument("--high", type=int, help="highest device instance (with --low)")
+    b.add_argument("--wait", type=float, default=3.0, help="seconds to listen for I-Am (default 3)")
+    b.add_argument("--objects", action="store_true", help="read each device's object list: print a config entry")
+    b.set_defaults(func=cmd_discover_bacnet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="Edge gateway daemon for plants.")
     p.add_argument("--version", action="version", version=f"edged {__version__}")
@@ -444,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("--config", "-c")
     wr.add_argument("--user", help="who asks, for the audit trail (default: the login name)")
     wr.set_defaults(func=cmd_write)
+
+    dc = sub.add_parser("discover", help="find devices on the network (edged discover bacnet ...)")
+    kinds = dc.add_subparsers(dest="kind", required=True)
+    add_discover_bacnet(kinds)
     return p
 
 
