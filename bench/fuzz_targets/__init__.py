@@ -26,6 +26,7 @@ TARGETS: dict[str, Target] = {
     "sparkplug_command": Target(("uplink.sparkplug", "edged.commands"), 1024),
     "http_response": Target(("uplink.http",), 2048),
     "config": Target(("edged.config", "drivers", "uplink"), 8192),
+    "influxdb_response": Target(("uplink.influxdb",), 2048),
 }
 
 
