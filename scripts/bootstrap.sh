@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mosquitto socat libsystemd-dev pkg-config gcc python3-venv python3-dev openssl
-    buildah debootstrap strace shellcheck systemd)  # the last five: image build and unit checks
+    buildah debootstrap strace shellcheck systemd influxdb)  # last six: image build, unit checks, influxd test peer
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

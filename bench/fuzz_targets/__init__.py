@@ -27,6 +27,7 @@ TARGETS: dict[str, Target] = {
     "http_response": Target(("uplink.http",), 2048),
     "config": Target(("edged.config", "drivers", "uplink"), 8192),
     "modbus_server_request": Target(("uplink.modbus_server.image", "edged.protocols.modbus"), 280),
+    "influxdb_response": Target(("uplink.influxdb",), 2048),
 }
 
 
