@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -201,20 +202,32 @@ async def test_rejected_batch_is_permanent(single: NatsCluster) -> None:
             await up.send(big)
 
 
-@pytest.mark.parametrize("method", ["password", "token"])
+def user_nkey() -> tuple[str, str]:
+    """A fresh user NKey: (seed, public key), made with the nkeys library nats-py signs with."""
+    import nkeys  # type: ignore[import-untyped]
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    return seed.decode(), nkeys.from_seed(bytearray(seed)).public_key.decode()
+
+
+@pytest.mark.parametrize("method", ["password", "token", "nkey"])
 async def test_wrong_credential_is_permanent(tmp_path: Path, method: str) -> None:
-    auth = (
-        'authorization { users: [{user: gw, password: "right-one"}] }'
-        if method == "password"
-        else 'authorization { token: "right-token" }'
-    )
+    good: dict[str, Any]
+    bad: dict[str, Any]
+    if method == "password":
+        auth = 'authorization { users: [{user: gw, password: "right-one"}] }'
+        good = {"user": "gw", "password": Secret("right-one")}
+        bad = {"user": "gw", "password": Secret("wrong")}
+    elif method == "token":
+        auth = 'authorization { token: "right-token" }'
+        good, bad = {"token": Secret("right-token")}, {"token": Secret("wrong")}
+    else:
+        seed, public = user_nkey()
+        auth = f"authorization {{ users: [{{nkey: {public}}}] }}"
+        good, bad = {"nkey_seed": Secret(seed)}, {"nkey_seed": Secret(user_nkey()[0])}
     server = NatsCluster(tmp_path / "auth", size=1, auth=auth)
     server.start()
     try:
-        key = "password" if method == "password" else "token"
-        user = {"user": "gw"} if method == "password" else {}
-        good = {**user, key: Secret("right-one" if method == "password" else "right-token")}
-        bad = {**user, key: Secret("wrong")}
         async with NatsUplink(nats_config(server.urls, **good), ctx()):
             pass  # the right one works: the refusal below is the credential's, nothing else
         with pytest.raises(Permanent, match="refused the credentials"):

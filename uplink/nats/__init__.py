@@ -37,6 +37,22 @@ def msg_id(batch: Batch) -> str:
     return f"{batch.gateway}:{batch.lo_seq}:{batch.hi_seq}"
 
 
+def _twin(config: Config, ctx: PluginContext) -> str | None:
+    """Another enabled nats uplink of this gateway into the same stream on a server in common."""
+    if ctx.config is None:
+        return None
+    for other in ctx.config.uplinks:
+        if (
+            isinstance(other, Config)
+            and other.name != config.name
+            and other.enabled
+            and other.stream == config.stream
+            and set(other.urls()) & set(config.urls())
+        ):
+            return other.name
+    return None
+
+
 class _Owed(msgspec.Struct):
     subject: str
     future: asyncio.Future[PubAck]
@@ -47,6 +63,7 @@ class Uplink:
         self.config = config
         self.gateway = ctx.gateway_id
         self.log = ctx.log
+        self._twin = _twin(config, ctx)
         self._nc: NATS | None = None
         self._subjects = config.subjects(ctx.gateway_id)
         self._enc = Encoder(encoding=config.encoding, compression=config.compression)
@@ -65,12 +82,24 @@ class Uplink:
 
     async def __aenter__(self) -> Self:
         c = self.config
+        if self._twin is not None:
+            raise Permanent(
+                f"uplinks {c.name} and {self._twin} publish into the same stream {c.stream}: their batches share "
+                "Nats-Msg-Ids (gateway:lo:hi), so the stream would drop one uplink's as duplicates of the other's"
+            )
         name = f"edged-{self.gateway}-{c.name}"
         nc = await client.connect(
             c, self.log, name=name, errors=self._errors, on_error=self._on_error, on_closed=self._on_closed
         )
         try:
-            await client.ensure_stream(nc, c, list(self._subjects.values()), self.log)
+            info = await client.ensure_stream(nc, c, list(self._subjects.values()), self.log)
+            window = float(info.config.duplicate_window or 0)
+            if window < float(c.duplicate_window):
+                self.log.warning(
+                    "uplink %s: stream %s deduplicates for %gs only (duplicate_window %gs): a batch re-sent after "
+                    "an outage longer than that is stored twice",
+                    c.name, c.stream, window, float(c.duplicate_window), extra={"uplink": c.name},
+                )  # fmt: skip
             if c.batch_bytes > nc.max_payload:
                 raise Permanent(
                     f"batch_bytes ({int(c.batch_bytes)}) is larger than the server's max_payload ({nc.max_payload}): "

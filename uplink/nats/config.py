@@ -110,6 +110,14 @@ class Config(TlsUplink):
             raise ValueError(f"stream {self.stream!r}: letters, digits, _ and - only")
         for s in self.stream_subjects:
             check_subject(s, wildcards=True)
+        if self.create_stream and not self.stream_subjects:
+            try:
+                check_subject(self.filters()[0], wildcards=True)
+            except ValueError:
+                raise ValueError(
+                    f"create_stream: the subject template {self.subject!r} gives no stream subject by making each "
+                    "placeholder a '*' (a placeholder shares a token with text): set stream_subjects"
+                ) from None
         if not 1 <= self.replicas <= 5:
             raise ValueError("replicas must be between 1 and 5")
         if not 0.5 <= self.timeout <= 300:
