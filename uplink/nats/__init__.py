@@ -34,6 +34,8 @@ __all__ = ["Config", "Uplink", "msg_id", "plugin"]
 
 def msg_id(batch: Batch) -> str:
     """The JetStream deduplication id of a batch: the same window is the same id on every re-send."""
+    if batch.gaps and not batch.samples:  # gap records: never the id of a batch of samples
+        return f"{batch.gateway}:gaps:{batch.lo_seq}:{batch.hi_seq}"
     return f"{batch.gateway}:{batch.lo_seq}:{batch.hi_seq}"
 
 
