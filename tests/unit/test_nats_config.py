@@ -88,3 +88,23 @@ def test_puback_errors_are_classified() -> None:
     assert isinstance(puback_error(ApiError(503, 10077, "maximum messages exceeded"), "S", "s"), Transient)
     assert isinstance(puback_error(ApiError(400, 10054, "message size exceeds maximum allowed"), "S", "s"), Permanent)
     assert isinstance(puback_error(ApiError(400, 10060, "expected stream does not match"), "S", "s"), Permanent)
+
+
+async def test_two_uplinks_into_one_stream_are_refused_before_connecting() -> None:
+    """Their batches would share Nats-Msg-Ids: the stream would drop one uplink's as the other's."""
+    import logging
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from edged.plugin import PluginContext
+    from uplink.nats import Uplink
+
+    a, b = cfg(), Config(name="js2", type="nats", tags=["dev/*"])
+    whole = SimpleNamespace(uplinks=[a, b])
+    ctx = PluginContext("gw", Path("."), logging.getLogger("t"), config=whole)  # type: ignore[arg-type]
+    with pytest.raises(Permanent, match="same stream EDGED"):
+        async with Uplink(a, ctx):
+            pass
+    other = Config(name="js2", type="nats", stream="OTHER")
+    ctx = PluginContext("gw", Path("."), logging.getLogger("t"), config=SimpleNamespace(uplinks=[a, other]))  # type: ignore[arg-type]
+    assert Uplink(a, ctx)._twin is None
