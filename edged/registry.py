@@ -23,6 +23,7 @@ _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 _EXTRAS = {"aiomqtt": "mqtt", "pymodbus": "modbus", "serial": "modbus", "asyncua": "opcua", "httpx": "http",
            "google": "sparkplug", "numpy": "numerics", "scipy": "numerics", "pint": "numerics",
            "bacpypes3": "bacnet"}  # fmt: skip
+           "nats": "nats", "nkeys": "nats"}  # fmt: skip
 
 
 def _load(package: str, type_name: str) -> ModuleType:
