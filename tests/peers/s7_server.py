@@ -5,12 +5,13 @@ tests need: it listens on 127.0.0.1 (a free port by default), counts the jobs it
 per cycle measured at the PLC side, not only by the driver), closes its client connections when
 stopped (a real CPU going away), answers bit writes the way a CPU does (the library's server writes
 the whole byte), and injects faults: "mute" (reads the job, never answers), "garbage" (answers
-bytes that are no S7 PDU) and "refuse" (every read job refused with header error 0x8104, what an
-S7-1200/1500 without PUT/GET access answers).
+bytes that are no S7 PDU), "ignore_writes" (acknowledges writes, stores nothing) and "refuse"
+(every read job refused with header error 0x8104, what an S7-1200/1500 without PUT/GET answers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -49,10 +50,8 @@ class S7Peer(Server):  # type: ignore[misc]
     def stop(self) -> int:
         with self._lock:
             for s in self._sockets:
-                try:
+                with contextlib.suppress(OSError):  # already closed by the client
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             self._sockets.clear()
         return int(super().stop())
 
@@ -74,6 +73,8 @@ class S7Peer(Server):  # type: ignore[misc]
                 with self._lock:
                     self.jobs += 1
                     self.items += request_data[11]
+            if function == 0x05 and self.fault == "ignore_writes":  # acknowledged, not stored
+                return b"\x32\x03\x00\x00" + request_data[4:6] + b"\x00\x02\x00\x01\x00\x00\x05\x01\xff"
             if function == 0x05 and request_data[15] == 0x01:  # transport size BIT
                 return self._bit_write(request_data)
         return super()._process_request(request_data, client_address)
