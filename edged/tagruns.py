@@ -50,11 +50,11 @@ def _int(entry: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
-def _pattern(name: object, key: str) -> str:
-    """Check a name pattern: exactly one {i}, no other braces (they would be in the tag's name)."""
+def _pattern(name: object, key: str, *, once: bool = True) -> str:
+    """Check a pattern: {i} exactly `once` (a name, else the tags would share it), no other braces."""
     if not isinstance(name, str):
         raise _KeyError(key, f"{key} must be a string")
-    if len(_PLACEHOLDER.findall(name)) != 1:
+    if once and len(_PLACEHOLDER.findall(name)) != 1:
         raise _KeyError(key, f"{key} of a run needs exactly one {{i}} (the tag's number), e.g. 'meter{{i}}/power'")
     rest = _PLACEHOLDER.sub("", name)
     if "{" in rest or "}" in rest:
@@ -128,7 +128,7 @@ def _expand(tag: Mapping[str, Any]) -> list[dict[str, Any]]:
     name = _pattern(tag.get("name"), "name")
     description = tag.get("description")
     if isinstance(description, str) and "{" in description:
-        description = _pattern(description, "description")
+        description = _pattern(description, "description", once=False)
     address = tag.get("address")
     if count > 1:
         check("stride", stride is not None, "a run of more than one tag needs `stride`: the address step between tags")
