@@ -93,3 +93,28 @@ class S7Peer(Server):  # type: ignore[misc]
             byte, bit = divmod(address, 8)
             mem[byte] = mem[byte] | 1 << bit if value else mem[byte] & ~(1 << bit)
         return b"\x32\x03\x00\x00" + pdu[4:6] + b"\x00\x02\x00\x01\x00\x00\x05\x01" + bytes((code,))
+
+
+def main() -> None:
+    """Serve zeroed DB1..DB9 and DB100 (4 KiB each) and 1 KiB of M, I, Q; print "PORT n"."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    peer = S7Peer()
+    for db in (*range(1, 10), 100):
+        peer.area("DB", 4096, db=db)
+    for area in ("M", "I", "Q"):
+        peer.area(area, 1024)
+    print(f"PORT {peer.start_local(args.port)}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        peer.stop()
+
+
+if __name__ == "__main__":
+    main()
