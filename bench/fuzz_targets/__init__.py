@@ -26,6 +26,7 @@ TARGETS: dict[str, Target] = {
     "sparkplug_command": Target(("uplink.sparkplug", "edged.commands"), 1024),
     "http_response": Target(("uplink.http",), 2048),
     "config": Target(("edged.config", "drivers", "uplink"), 8192),
+    "s7": Target(("drivers.s7.pdu", "drivers.s7.codec"), 600),  # an answer of a 480-byte PDU, one value
 }
 
 
