@@ -30,7 +30,7 @@ from drivers.s7 import codec
 from drivers.s7.client import Failure, Link, LinkDown, item_failure, job_failure
 from drivers.s7.config import CONNECTION_TYPES, Config, Tag
 from drivers.s7.pdu import HeaderError, PduError, Spec, parse_read, parse_write, read_request, write_request
-from drivers.s7.plan import Item, Range, Request, plan
+from drivers.s7.plan import MIN_PDU, Item, Range, Request, plan
 from edged.errors import Permanent, ReadbackMismatch, Transient
 from edged.model import Sample, Status, Value
 from edged.plugin import DriverSpec, PluginContext
@@ -105,6 +105,8 @@ class Driver:
             await link.close()
 
     def _check_pdu(self, pdu: int) -> None:
+        if not MIN_PDU <= pdu <= self.config.pdu_size:
+            raise Permanent(f"{self.config.name}: the CPU negotiated an implausible PDU size of {pdu} bytes")
         room = self.config.limits(pdu).max_range
         for t in self._tags:
             if t.size > room:

@@ -130,7 +130,7 @@ class Link:
                 if conn.socket is not None:
                     conn.socket.settimeout(timeout)
             self._client = client
-            return int(client.get_pdu_length())
+            return min(int(client.get_pdu_length()), self._pdu_request)  # never more than we asked
 
         try:
             self.pdu = await self._run(connect, max(timeout, 5.0) + 1.0)
