@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import codecs
 import datetime
-import math
 import re
 import struct
 from typing import Literal, get_args
@@ -288,7 +287,3 @@ def check_encoding(encoding: str) -> None:
         codecs.lookup(encoding)
     except LookupError:
         raise ValueError(f"unknown encoding {encoding!r}") from None
-
-
-def is_finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
