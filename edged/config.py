@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from edged.errors import ConfigError
+from edged.tagruns import expand_runs
 
 # ----------------------------------------------------------------------------------------- value types
 
@@ -863,7 +864,13 @@ def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | No
                 cfg_type = loader(typ)
             except ConfigError as exc:
                 raise ConfigError(exc.reason, file=file, path=f"{label}.type") from None
-            entry = _convert(item, cfg_type, file=file, path=label, base_dir=base)
+            origins = None
+            if kind == "devices":  # runs of tags (`count`, edged.tagruns) become one entry per tag
+                item, origins = expand_runs(item, file=file, label=label)
+            try:
+                entry = _convert(item, cfg_type, file=file, path=label, base_dir=base)
+            except ConfigError as exc:
+                raise (origins.relabel(exc) if origins is not None else exc) from None
             if entry.name in seen:
                 raise ConfigError(
                     f"duplicate name {entry.name!r} (also {kind}[{seen[entry.name]}])", file=file, path=f"{label}.name"

@@ -24,6 +24,7 @@ _EXTRAS = {"aiomqtt": "mqtt", "pymodbus": "modbus", "serial": "modbus", "asyncua
            "google": "sparkplug", "numpy": "numerics", "scipy": "numerics", "pint": "numerics",
            "bacpypes3": "bacnet"}  # fmt: skip
            "nats": "nats", "nkeys": "nats"}  # fmt: skip
+           "snap7": "s7"}  # fmt: skip
 
 
 def _load(package: str, type_name: str) -> ModuleType:

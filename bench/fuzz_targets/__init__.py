@@ -28,6 +28,7 @@ TARGETS: dict[str, Target] = {
     "config": Target(("edged.config", "drivers", "uplink"), 8192),
     "modbus_server_request": Target(("uplink.modbus_server.image", "edged.protocols.modbus"), 280),
     "influxdb_response": Target(("uplink.influxdb",), 2048),
+    "s7": Target(("drivers.s7.pdu", "drivers.s7.codec"), 600),  # an answer of a 480-byte PDU, one value
 }
 
 
