@@ -25,6 +25,7 @@ _EXTRAS = {"aiomqtt": "mqtt", "pymodbus": "modbus", "serial": "modbus", "asyncua
            "bacpypes3": "bacnet"}  # fmt: skip
            "nats": "nats", "nkeys": "nats"}  # fmt: skip
            "snap7": "s7"}  # fmt: skip
+           "bacpypes3": "bacnet", "pycomm3": "cip"}  # fmt: skip
 
 
 def _load(package: str, type_name: str) -> ModuleType:
