@@ -22,10 +22,7 @@ _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 # The extra that brings each plugin's library, for a helpful message when it is missing.
 _EXTRAS = {"aiomqtt": "mqtt", "pymodbus": "modbus", "serial": "modbus", "asyncua": "opcua", "httpx": "http",
            "google": "sparkplug", "numpy": "numerics", "scipy": "numerics", "pint": "numerics",
-           "bacpypes3": "bacnet"}  # fmt: skip
-           "nats": "nats", "nkeys": "nats"}  # fmt: skip
-           "snap7": "s7"}  # fmt: skip
-           "bacpypes3": "bacnet", "pycomm3": "cip"}  # fmt: skip
+           "bacpypes3": "bacnet", "pycomm3": "cip", "nats": "nats", "nkeys": "nats", "snap7": "s7"}  # fmt: skip
 
 
 def _load(package: str, type_name: str) -> ModuleType:

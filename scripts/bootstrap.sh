@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything edged needs on a fresh Debian/Ubuntu machine, idempotently:
-# system packages (mosquitto, nats-server and socat for the tests, libsystemd-dev + pkg-config + gcc for the
+# system packages (mosquitto, nats-server, influxdb and socat for the tests, libsystemd-dev + pkg-config + gcc for the
 # journald extra, buildah + debootstrap to build the container image, systemd-analyze, strace and
 # shellcheck for the unit checks) and a private virtual environment in .venv with edged and all
 # its extras.
@@ -10,10 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto socat libsystemd-dev pkg-config gcc python3-venv python3-dev openssl
-    buildah debootstrap strace shellcheck systemd influxdb)  # last six: image build, unit checks, influxd test peer
 APT_PACKAGES=(mosquitto nats-server socat libsystemd-dev pkg-config gcc python3-venv python3-dev openssl
-    buildah debootstrap strace shellcheck systemd)  # the last five: image build and unit checks
+    buildah debootstrap strace shellcheck systemd influxdb)  # last six: image build, unit checks, influxd test peer
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
