@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edged import __version__, config, files, logs
-from edged.errors import ConfigError, StorageError, Transient
+from edged.errors import ConfigError, Permanent, StorageError, Transient
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = "/etc/edged/edged.toml"
@@ -444,7 +444,68 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("--config", "-c")
     wr.add_argument("--user", help="who asks, for the audit trail (default: the login name)")
     wr.set_defaults(func=cmd_write)
+
+    # ---- onboarding: discovery that writes the config, a password hash for [ui.users]
+    dc = sub.add_parser("discover", help="find what a device offers and print a [[devices]] block (opcua, hart)")
+    dc.add_argument("kind", choices=["opcua", "hart", "modbus"])
+    dc.add_argument("target", help="opc.tcp://host:port/path (opcua); a serial port or host[:port] (hart)")
+    dc.add_argument("--name", help="the device's name in the config (default: from the target)")
+    dc.add_argument("--security", default="None", help="opcua: None, or POLICY[,MODE] e.g. Basic256Sha256,Sign")
+    dc.add_argument("--certificate", help="opcua: client certificate (edged opcua-cert)")
+    dc.add_argument("--private-key", help="opcua: its private key")
+    dc.add_argument("--username", help="opcua: user name; the password is read from $EDGED_DISCOVER_PASSWORD")
+    dc.add_argument("--addresses", default="0-63", help="hart: polling addresses to try (default 0-63)")
+    dc.add_argument("--output", "-o", help="write the TOML to this file instead of standard output")
+    dc.set_defaults(func=cmd_discover)
+
+    pw = sub.add_parser("ui-password", help="print a scrypt hash for [ui.users.NAME] password_hash")
+    pw.set_defaults(func=cmd_ui_password)
     return p
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Print what the device offers as config; the output passes check-config as it is."""
+    import importlib
+
+    if args.kind == "modbus":
+        print("edged: Modbus cannot be discovered (the protocol has no directory of registers): start from "
+              "examples/modbus-plant.toml and the device's register map", file=sys.stderr)  # fmt: skip
+        return EXIT_FAIL
+    try:
+        module = importlib.import_module(f"drivers.{args.kind}.discover")
+    except ImportError as exc:
+        print(f"edged: discover {args.kind} needs its driver's extra: pip install 'edged[{args.kind}]' ({exc})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAIL
+    try:
+        text: str = asyncio.run(module.discover_cli(args))
+    except (ValueError, Transient, Permanent, OSError) as exc:
+        print(f"edged: discover {args.kind} {args.target}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_ui_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from edged.ui.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("edged: the two passwords differ", file=sys.stderr)
+            return EXIT_FAIL
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("edged: use at least 8 characters", file=sys.stderr)
+        return EXIT_FAIL
+    print(hash_password(password))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,5 +213,4 @@ async def serve(daemon: Daemon, listen: str) -> None:
     app = web.Application(middlewares=[plain_errors])
     add_routes(app, daemon)
     host, port = _parse_listen(listen)
-    log.info("metrics on http://%s:%d/metrics, health on /health", host, port)
-    await run_app(app, host, port, None, "metrics")
+    await run_app(app, host, port, None, "metrics", f"metrics on http://{host}:{port}/metrics, health on /health")

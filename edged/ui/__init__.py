@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edged.ui")
 
 
-async def run_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None, what: str) -> bool:
+async def run_app(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None, what: str, started: str
+) -> bool:
     """Serve `app` until cancelled; False (logged) when the port cannot be bound: the gateway keeps
     running without its web page rather than not at all."""
     from aiohttp import web
@@ -36,6 +38,7 @@ async def run_app(app: web.Application, host: str, port: int, ssl_context: ssl.S
         except OSError as exc:
             log.warning("%s: cannot listen on %s:%d (%s); running without it", what, host, port, exc.strerror)
             return False
+        log.info("%s", started)
         await asyncio.Event().wait()  # until cancelled
     finally:
         await runner.cleanup()
@@ -62,6 +65,6 @@ async def serve(daemon: Daemon) -> None:
     async with asyncio.TaskGroup() as tg:
         sampler = tg.create_task(ui.run_sampler(), name="ui-sampler")
         shown = f"[{host}]" if ":" in host else host
-        log.info("web UI on %s://%s:%d/ (metrics on /metrics, health on /health)", scheme, shown, port)
-        if not await run_app(app, host, port, ctx, "web UI"):
+        started = f"web UI on {scheme}://{shown}:{port}/ (metrics on /metrics, health on /health)"
+        if not await run_app(app, host, port, ctx, "web UI", started):
             sampler.cancel()  # no page to show it on

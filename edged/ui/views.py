@@ -42,7 +42,7 @@ def fmt_value(value: object) -> str:
         if not math.isfinite(value):
             return str(value)
         return f"{value:.6g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
-    return "" if value is None else str(value)
+    return "-" if value is None else str(value)
 
 
 def fmt_age(seconds: float | None) -> str:
