@@ -446,15 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     wr.set_defaults(func=cmd_write)
 
     # ---- onboarding: discovery that writes the config, a password hash for [ui.users]
-    dc = sub.add_parser("discover", help="find what a device offers and print a [[devices]] block (opcua, hart)")
-    dc.add_argument("kind", choices=["opcua", "hart", "modbus"])
-    dc.add_argument("target", help="opc.tcp://host:port/path (opcua); a serial port or host[:port] (hart)")
+    dc = sub.add_parser("discover", help="browse an OPC UA server and print a [[devices]] block for it")
+    dc.add_argument("kind", choices=["opcua", "modbus"])
+    dc.add_argument("target", help="opc.tcp://host:port/path")
     dc.add_argument("--name", help="the device's name in the config (default: from the target)")
     dc.add_argument("--security", default="None", help="opcua: None, or POLICY[,MODE] e.g. Basic256Sha256,Sign")
     dc.add_argument("--certificate", help="opcua: client certificate (edged opcua-cert)")
     dc.add_argument("--private-key", help="opcua: its private key")
     dc.add_argument("--username", help="opcua: user name; the password is read from $EDGED_DISCOVER_PASSWORD")
-    dc.add_argument("--addresses", default="0-63", help="hart: polling addresses to try (default 0-63)")
     dc.add_argument("--output", "-o", help="write the TOML to this file instead of standard output")
     dc.set_defaults(func=cmd_discover)
 

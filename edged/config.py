@@ -785,13 +785,15 @@ class UiUser(Base):
     password_hash: Secret
     role: Literal["viewer", "operator"] = "viewer"
 
-    def __post_init__(self) -> None:
+    def problem(self) -> str | None:
+        """Why the hash is unusable (checked by UiConfig, which knows the user's name), or None."""
         m = SCRYPT_HASH_RE.match(self.password_hash.reveal())
         if m is None:
-            raise ValueError("password_hash must be a scrypt hash from `edged ui-password` (scrypt$N$r$p$salt$hash)")
+            return "must be a scrypt hash from `edged ui-password` (scrypt$N$r$p$salt$hash), never the password"
         n, r, p = (int(x) for x in m.groups())
         if n < 2**14 or n & (n - 1) or not 1 <= r <= 32 or not 1 <= p <= 16:
-            raise ValueError("password_hash: scrypt N must be a power of two >= 16384, r 1-32, p 1-16")
+            return "scrypt N must be a power of two >= 16384, r 1-32, p 1-16"
+        return None
 
 
 class UiConfig(Base):
@@ -808,9 +810,12 @@ class UiConfig(Base):
             raise ValueError("give both tls_cert and tls_key, or neither")
         if not 60 <= self.session_ttl <= 7 * 86400:
             raise ValueError("session_ttl must be between 1m and 7d")
-        for name in self.users:
+        for name, user in self.users.items():
             if not NAME_RE.match(name) or len(name) > 64:
                 raise ValueError(f"invalid user name {name!r}: letters, digits, _ . - only, at most 64")
+            problem = user.problem()
+            if problem:
+                raise ValueError(f"users.{name}.password_hash {problem}")
 
     @property
     def loopback(self) -> bool:

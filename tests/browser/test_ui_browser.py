@@ -35,6 +35,7 @@ if not (CHROMIUM and CHROMEDRIVER):
     pytest.skip("chromium + chromium-driver not installed (scripts/test.sh installs them)", allow_module_level=True)
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 CONFIG = """
@@ -182,7 +183,15 @@ def console_errors(drv: Any) -> list[dict[str, Any]]:
 
 
 def wait(drv: Any, pred: Any, timeout: float, what: str) -> None:
-    wait_until(lambda: pred(drv), timeout, what, interval=0.05)
+    """`pred(drv)` until truthy; an element replaced by a navigation meanwhile counts as "not yet"."""
+
+    def check() -> Any:
+        try:
+            return pred(drv)
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+
+    wait_until(check, timeout, what, interval=0.05)
 
 
 def login(drv: Any, gw: Gateway, user: str, password: str, then: str = "/") -> None:
@@ -249,7 +258,9 @@ def test_trend_shows_the_buffers_samples(gw: Gateway, browser: Any) -> None:
     svg = browser.find_element(By.CSS_SELECTOR, "#trend svg")
     shown = int(svg.get_attribute("data-samples"))
     points = int(svg.get_attribute("data-points"))
-    # independent count straight from the buffer's SQLite file: at least as many as the page drew from
+    data = json.loads(get(f"{gw.base}/api/trend?tag=plant%2Flevel")[1])
+    # independent count straight from the buffer's SQLite file (read after the page and the API, so a
+    # superset of what they saw): at least as many samples, and the same extremes or wider
     db = sqlite3.connect(f"file:{gw.data / 'buffer.db'}?mode=ro", uri=True)
     stored, lo, hi = db.execute(
         "SELECT count(*), min(value), max(value) FROM samples JOIN tags USING(tag_id) WHERE name = 'plant/level'"
@@ -258,7 +269,6 @@ def test_trend_shows_the_buffers_samples(gw: Gateway, browser: Any) -> None:
     assert 20 <= shown <= stored, (shown, stored)
     polyline = svg.find_element(By.CSS_SELECTOR, "polyline").get_attribute("points").split()
     assert len(polyline) == points > 0
-    data = json.loads(get(f"{gw.base}/api/trend?tag=plant%2Flevel")[1])
     assert min(p[1] for p in data["points"]) >= lo and max(p[2] for p in data["points"]) <= hi
 
 
