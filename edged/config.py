@@ -544,6 +544,7 @@ class BufferConfig(Base):
 # default: without a [commands] section, or with enabled = false, every command is refused.
 
 COMMAND_SOURCE_CLI = "cli"  # `edged write`; every other source is an uplink name
+COMMAND_SOURCE_UI = "ui"  # the local web UI (edged.ui), a logged-in operator
 
 CommandValue = bool | int | float | str
 
@@ -688,7 +689,7 @@ def _check_commands(
                 path=f"commands.sources.{name}",
             )
     tags = {dev.tag_path(t): (dev, t) for dev in devices for t in dev.tags}
-    sources = set(by_name) | {COMMAND_SOURCE_CLI}
+    sources = set(by_name) | {COMMAND_SOURCE_CLI, COMMAND_SOURCE_UI}
     seen: dict[str, int] = {}
     for i, entry in enumerate(cmds.tags):
         label = f"commands.tags[{i}] ({entry.tag})"
@@ -760,6 +761,7 @@ class Config(msgspec.Struct, kw_only=True):
     commands: CommandsConfig = msgspec.field(default_factory=CommandsConfig)
     # [[computed]] groups (edged.compute.config.ComputedGroup; Any here: edged.compute imports this module)
     computed: list[Any] = []
+    ui: UiConfig = msgspec.field(default_factory=lambda: UiConfig())  # the local web UI (edged.ui)
 
     @property
     def data_dir(self) -> Path:
@@ -771,9 +773,77 @@ class Config(msgspec.Struct, kw_only=True):
         return p if p.is_absolute() else self.data_dir / p
 
 
+# ----------------------------------------------------------------------------------------- ui
+# The local web UI (edged.ui, docs/ui.md): read-only for anyone who reaches it, writes for logged-in
+# operators. On by default, on loopback only; beyond loopback it needs TLS (or allow_insecure).
+
+SCRYPT_HASH_RE = re.compile(r"^scrypt\$(\d+)\$(\d+)\$(\d+)\$[A-Za-z0-9+/=]{16,}\$[A-Za-z0-9+/=]{32,}$")
+
+
+class UiUser(Base):
+    """One UI login: a hashlib.scrypt hash (`edged ui-password` makes one), never the password."""
+
+    password_hash: Secret
+    role: Literal["viewer", "operator"] = "viewer"
+
+    def problem(self) -> str | None:
+        """Why the hash is unusable (checked by UiConfig, which knows the user's name), or None."""
+        m = SCRYPT_HASH_RE.match(self.password_hash.reveal())
+        if m is None:
+            return "must be a scrypt hash from `edged ui-password` (scrypt$N$r$p$salt$hash), never the password"
+        n, r, p = (int(x) for x in m.groups())
+        if n < 2**14 or n & (n - 1) or not 1 <= r <= 32 or not 1 <= p <= 16:
+            return "scrypt N must be a power of two >= 16384, r 1-32, p 1-16"
+        return None
+
+
+class UiConfig(Base):
+    enabled: bool = True
+    listen: ListenAddress = ListenAddress("127.0.0.1:8080")
+    tls_cert: str | None = None  # PEM certificate chain; relative to data_dir
+    tls_key: str | None = None  # its private key
+    allow_insecure: bool = False  # listen beyond loopback without TLS (e.g. behind a TLS proxy)
+    session_ttl: Duration = Duration(8 * 3600.0)
+    users: dict[str, UiUser] = {}
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        if not 60 <= self.session_ttl <= 7 * 86400:
+            raise ValueError("session_ttl must be between 1m and 7d")
+        for name, user in self.users.items():
+            if not NAME_RE.match(name) or len(name) > 64:
+                raise ValueError(f"invalid user name {name!r}: letters, digits, _ . - only, at most 64")
+            problem = user.problem()
+            if problem:
+                raise ValueError(f"users.{name}.password_hash {problem}")
+
+    @property
+    def loopback(self) -> bool:
+        host, _ = parse_listen(self.listen)
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def _check_ui(ui: UiConfig, data_dir: Path, file: str) -> None:
+    """TLS files that exist, and no plain HTTP beyond loopback unless asked for in so many words."""
+    if not ui.enabled:
+        return
+    if ui.tls_cert is None and not ui.loopback and not ui.allow_insecure:
+        raise ConfigError(
+            f"{ui.listen!r} is beyond loopback: give tls_cert and tls_key, or allow_insecure = true "
+            "(only behind a TLS proxy: passwords and session cookies would cross the network in clear)",
+            file=file,
+            path="ui.listen",
+        )
+    for key in ("tls_cert", "tls_key"):
+        name = getattr(ui, key)
+        if name is not None and not (data_dir / name).is_file():
+            raise ConfigError(f"{data_dir / name} is not a readable file", file=file, path=f"ui.{key}")
+
+
 # ----------------------------------------------------------------------------------------- loading
 
-_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands", "computed"}
+_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands", "computed", "ui"}
 
 
 def _dec_hook_for(base_dir: Path) -> Callable[[type, Any], Any]:
@@ -896,8 +966,10 @@ def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | No
     computed = _computed(raw, devices, file, base)
     commands = _convert(raw.get("commands", {}), CommandsConfig, file=file, path="commands", base_dir=base)
     _check_commands(commands, [*devices, *computed], uplinks, file, buffer)
+    ui = _convert(raw.get("ui", {}), UiConfig, file=file, path="ui", base_dir=base)
+    _check_ui(ui, Path(gateway.data_dir), file)
     return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file, commands=commands,
-                  computed=computed)  # fmt: skip
+                  computed=computed, ui=ui)  # fmt: skip
 
 
 def _computed(raw: Mapping[str, Any], devices: list[Any], file: str, base: Path) -> list[Any]:
@@ -990,7 +1062,8 @@ def inline_secrets(cfg: Config) -> list[str]:
     """Key paths of every `Secret` written inline in the file (not { env/file/credential }), found
     by walking the validated structs, so a new Secret field of any plugin is covered."""
     found: list[str] = []
-    stack: list[tuple[str, Any]] = [("gateway", cfg.gateway), ("buffer", cfg.buffer), ("commands", cfg.commands)]
+    stack: list[tuple[str, Any]] = [("gateway", cfg.gateway), ("buffer", cfg.buffer), ("commands", cfg.commands),
+                                    ("ui", cfg.ui)]  # fmt: skip
     entries: tuple[tuple[str, list[Any]], ...] = (("devices", cfg.devices), ("uplinks", cfg.uplinks))
     for kind, items in entries:
         stack.extend((f"{kind}[{i}] ({e.name})", e) for i, e in enumerate(items))

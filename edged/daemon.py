@@ -153,8 +153,9 @@ class Daemon:
             plans = build(config.devices, config.computed, file=config.source or "<config>")
             # a silent totalizer is stored again well within the retention, so it is never trimmed away
             refresh = min(3600.0, float(config.buffer.retention) / 4)
-            self.compute = Engine(plans, sink=self.buffer.put, refresh_s=refresh)
+            self.compute = Engine(plans, sink=self._store, refresh_s=refresh)
         self.started_ns = time.time_ns()
+        self.current: dict[str, Sample] = {}  # each tag's newest sample handed to the buffer (the web UI)
         self.loop_lag_s = 0.0
         self.stopped = False
         self._devices: dict[str, tuple[DeviceRunner, asyncio.Task[None]]] = {}
@@ -203,6 +204,13 @@ class Daemon:
             computed = self.compute.feed(samples)
             if computed:
                 samples = [*samples, *computed]
+        self._store(samples)
+
+    def _store(self, samples: list[Sample]) -> None:
+        """Hand samples to the buffer, noting each tag's newest for the web UI (no disk read per page)."""
+        current = self.current
+        for s in samples:
+            current[s.tag] = s
         self.buffer.put(samples)
 
     def _sender(self, up: UplinkBase) -> Sender:
@@ -300,6 +308,10 @@ class Daemon:
                         from edged.metrics import serve
 
                         tg.create_task(serve(self, self.config.gateway.metrics_listen), name="metrics")
+                    if self.config.ui.enabled and self.config.ui.listen != self.config.gateway.metrics_listen:
+                        from edged.ui import serve as serve_ui
+
+                        tg.create_task(serve_ui(self), name="ui")
                     self.notifier.ready(f"{len(self._devices)} devices, {len(self._uplinks)} uplinks")
                     log.info(
                         "edged running: gateway %s, %d devices, %d uplinks, buffer %s",
@@ -451,7 +463,7 @@ class Daemon:
             await asyncio.sleep(1.0)
             out = engine.tick()
             if out:
-                self.buffer.put(out)
+                self._store(out)
 
     async def _status_writer(self) -> None:
         """Refresh the per-uplink figures and file sizes (on the buffer thread) and write the status

@@ -1,13 +1,10 @@
-"""Prometheus metrics and a health check on a local HTTP port (`gateway.metrics_listen`).
-
-A tiny asyncio HTTP/1.1 server (GET only, one request per connection) instead of a framework: it
-has two routes, must never block the event loop, and must not add a dependency beyond
-prometheus-client, whose text format it serves from a per-daemon registry (no global state).
+"""Prometheus metrics and a health check on a local HTTP port (`gateway.metrics_listen`), served
+by aiohttp (the web UI's server, edged.ui, which carries the same routes). The text format comes
+from a per-daemon prometheus-client registry (no global state); a scrape never touches the disk.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -18,11 +15,14 @@ from edged.config import parse_listen
 from edged.errors import ConfigError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from edged.daemon import Daemon
 
 log = logging.getLogger("edged.metrics")
 
 LAG_UNHEALTHY_S = 5.0
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def health(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
@@ -159,44 +159,58 @@ def _parse_listen(listen: str) -> tuple[str, int]:
         raise ConfigError(f"gateway.metrics_listen {exc}") from None
 
 
-async def serve(daemon: Daemon, listen: str) -> None:
-    """Serve /metrics and /health until cancelled."""
+def add_routes(app: web.Application, daemon: Daemon) -> None:
+    """/metrics (when prometheus-client is installed), /health and /healthz on an aiohttp app."""
+    from aiohttp import web
+
     try:
         from prometheus_client import CollectorRegistry, generate_latest
     except ImportError:
-        log.error("metrics_listen is set but prometheus-client is missing: pip install 'edged[metrics]'")
+        log.error("prometheus-client is missing, /metrics is off: pip install 'edged[metrics]'")
+    else:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(daemon))
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(registry), headers={"Content-Type": PROMETHEUS_TYPE})
+
+        app.router.add_get("/metrics", metrics, allow_head=False)
+
+    async def healthcheck(request: web.Request) -> web.Response:
+        ok, doc = health(daemon)
+        return web.Response(body=json.dumps(doc).encode() + b"\n", status=200 if ok else 503,
+                            content_type="application/json")  # fmt: skip
+
+    app.router.add_get("/health", healthcheck, allow_head=False)
+    app.router.add_get("/healthz", healthcheck, allow_head=False)
+
+
+async def serve(daemon: Daemon, listen: str) -> None:
+    """Serve /metrics and /health until cancelled (with the web UI when `[ui] listen` is the same
+    address)."""
+    if daemon.config.ui.enabled and daemon.config.ui.listen == listen:
+        from edged.ui import serve as serve_ui
+
+        await serve_ui(daemon)
         return
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(daemon))
-    host, port = _parse_listen(listen)
+    try:
+        from aiohttp import web
+    except ImportError:
+        log.error("metrics_listen is set but aiohttp is missing: pip install 'edged[metrics]'")
+        return
+    from edged.ui import run_app
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @web.middleware
+    async def plain_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method != "GET":
+            return web.Response(status=405, text="GET only\n")
         try:
-            async with asyncio.timeout(5):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            if method != "GET":
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path.split("?")[0] == "/metrics":
-                status, ctype, body = "200 OK", "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry)
-            elif path.split("?")[0] in ("/health", "/healthz"):
-                ok, doc = health(daemon)
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "application/json", json.dumps(doc).encode() + b"\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /health\n"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):
-            pass  # a broken or slow client gets nothing; it must never disturb the daemon
-        finally:
-            writer.close()
+            resp: web.StreamResponse = await handler(request)
+        except web.HTTPNotFound:
+            return web.Response(status=404, text="try /metrics or /health\n")
+        return resp
 
-    server = await asyncio.start_server(handle, host, port)
-    log.info("metrics on http://%s:%d/metrics, health on /health", host, port)
-    async with server:
-        await server.serve_forever()
+    app = web.Application(middlewares=[plain_errors])
+    add_routes(app, daemon)
+    host, port = _parse_listen(listen)
+    await run_app(app, host, port, None, "metrics", f"metrics on http://{host}:{port}/metrics, health on /health")
