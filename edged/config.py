@@ -759,6 +759,8 @@ class Config(msgspec.Struct, kw_only=True):
     commands: CommandsConfig = msgspec.field(default_factory=CommandsConfig)
     # [[computed]] groups (edged.compute.config.ComputedGroup; Any here: edged.compute imports this module)
     computed: list[Any] = []
+    # [alarms] (edged.alarms.config.AlarmsConfig; Any here for the same reason)
+    alarms: Any = msgspec.field(default_factory=lambda: _alarms_default())
 
     @property
     def data_dir(self) -> Path:
@@ -772,7 +774,22 @@ class Config(msgspec.Struct, kw_only=True):
 
 # ----------------------------------------------------------------------------------------- loading
 
-_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands", "computed"}
+_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands", "computed", "alarms"}
+
+
+def _alarms_default() -> Any:
+    from edged.alarms.config import AlarmsConfig  # local: edged.alarms imports this module
+
+    return AlarmsConfig()
+
+
+def _alarms(raw: Mapping[str, Any], devices: list[Any], uplinks: list[Any], file: str, base: Path) -> Any:
+    """[alarms] resolved against the devices, computed groups and uplinks (edged.alarms.config)."""
+    from edged.alarms.config import AlarmsConfig, check
+
+    alarms = _convert(raw.get("alarms", {}), AlarmsConfig, file=file, path="alarms", base_dir=base)
+    check(alarms, devices, uplinks, file)
+    return alarms
 
 
 def _dec_hook_for(base_dir: Path) -> Callable[[type, Any], Any]:
@@ -889,8 +906,9 @@ def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | No
     computed = _computed(raw, devices, file, base)
     commands = _convert(raw.get("commands", {}), CommandsConfig, file=file, path="commands", base_dir=base)
     _check_commands(commands, [*devices, *computed], uplinks, file, buffer)
+    alarms = _alarms(raw, [*devices, *computed], uplinks, file, base)
     return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file, commands=commands,
-                  computed=computed)  # fmt: skip
+                  computed=computed, alarms=alarms)  # fmt: skip
 
 
 def _computed(raw: Mapping[str, Any], devices: list[Any], file: str, base: Path) -> list[Any]:
