@@ -234,6 +234,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             err = f", last error: {u['last_error']}" if u["last_error"] else ""
             print(f"  uplink {name}: {u['state']}{seen}, live {u['sent_live']}, historical {u['sent_historical']}{err}")
             _print_counters(u.get("counters"))
+        alarms = live.get("alarms") or {}
+        if alarms:  # process alarms (docs/alarms.md); `edged alarms` lists them from the buffer
+            print(f"  alarms{seen}: {alarms['active']} active, {alarms['unacknowledged']} unacknowledged, "
+                  f"{alarms['shelved']} shelved, {alarms['out_of_service']} out of service; "
+                  f"{alarms['events']} events, {alarms['suppressed']} summarised by the flood limit")  # fmt: skip
+            for row in alarms.get("list", [])[:20]:
+                print(f"    {row['path']}: {row['state']}{' (shelved)' if row['shelved_until_ns'] else ''}")
     return EXIT_OK
 
 
@@ -444,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("--config", "-c")
     wr.add_argument("--user", help="who asks, for the audit trail (default: the login name)")
     wr.set_defaults(func=cmd_write)
+
+    from edged.alarms.control import add_parsers as alarm_parsers  # `edged alarms`, `edged ack`
+
+    alarm_parsers(sub, _config_for)
     return p
 
 
