@@ -61,7 +61,9 @@ def event_dict(s: Sample, *, historical: bool = False) -> dict[str, object]:
     """An alarm sample as uplinks publish it: the event's fields, the path, time, seq and whether
     it is replayed (historical). A sample that is not an event yields its raw value."""
     ev = from_sample(s)
-    doc: dict[str, object] = msgspec.to_builtins(ev) if ev is not None else {"raw": s.value}
+    doc: dict[str, object] = msgspec.structs.asdict(ev) if ev is not None else {"raw": s.value}
+    if ev is not None and ev.event != "flood":
+        del doc["suppressed"], doc["states"]
     tag, name = split_path(s.tag)
     doc.setdefault("tag", tag)
     doc.setdefault("alarm", name)
