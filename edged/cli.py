@@ -122,6 +122,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                     f"{k} {v}" for k, v in (("min", t.min), ("max", t.max), ("max_step", t.max_step)) if v is not None
                 )
                 print(f"    {t.tag} by {', '.join(t.sources)}{f' ({limits})' if limits else ''}")
+        if cfg.alarms.tags:  # process alarms (docs/alarms.md)
+            oos = sum(a.out_of_service for a in cfg.alarms.tags)
+            print(f"  alarms: {len(cfg.alarms.tags)} ({oos} out of service), acknowledged and shelved by "
+                  f"{', '.join(cfg.alarms.sources)}")  # fmt: skip
     return EXIT_OK
 
 
