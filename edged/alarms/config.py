@@ -20,13 +20,18 @@ AlarmType = Literal["hi", "hihi", "lo", "lolo", "deviation", "rate", "bad_qualit
 LIMIT_TYPES: Final = frozenset({"hi", "hihi", "lo", "lolo", "deviation", "rate"})
 # ISA-18.2 priorities as OPC UA severities (1..1000, AlarmConditionType's Severity)
 PRIORITIES: Final[dict[str, int]] = {"low": 250, "medium": 500, "high": 700, "urgent": 900}
-MARK: Final = "#alarm/"  # an alarm's path: <device>/<tag>#alarm/<name>; a device's flood summary: <device>#alarm/flood
+MARK: Final = "#alarm/"  # an alarm's path: <device>/<tag>#alarm/<name>; a device's flood summary: <device>/#alarm/flood
 FLOOD: Final = "flood"
 _ALARM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def alarm_path(tag: str, name: str) -> str:
     return f"{tag}{MARK}{name}"
+
+
+def flood_path(device: str) -> str:
+    """A device's flood summary: `<device>/#alarm/flood`, so it stays the device's (Sparkplug DDATA)."""
+    return f"{device}/{MARK}{FLOOD}"
 
 
 def is_alarm_path(tag: str) -> bool:
@@ -37,7 +42,7 @@ def is_alarm_path(tag: str) -> bool:
 def split_path(path: str) -> tuple[str, str]:
     """(tag, name) of an alarm path; (device, "flood") for a device's flood summary."""
     tag, _, name = path.partition(MARK)
-    return tag, name
+    return tag.removesuffix("/"), name
 
 
 class AlarmTag(Base):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edged.alarms.config import FLOOD, AlarmsConfig, AlarmTag, alarm_path
+from edged.alarms.config import FLOOD, AlarmsConfig, AlarmTag, flood_path
 from edged.alarms.model import AlarmEvent, from_sample, to_sample
 from edged.alarms.state import (
     BadQuality,
@@ -208,7 +208,7 @@ class AlarmEngine:
                     self.config.flood_limit, extra={"device": device})  # fmt: skip
         f.suppressed, f.states = 0, {}
         self.counts["events"] += 1
-        return [to_sample(alarm_path(device, FLOOD), f.ts_ns, ev)]
+        return [to_sample(flood_path(device), f.ts_ns, ev)]
 
     def flush(self) -> list[Sample]:
         """Pending summaries, at a stop."""
@@ -281,7 +281,7 @@ class AlarmEngine:
         summary when that is newer), and the event number after the highest stored. Runs on the
         buffer thread before the first feed; returns how many alarms resumed a stored state."""
         devices = sorted({a.device for a in self.alarms.values()})
-        floods = {d: alarm_path(d, FLOOD) for d in devices}
+        floods = {d: flood_path(d) for d in devices}
         newest = {s.tag: s for s in store.newest_of_tags([*self.alarms, *floods.values()])}
         events = {tag: ev for tag, s in newest.items() if (ev := from_sample(s)) is not None}
         top = max((ev.n for ev in events.values()), default=None)

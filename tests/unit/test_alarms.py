@@ -231,7 +231,7 @@ def test_flood_summarised_and_counted() -> None:
     assert e.counts["suppressed"] == 7
     clock[0] = T0 + NS
     flood = e.tick()
-    assert len(flood) == 1 and flood[0].tag == "p#alarm/flood"
+    assert len(flood) == 1 and flood[0].tag == "p/#alarm/flood"
     ev = from_sample(flood[0])
     assert ev is not None and ev.event == "flood" and ev.suppressed == 7 and len(ev.states) == 7
     assert set(ev.states.values()) == {"unack"}

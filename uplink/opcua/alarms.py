@@ -70,10 +70,9 @@ class AlarmConditions:
         self.fired += 1
 
     def _fill(self, e: Any, path: str, ev: AlarmEvent, when: dt.datetime) -> None:
-        tag, name = split_path(path)
-        source = self._node_id(tag)
-        e.SourceNode = source
-        e.SourceName = tag
+        tag, name = split_path(path)  # a flood summary: (device, "flood"), from the device's folder
+        e.SourceNode = self._node_id(tag)
+        e.SourceName = ev.tag
         e.ConditionName = name
         e.NodeId = ua_struct(ua.NodeId, Identifier=path, NamespaceIndex=self._ns)
         e.ConditionClassId = ua_struct(ua.NodeId, Identifier=ObjectIds.ProcessConditionClassType)
