@@ -122,6 +122,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                     f"{k} {v}" for k, v in (("min", t.min), ("max", t.max), ("max_step", t.max_step)) if v is not None
                 )
                 print(f"    {t.tag} by {', '.join(t.sources)}{f' ({limits})' if limits else ''}")
+        if cfg.alarms.tags:  # process alarms (docs/alarms.md)
+            oos = sum(a.out_of_service for a in cfg.alarms.tags)
+            print(f"  alarms: {len(cfg.alarms.tags)} ({oos} out of service), acknowledged and shelved by "
+                  f"{', '.join(cfg.alarms.sources)}")  # fmt: skip
     return EXIT_OK
 
 
@@ -234,6 +238,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             err = f", last error: {u['last_error']}" if u["last_error"] else ""
             print(f"  uplink {name}: {u['state']}{seen}, live {u['sent_live']}, historical {u['sent_historical']}{err}")
             _print_counters(u.get("counters"))
+        alarms = live.get("alarms") or {}
+        if alarms:  # process alarms (docs/alarms.md); `edged alarms` lists them from the buffer
+            print(f"  alarms{seen}: {alarms['active']} active, {alarms['unacknowledged']} unacknowledged, "
+                  f"{alarms['shelved']} shelved, {alarms['out_of_service']} out of service; "
+                  f"{alarms['events']} events, {alarms['suppressed']} summarised by the flood limit")  # fmt: skip
+            for row in alarms.get("list", [])[:20]:
+                print(f"    {row['path']}: {row['state']}{' (shelved)' if row['shelved_until_ns'] else ''}")
     return EXIT_OK
 
 
@@ -494,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pw = sub.add_parser("ui-password", help="print a scrypt hash for [ui.users.NAME] password_hash")
     pw.set_defaults(func=cmd_ui_password)
+
+    from edged.alarms.control import add_parsers as alarm_parsers  # `edged alarms`, `edged ack`
+
+    alarm_parsers(sub, _config_for)
     return p
 
 

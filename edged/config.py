@@ -762,6 +762,8 @@ class Config(msgspec.Struct, kw_only=True):
     # [[computed]] groups (edged.compute.config.ComputedGroup; Any here: edged.compute imports this module)
     computed: list[Any] = []
     ui: UiConfig = msgspec.field(default_factory=lambda: UiConfig())  # the local web UI (edged.ui)
+    # [alarms] (edged.alarms.config.AlarmsConfig; Any here for the same reason)
+    alarms: Any = msgspec.field(default_factory=lambda: _alarms_default())
 
     @property
     def data_dir(self) -> Path:
@@ -843,7 +845,22 @@ def _check_ui(ui: UiConfig, data_dir: Path, file: str) -> None:
 
 # ----------------------------------------------------------------------------------------- loading
 
-_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands", "computed", "ui"}
+_TOP_KEYS = {"gateway", "buffer", "devices", "uplinks", "commands", "computed", "ui", "alarms"}
+
+
+def _alarms_default() -> Any:
+    from edged.alarms.config import AlarmsConfig  # local: edged.alarms imports this module
+
+    return AlarmsConfig()
+
+
+def _alarms(raw: Mapping[str, Any], devices: list[Any], uplinks: list[Any], file: str, base: Path) -> Any:
+    """[alarms] resolved against the devices, computed groups and uplinks (edged.alarms.config)."""
+    from edged.alarms.config import AlarmsConfig, check
+
+    alarms = _convert(raw.get("alarms", {}), AlarmsConfig, file=file, path="alarms", base_dir=base)
+    check(alarms, devices, uplinks, file)
+    return alarms
 
 
 def _dec_hook_for(base_dir: Path) -> Callable[[type, Any], Any]:
@@ -968,8 +985,9 @@ def parse(raw: Mapping[str, Any], *, file: str = "<config>", base_dir: Path | No
     _check_commands(commands, [*devices, *computed], uplinks, file, buffer)
     ui = _convert(raw.get("ui", {}), UiConfig, file=file, path="ui", base_dir=base)
     _check_ui(ui, Path(gateway.data_dir), file)
+    alarms = _alarms(raw, [*devices, *computed], uplinks, file, base)
     return Config(gateway=gateway, buffer=buffer, devices=devices, uplinks=uplinks, source=file, commands=commands,
-                  computed=computed, ui=ui)  # fmt: skip
+                  computed=computed, ui=ui, alarms=alarms)  # fmt: skip
 
 
 def _computed(raw: Mapping[str, Any], devices: list[Any], file: str, base: Path) -> list[Any]:

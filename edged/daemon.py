@@ -25,6 +25,7 @@ from buffer import Buffer
 from buffer.history import History
 from edged import registry
 from edged.aio import closing
+from edged.alarms.engine import AlarmEngine
 from edged.commands import AuditTrail, CommandGate, Writer
 from edged.compute.engine import Engine
 from edged.config import Config, DeviceBase, UplinkBase
@@ -145,6 +146,11 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.stop_event = asyncio.Event()
         self.buffer = Buffer(config.buffer_path, config.buffer)
+        # Process alarms (edged.alarms): fed every sample about to be stored, events stored beside them.
+        self.alarms: AlarmEngine | None = None
+        if config.alarms.tags:
+            refresh_alarms = min(3600.0, float(config.buffer.retention) / 4)
+            self.alarms = AlarmEngine(config.alarms, refresh_s=refresh_alarms)
         # Computed tags (edged.compute): fed what the drivers store, stored in the same flush.
         self.compute: Engine | None = None
         if config.computed:
@@ -153,7 +159,8 @@ class Daemon:
             plans = build(config.devices, config.computed, file=config.source or "<config>")
             # a silent totalizer is stored again well within the retention, so it is never trimmed away
             refresh = min(3600.0, float(config.buffer.retention) / 4)
-            self.compute = Engine(plans, sink=self._store, refresh_s=refresh)
+            hook = self.alarms.hook if self.alarms is not None else None
+            self.compute = Engine(plans, sink=self._store, refresh_s=refresh, on_event=hook)
         self.started_ns = time.time_ns()
         self.current: dict[str, Sample] = {}  # each tag's newest sample handed to the buffer (the web UI)
         self.loop_lag_s = 0.0
@@ -166,7 +173,8 @@ class Daemon:
         self.delivery: dict[str, tuple[int, int]] = {}  # uplink -> (dropped before delivery, gap records owed)
         self.buffer_file_bytes = 0  # db + wal + shm on disk, measured off the event loop
         # Setpoint writes (edged.commands): one gate for every source, audited in the buffer database.
-        self.commands = CommandGate(config, AuditTrail(lambda: self.buffer.store, self.buffer.call), self._writer)
+        self.commands = CommandGate(config, AuditTrail(lambda: self.buffer.store, self.buffer.call), self._writer,
+                                    alarms=self._alarm_command)  # fmt: skip
         self.history = History(lambda: self.buffer.store, self.buffer.call)  # HistoryRead (OPC UA server)
         self._listeners: dict[str, asyncio.Task[None]] = {}  # uplink -> its command listener task
         self._force_exit_timer: asyncio.TimerHandle | None = None
@@ -178,6 +186,18 @@ class Daemon:
         entry = self._devices.get(device)
         driver = entry[0].driver if entry is not None else None
         return driver if isinstance(driver, Writable) else None
+
+    async def _alarm_command(
+        self, path: str, action: str, seconds: float | None, user: str | None, source: str
+    ) -> tuple[str, str]:
+        """Acknowledge / shelve through the gate (it authorised and audits it); the event is stored."""
+        if self.alarms is None:
+            from edged.alarms.engine import Refused
+
+            raise Refused("unknown_tag", f"unknown alarm {path!r}")
+        before, after, event = self.alarms.command(path, action, seconds, user=user, source=source)
+        self.buffer.put([event])
+        return before, after
 
     async def _latest(self) -> list[Sample]:
         """Each tag's newest stored sample, for uplinks that show current values (OPC UA server)."""
@@ -207,10 +227,15 @@ class Daemon:
         self._store(samples)
 
     def _store(self, samples: list[Sample]) -> None:
-        """Hand samples to the buffer, noting each tag's newest for the web UI (no disk read per page)."""
+        """Samples to store and the alarm events they lead to (one list, so one transaction), each
+        tag's newest noted for the web UI (no disk read per page; alarm events are not tags)."""
         current = self.current
         for s in samples:
             current[s.tag] = s
+        if self.alarms is not None and samples:
+            events = self.alarms.feed(samples)
+            if events:
+                samples = [*samples, *events]
         self.buffer.put(samples)
 
     def _sender(self, up: UplinkBase) -> Sender:
@@ -293,6 +318,11 @@ class Daemon:
                         log.info("computed tags: %d, %d totalizers resumed from the buffer",
                                  len(self.compute.tags), resumed)  # fmt: skip
                         tg.create_task(self._compute_ticker(self.compute), name="compute-ticker")
+                    if self.alarms is not None:
+                        resumed = await self.buffer.call(self.alarms.recover, self.buffer.store)
+                        log.info("alarms: %d, %d resumed their state from the buffer",
+                                 len(self.alarms.alarms), resumed)  # fmt: skip
+                        tg.create_task(self._alarm_ticker(self.alarms), name="alarm-ticker")
                     for up in self.config.uplinks:
                         if up.enabled:
                             self._start_uplink(tg, up)
@@ -327,6 +357,8 @@ class Daemon:
                         t.cancel()
                     if drivers:
                         await asyncio.wait(drivers)
+                    if self.alarms is not None:
+                        self.buffer.put(self.alarms.flush())  # the last flood summaries
                     await self.buffer.flush_at_exit()
                     raise _Shutdown
             except* _Shutdown:
@@ -366,6 +398,8 @@ class Daemon:
             log.warning("reload: [gateway] and [buffer] changes take effect only after a restart")
         if new.computed != self.config.computed:
             log.warning("reload: [[computed]] changes take effect only after a restart")
+        if new.alarms != self.config.alarms:
+            log.warning("reload: [alarms] changes take effect only after a restart")
         old_dev = {d.name: d for d in self.config.devices if d.enabled}
         new_dev = {d.name: d for d in new.devices if d.enabled}
         old_up = {u.name: u for u in self.config.uplinks if u.enabled}
@@ -425,6 +459,7 @@ class Daemon:
             },
             "devices": {d.name: {**asdict(d.stats), "counters": d.tally.totals()} for d in self.devices},
             "compute": self.compute.counters() if self.compute is not None else {},
+            "alarms": self.alarms.summary() if self.alarms is not None else {},
             "uplinks": {
                 s.name: {
                     **asdict(s.stats),
@@ -464,6 +499,14 @@ class Daemon:
             out = engine.tick()
             if out:
                 self._store(out)
+
+    async def _alarm_ticker(self, alarms: AlarmEngine) -> None:
+        """Once a second: alarm delays run out, shelves expire, flood summaries, state refresh."""
+        while True:
+            await asyncio.sleep(1.0)
+            out = alarms.tick()
+            if out:
+                self.buffer.put(out)
 
     async def _status_writer(self) -> None:
         """Refresh the per-uplink figures and file sizes (on the buffer thread) and write the status

@@ -136,6 +136,26 @@ class _Collector:
         for (source, code), n in sorted(d.commands.refusals.items()):
             refused.add_metric([source, code], n)
         yield refused
+        if d.alarms is not None:  # process alarms (edged.alarms, docs/alarms.md)
+            yield from _alarm_metrics(d.alarms.summary())
+
+
+def _alarm_metrics(al: dict[str, Any]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily("edged_alarms_active", "Alarms active now (acknowledged or not)", value=al["active"])
+    unacked = al["unacknowledged"]
+    yield GaugeMetricFamily("edged_alarms_unacknowledged", "Alarms awaiting acknowledgement", value=unacked)
+    yield GaugeMetricFamily("edged_alarms_shelved", "Alarms shelved now", value=al["shelved"])
+    yield GaugeMetricFamily("edged_alarms_out_of_service", "Alarms out of service (config)", value=al["out_of_service"])
+    yield CounterMetricFamily("edged_alarm_events", "Alarm events stored", value=al["events"])
+    yield CounterMetricFamily(
+        "edged_alarm_events_suppressed", "Alarm events summarised by the flood limit", value=al["suppressed"]
+    )
+    by = GaugeMetricFamily("edged_alarm_state", "1 per alarm not in the normal state", labels=["alarm", "state"])
+    for row in al["list"]:
+        by.add_metric([row["path"], row["state"]], 1.0)
+    yield by
 
 
 def _plugin_counters(kind: str, counts: dict[str, dict[str, float]]) -> Any:

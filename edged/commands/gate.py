@@ -50,6 +50,7 @@ import msgspec
 
 from buffer.audit import AuditStats, InboxItem
 from buffer.store import Store
+from edged.alarms.config import is_alarm_path
 from edged.commands.model import (
     INT64,
     LOG_VALUE_CHARS,
@@ -89,6 +90,10 @@ Writer = Writable
 
 
 DriverLookup = Callable[[str], Awaitable[Writer | None]]
+
+# An alarm command (edged.alarms): (alarm path, "ack" | "shelve" | "unshelve", shelve seconds, user,
+# source) -> (state before, state after); raises edged.alarms.engine.Refused.
+AlarmHandler = Callable[[str, str, float | None, str | None, str], Awaitable[tuple[str, str]]]
 
 # What the gate decides for one command, given (cmd, received_ns, audit row, state): `CommandGate._run`.
 Decide = Callable[[Command, int, int, dict[str, Value]], Awaitable[CommandResult]]
@@ -180,9 +185,11 @@ class CommandGate:
         drivers: DriverLookup,
         *,
         clock: Callable[[], int] = time.time_ns,
+        alarms: AlarmHandler | None = None,
     ) -> None:
         self._audit = audit
         self._drivers = drivers
+        self._alarms = alarms  # acknowledge / shelve (edged.alarms): None where no alarm engine runs
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._written: dict[str, int] = {}  # tag -> when a write last went to the wire (this process)
@@ -200,6 +207,8 @@ class CommandGate:
         self._entries: dict[str, CommandTag] = {e.tag: e for e in config.commands.tags}
         self._signing: dict[str, CommandSource] = command_signing(config)
         self._audit_bound = (config.commands.audit_max_rows, audit_max_bytes(config))
+        self._alarm_cfg = config.alarms  # an alarm path as the tag: acknowledge or shelve (edged.alarms)
+        self._alarm_paths = {a.path for a in config.alarms.tags}
 
     @property
     def enabled(self) -> bool:
@@ -293,6 +302,8 @@ class CommandGate:
                 raise _Refused(
                     "duplicate", f"duplicate command id {cmd.id!r} from {cmd.source} (first seen {ago:.1f}s ago)"
                 )
+        if is_alarm_path(cmd.tag):
+            return await self._alarm(cmd)
         found = self._tags.get(cmd.tag)
         if found is None:
             raise _Refused("unknown_tag", f"unknown tag {cmd.tag!r}")
@@ -362,6 +373,30 @@ class CommandGate:
         readback = back.value if isinstance(back, Sample) else back
         self._readback[cmd.tag] = (self._clock(), readback)
         return answer(cmd, Result.ACCEPTED, "ok", "written and read back", self._clock(), old=old, readback=readback)
+
+    async def _alarm(self, cmd: Command) -> CommandResult:
+        """Acknowledge or shelve an alarm (the tag is its path): checks 1-5 passed as for any
+        command; then the alarm exists, the source is in [alarms] sources, the action parses."""
+        from edged.alarms.engine import Refused
+        from edged.alarms.model import parse_action
+
+        if cmd.tag not in self._alarm_paths:
+            raise _Refused("unknown_tag", f"unknown alarm {cmd.tag!r}")
+        sources = self._alarm_cfg.sources
+        if cmd.source not in sources:
+            raise _Refused("unauthorised", f"source {cmd.source!r} may not acknowledge or shelve alarms "
+                           f"(allowed: {', '.join(sources)})")  # fmt: skip
+        action = parse_action(cmd.value, float(self._alarm_cfg.max_shelve))
+        if isinstance(action, str):
+            raise _Refused("type", action)
+        if self._alarms is None:
+            raise _Refused("device_down", "no alarm engine runs here", Result.FAILED)
+        try:
+            before, after = await self._alarms(cmd.tag, action[0], action[1], cmd.user, cmd.source)
+        except Refused as r:
+            raise _Refused(r.code, r.reason) from None
+        return answer(cmd, Result.ACCEPTED, "ok", f"{action[0]}: {before} -> {after}", self._clock(), old=before,
+                      readback=after)  # fmt: skip
 
     def _check_age(self, cmd: Command, now: int) -> None:
         age = (now - cmd.ts_ns) / 1e9

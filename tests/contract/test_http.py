@@ -20,7 +20,7 @@ import pytest
 from buffer import Buffer
 from edged.config import BufferConfig, Secret, parse
 from edged.delivery import Sender
-from edged.errors import ConfigError, Permanent, Transient
+from edged.errors import ConfigError, Partial, Permanent, Transient
 from edged.model import Batch, Gap, Sample, Status
 from edged.plugin import Backoff, PluginContext
 from peers.delivery import sender_running
@@ -477,3 +477,33 @@ async def test_a_window_of_requests_in_flight_survives_an_endpoint_crash(tmp_pat
         assert r.headers["content-type"] == "application/vnd.edged.columns+json"
         assert r.headers["content-encoding"] == "zstd"
     check_order(peer.docs(), historical=True)
+
+
+async def test_alarm_events_are_records_of_their_own(peer: HttpPeer) -> None:
+    """An alarm event (edged.alarms) travels in the body's `alarms`, never as a sample; the indices
+    of a partial answer still refer to `samples` (README, Alarm events)."""
+    from edged.alarms.engine import AlarmEngine
+
+    cfg_all = parse(
+        {
+            "gateway": {"id": GW, "data_dir": "/tmp/unused"},
+            "devices": [{"name": "boiler", "type": "sim", "tags": [{"name": "p", "unit": "bar"}]}],
+            "alarms": {"tags": [{"tag": "boiler/p", "type": "hi", "limit": 10.0, "message": "p high"}]},
+        }
+    )
+    ts = 1_700_000_000_000_000_000
+    hot = Sample("boiler/p", ts, 12.5, Status.GOOD, 100, "bar")
+    (event,) = AlarmEngine(cfg_all.alarms, clock=lambda: ts).feed([hot])
+    batch = Batch(GW, 1, 2, True, [Sample(hot.tag, ts, 12.5, 0, 100, "bar", 1),
+                                   Sample(event.tag, ts, event.value, 0, 100, None, 2)])  # fmt: skip
+    peer.script.append(Reply(200, b'{"rejected": [0]}', headers={"Content-Type": "application/json"}))
+    async with HttpUplink(http_config(peer.url), ctx()) as up:
+        with pytest.raises(Partial) as partial:
+            await up.send(batch)
+    assert partial.value.rejected == [0] and partial.value.accepted == [1]
+    (r,) = peer.requests
+    assert [s["tag"] for s in r.doc["samples"]] == ["boiler/p"]
+    (alarm,) = r.doc["alarms"]
+    assert alarm["path"] == "boiler/p#alarm/hi" and alarm["event"] == "active" and alarm["state"] == "unack"
+    assert alarm["active"] is True and alarm["acked"] is False and alarm["message"] == "p high"
+    assert alarm["seq"] == 2 and alarm["historical"] is True and alarm["value"] == 12.5 and alarm["limit"] == 10.0

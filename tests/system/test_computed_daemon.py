@@ -214,6 +214,7 @@ def test_steam_header_example_is_accepted_runs_and_resets_its_total(tmp_path: Pa
     shipped = edged("check-config", str(ROOT / "examples" / "steam-header.toml"))
     assert shipped.returncode == 0, shipped.stderr
     assert "computed steam: 5 tags" in shipped.stdout
+    assert "alarms: 3 (0 out of service)" in shipped.stdout  # HI, HIHI and drift on steam/temperature
     cfg = _steam_config(tmp_path, mosquitto.port)
     db = tmp_path / "data" / "buffer.db"
     sub = Subscriber(mosquitto.port)
@@ -227,6 +228,9 @@ def test_steam_header_example_is_accepted_runs_and_resets_its_total(tmp_path: Pa
         assert out.returncode != 0 and "not one of the allowed values" in out.stdout, out.stdout + out.stderr
         out = edged("write", "steam/mass_total", "0", "--config", str(cfg), "--user", "ops")
         assert out.returncode == 0, out.stdout + out.stderr
+        listed = edged("alarms", "--config", str(cfg), "--all")
+        assert listed.returncode == 0 and "3 configured, 0 active" in listed.stdout, listed.stdout + listed.stderr
+        assert "steam/temperature#alarm/hihi" in listed.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "daemon.log").read_text()[-3000:]

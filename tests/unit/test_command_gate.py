@@ -779,7 +779,8 @@ async def test_an_inbox_row_runs_as_cli_whatever_source_it_claims(rig: Rig) -> N
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"reply_to_prefix": "edged/{gateway}/"}, "replies could land on the gateway's own topic 'edged/g/cmd'"),
+        # the first of the gateway's topics it covers, in order: alarm (edged.alarms), cmd, gap, ...
+        ({"reply_to_prefix": "edged/{gateway}/"}, "replies could land on the gateway's own topic 'edged/g/alarm'"),
         ({"reply_topic": "edged/{gateway}/live"}, "replies could land on the gateway's own topic 'edged/g/live'"),
         ({"reply_to_prefix": "a/#"}, "reply_to_prefix must be a topic prefix without wildcards"),
         ({"reply_to_prefix": "r/{site}/"}, "reply_to_prefix: unknown placeholder 'site'"),

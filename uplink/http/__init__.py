@@ -18,13 +18,15 @@ import ssl
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
 import edged
+from edged.alarms.config import is_alarm_path
+from edged.alarms.model import event_dict
 from edged.config import Duration, Secret
 from edged.errors import EdgedError, Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample, Value, severity
@@ -132,7 +134,7 @@ class WireGap(msgspec.Struct):
     count: int
 
 
-class WireBatch(msgspec.Struct):
+class WireBatch(msgspec.Struct, omit_defaults=True):  # `alarms` only when there are some
     version: int
     gateway: str
     lo_seq: int
@@ -140,6 +142,7 @@ class WireBatch(msgspec.Struct):
     historical: bool
     samples: list[WireSample]
     gaps: list[WireGap]
+    alarms: list[dict[str, Any]] = []  # alarm events (edged.alarms, README "Alarm events")
 
 
 class _Ack(msgspec.Struct):
@@ -165,6 +168,15 @@ def _wire_sample(s: Sample) -> WireSample:
 
 def _wire_gap(g: Gap) -> WireGap:
     return WireGap(g.lo_seq, g.hi_seq, _ts(g.lo_ts_ns), _ts(g.hi_ts_ns), g.lo_ts_ns, g.hi_ts_ns, g.count)
+
+
+def _split_alarms(batch: Batch) -> tuple[Batch, list[dict[str, Any]]]:
+    """The batch without its alarm events, and the events as the body's `alarms` records."""
+    if not any(is_alarm_path(s.tag) for s in batch.samples):
+        return batch, []
+    alarms = [event_dict(s, historical=batch.historical) for s in batch.samples if is_alarm_path(s.tag)]
+    data = msgspec.structs.replace(batch, samples=[s for s in batch.samples if not is_alarm_path(s.tag)])
+    return data, alarms
 
 
 def idempotency_key(batch: Batch) -> str:
@@ -317,11 +329,15 @@ class Uplink:
 
     def encode(self, batch: Batch) -> bytes:
         """The body; deterministic, so a batch retried under its Idempotency-Key is the same bytes."""
+        data, alarms = _split_alarms(batch)
         if self.config.encoding == "columns":
-            return self._compress(self._enc.encode(columns(batch)))
+            doc_c = columns(data)
+            if alarms:
+                doc_c["alarms"] = alarms
+            return self._compress(self._enc.encode(doc_c))
         doc = WireBatch(
             1, batch.gateway, batch.lo_seq, batch.hi_seq, batch.historical,
-            [_wire_sample(s) for s in batch.samples], [_wire_gap(g) for g in batch.gaps],
+            [_wire_sample(s) for s in data.samples], [_wire_gap(g) for g in batch.gaps], alarms,
         )  # fmt: skip
         return self._compress(self._enc.encode(doc))
 
@@ -388,7 +404,9 @@ class Uplink:
         except msgspec.DecodeError:
             return  # a body that is not our optional schema is just an acknowledgement
         n = len(batch.samples)
-        refused = {i for i in ack.rejected if 0 <= i < n}
+        # indices into the body's `samples`, which leaves the alarm events out: map them back
+        where = [i for i, s in enumerate(batch.samples) if not is_alarm_path(s.tag)]
+        refused = {where[i] for i in ack.rejected if 0 <= i < len(where)}
         if refused:
             rejected = sorted(refused)
             accepted = [i for i in range(n) if i not in refused]

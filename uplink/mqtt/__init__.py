@@ -17,6 +17,9 @@ from typing import Any, Literal, Self
 import aiomqtt
 import msgspec
 
+from edged.aio import honour_cancel
+from edged.alarms.config import is_alarm_path
+from edged.alarms.model import event_dict
 from edged.commands import (
     MAX_ID,
     MAX_REPLY_TO,
@@ -31,7 +34,7 @@ from edged.commands import (
 )
 from edged.config import ByteSize
 from edged.errors import Permanent, Transient
-from edged.model import Batch
+from edged.model import Batch, Sample
 from edged.plugin import Backoff, PluginContext, UplinkSpec
 from edged.protocols import mqtt
 from edged.protocols.mqtt import MqttUplink
@@ -44,7 +47,7 @@ class Config(MqttUplink):
     protocol: Literal["3.1.1", "5"] = "3.1.1"  # 5: payloads say their Content Type and compression
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
-    topic: str = "edged/{gateway}/{kind}"  # {gateway}, {uplink}, {kind} = live | historical | gap
+    topic: str = "edged/{gateway}/{kind}"  # {gateway}, {uplink}, {kind} = live | historical | gap | alarm
     encoding: Encoding = "rows"  # rows (JSON arrays) | columns (compact, docs/payload.md)
     compression: Compression = "none"  # none | gzip | zlib | zstd (pip install 'edged[zstd]')
     # Setpoint commands (docs/commands.md): received on a connection of their own, QoS 1.
@@ -85,7 +88,7 @@ class Config(MqttUplink):
                 raise ValueError("reply_to_prefix must be a topic prefix without wildcards")
         prefix = self.reply_prefix("g")
         ours = {self.command_topic.format(gateway="g", uplink="u")}
-        ours |= {self.topic.format(gateway="g", uplink="u", kind=k) for k in ("live", "historical", "gap")}
+        ours |= {self.topic.format(gateway="g", uplink="u", kind=k) for k in ("live", "historical", "gap", "alarm")}
         for topic in sorted(ours):
             if topic.startswith(prefix) or topic == self.reply_topic.format(gateway="g", uplink="u"):
                 raise ValueError(
@@ -153,13 +156,68 @@ class Uplink:
         # the broker gets the batches in the order the Sender made them (edged.plugin.Windowed)
         if self._client is None:
             raise Transient("not connected")
+        c = self.config
+        events = [s for s in batch.samples if is_alarm_path(s.tag)]
+        if events:  # alarm events (edged.alarms) go on {kind} = alarm, the samples as before
+            data = msgspec.structs.replace(batch, samples=[s for s in batch.samples if not is_alarm_path(s.tag)])
+            messages = [self._alarm_message(batch, events)]
+            if data.samples or data.gaps:
+                messages.insert(0, self._message(data))
+            await _publish_all(self._client, messages, qos=c.qos, retain=c.retain)
+            return
+        topic, payload, props = self._message(batch)
+        await mqtt.publish(self._client, topic, payload, qos=c.qos, retain=c.retain, properties=props)
+
+    def _message(self, batch: Batch) -> tuple[str, bytes, Any]:
         kind = "gap" if batch.gaps and not batch.samples else "historical" if batch.historical else "live"
         topic = self.config.topic.format(gateway=self.gateway, uplink=self.config.name, kind=kind)
         payload = self.encode(batch)
         self.payload_bytes += len(payload)
         self.messages += 1
-        c = self.config
-        await mqtt.publish(self._client, topic, payload, qos=c.qos, retain=c.retain, properties=self._props)
+        return topic, payload, self._props
+
+    def _alarm_message(self, batch: Batch, events: list[Sample]) -> tuple[str, bytes, Any]:
+        """Alarm events as one JSON document (never compressed: few, and read by alarm clients)."""
+        topic = self.config.topic.format(gateway=self.gateway, uplink=self.config.name, kind="alarm")
+        alarms = [event_dict(s, historical=batch.historical) for s in events]
+        doc = {"gateway": batch.gateway, "lo_seq": batch.lo_seq, "hi_seq": batch.hi_seq,
+               "historical": batch.historical, "alarms": alarms}  # fmt: skip
+        payload = msgspec.json.encode(doc)
+        self.payload_bytes += len(payload)
+        self.messages += 1
+        props = mqtt.publish_properties("application/json", None) if self.config.protocol == "5" else None
+        return topic, payload, props
+
+
+async def _publish_all(client: mqtt.Client, messages: list[tuple[str, bytes, Any]], *, qos: int, retain: bool) -> None:
+    """Publish several messages, all handed to paho before the first await (so with several sends
+    in flight every topic keeps the Sender's order, edged.plugin.Windowed), then wait for each
+    acknowledgement. aiomqtt's publish writes and waits in one call; this splits the two, using
+    the same internals it does (`_pending_call`); without them it publishes one after another."""
+    pending_call = getattr(client, "_pending_call", None)
+    pending = getattr(client, "_pending_publishes", None)
+    paho = getattr(client, "_client", None)
+    if pending_call is None or pending is None or paho is None:
+        for topic, payload, props in messages:
+            await mqtt.publish(client, topic, payload, qos=qos, retain=retain, properties=props)
+        return
+    waits: list[asyncio.Event] = []
+    with contextlib.ExitStack() as stack:
+        for topic, payload, props in messages:
+            info = paho.publish(topic, payload, qos, retain, props)
+            if info.rc != 0:  # MQTT_ERR_SUCCESS
+                raise Transient(f"publish failed: paho error {info.rc}")
+            if info.is_published():
+                continue
+            confirmation = asyncio.Event()
+            stack.enter_context(pending_call(info.mid, confirmation, pending))
+            waits.append(confirmation)
+        try:
+            for confirmation in waits:
+                async with asyncio.timeout(client.timeout):
+                    await honour_cancel(confirmation.wait())
+        except TimeoutError as exc:
+            raise Transient("publish failed: no acknowledgement in time") from exc
 
 
 # ----------------------------------------------------------------------------------------- commands

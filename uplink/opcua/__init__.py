@@ -43,6 +43,7 @@ from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 
 import edged
+from edged.alarms.config import is_alarm_path
 from edged.commands import Command, CommandGate, new_id
 from edged.config import Config as EdgedConfig
 from edged.config import DeviceBase, tag_matcher
@@ -56,6 +57,7 @@ from uplink.opcua import space
 from uplink.opcua._asyncua import Published, Rejected, Server, current_channel, on_read, publish
 from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, UserAccess, Users, written_value
 from uplink.opcua.addresses import endpoint_addresses
+from uplink.opcua.alarms import AlarmConditions
 from uplink.opcua.config import Config
 from uplink.opcua.history import BufferHistory, HistoryReadable, advertise
 
@@ -114,6 +116,7 @@ class Uplink:
         self._counts: collections.Counter[str] = collections.Counter()
         self._logged: dict[tuple[str, str], float] = {}  # (what, client) -> when last logged
         self._history: BufferHistory | None = None  # HistoryRead from the buffer (history.py)
+        self._alarms: AlarmConditions | None = None  # alarm events as AlarmConditionType events (alarms.py)
 
     def count(self, name: str) -> None:
         self._counts[name] += 1
@@ -180,6 +183,9 @@ class Uplink:
                 await advertise(server.iserver)
             # --- end history
             await self._build(server)
+            # --- alarms (uplink/opcua/alarms.py): AlarmConditionType events from the Server object
+            self._alarms = AlarmConditions(server, self.ns, self.log, self._node_id)
+            # --- end alarms
             await self._open_for_commands(server, writable, routed)
             await server.start()
         except (UaError, ServiceError) as exc:
@@ -477,7 +483,11 @@ class Uplink:
         if server is None:
             raise Transient("the OPC UA server is not running")
         newest: dict[str, Sample] = {}
+        alarms: list[Sample] = []
         for s in batch.samples:
+            if is_alarm_path(s.tag):  # an alarm event (edged.alarms): an OPC UA event, not a value
+                alarms.append(s)
+                continue
             cur = newest.get(s.tag)
             if cur is None or s.ts_ns >= cur.ts_ns:
                 newest[s.tag] = s
@@ -491,6 +501,9 @@ class Uplink:
                     self.skipped_older += 1
                     continue
                 await self._write(server, var, s, now)
+            if alarms and self._alarms is not None:
+                for s in alarms:
+                    await self._alarms.fire(s, historical=batch.historical)
         except (UaError, ServiceError) as exc:
             raise map_error(exc, "write into the OPC UA address space") from exc
 
