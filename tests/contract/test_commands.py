@@ -429,7 +429,7 @@ async def test_scada_writes_through_the_opcua_server_uplink(tmp_path: Path, peer
             )
             assert await write("op", "pw-op", "setpoint", ua.Variant("x", ua.VariantType.String)) == BAD_TYPE_MISMATCH
             assert registers(peer) == before
-            assert await write("op", "pw-op", "mode", ua.Variant(2, ua.VariantType.Int32)) == 0
+            assert await write("op", "pw-op", "mode", ua.Variant(2, ua.VariantType.UInt16)) == 0
             assert peer.registers(1, "h", MODE) == [2]
         rows = store.audit_rows()
     assert [(r.user, r.result, r.code) for r in rows] == [
