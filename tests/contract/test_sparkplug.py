@@ -1336,3 +1336,151 @@ def test_command_values(fields: dict[str, Any], datatype: int, expected: tuple[A
     m = pb.Payload.Metric(**fields)
     got = command_value(m, datatype)
     assert got == expected and type(got[0]) is type(expected[0])
+
+
+# ----------------------------------------------------------------------------------------- alarms
+
+ALARM = "pressure#alarm/hihi"  # the metric of boiler's alarm: its path under the device
+ALARM_DCMD = f"{NAMESPACE}/{GROUP}/DCMD/{GW}/boiler"
+
+
+@contextlib.asynccontextmanager
+async def alarm_node(
+    tmp_path: Path, port: int
+) -> AsyncIterator[tuple[Host, Buffer, Any, Callable[[list[Sample]], None]]]:
+    """A node delivering from a real buffer (Sender) with a HIHI alarm on boiler/pressure, its
+    acknowledge / shelve through a real gate auditing into that buffer and a real alarm engine, whose
+    events are stored like the daemon stores them. Yields (host, buffer, engine, put)."""
+    from edged.alarms.engine import AlarmEngine
+
+    cfg = parse(
+        {
+            "gateway": {"id": GW, "data_dir": str(tmp_path)},
+            "devices": [{"name": "boiler", "type": "sim", "tags": [{"name": "pressure", "unit": "bar"}]}],
+            "uplinks": [{"name": "spb", "type": "sparkplug", "group_id": GROUP, "port": port, "timeout": "2s",
+                         "primary_host_id": "scada"}],
+            "commands": {"enabled": True},
+            "alarms": {"sources": ["spb"], "tags": [{"tag": "boiler/pressure", "type": "hihi", "limit": 12.0,
+                                                     "message": "drum pressure very high"}]},
+        }
+    )  # fmt: skip
+    up = cfg.uplinks[0]
+    assert isinstance(up, SpConfig)
+    host = Host(port)
+    buf = Buffer(tmp_path / "buffer.db", BufferConfig(flush_interval=0.02))  # type: ignore[arg-type]
+    engine = AlarmEngine(cfg.alarms)
+
+    def put(samples: list[Sample]) -> None:  # as the daemon's _store: the events in the same list
+        buf.put([*samples, *engine.feed(samples)])
+
+    async def on_alarm(path: str, action: str, seconds: float | None, user: str | None, source: str) -> Any:
+        before, after, event = engine.command(path, action, seconds, user=user, source=source)
+        buf.put([event])
+        return before, after
+
+    async def no_driver(name: str) -> None:
+        return None
+
+    async with buf, asyncio.TaskGroup() as tg:
+        gate = CommandGate(cfg, AuditTrail(lambda: buf.store, buf.call), no_driver, alarms=on_alarm)
+
+        def make() -> SpUplink:
+            c = ctx(cfg, tmp_path, buf)
+            return SpUplink(up, PluginContext(c.gateway_id, c.data_dir, c.log, config=cfg, commands=gate,
+                                              latest=c.latest))  # fmt: skip
+
+        tasks = [tg.create_task(host.run(), name="host")]
+        await eventually(host.connected.is_set, 15, "the test host")
+        sender = Sender(
+            buf, up, make, gateway_id=GW, log=logging.getLogger("test"), backoff=Backoff(initial=0.1, cap=0.3)
+        )
+        tasks += [tg.create_task(buf.run_writer(), name="writer"), tg.create_task(sender.run(), name="sender")]
+        try:
+            yield host, buf, engine, put
+        finally:
+            for t in tasks:
+                t.cancel()
+            _, stuck = await asyncio.wait(tasks, timeout=15)
+            assert not stuck, f"still running 15 s after cancel: {[t.get_name() for t in stuck]}"
+
+
+def alarm_events(host: Host, names: dict[int, str], *, since: int = 0) -> list[tuple[dict[str, Any], bool]]:
+    """(the event, is_historical) of every alarm metric in DDATA, checked to be String JSON."""
+    out = []
+    for m in host.messages[since:]:
+        if m.kind != "DDATA":
+            continue
+        for x in m.payload.metrics:
+            if names.get(x.alias) == ALARM:
+                assert x.WhichOneof("value") == "string_value"
+                out.append((json.loads(x.string_value), x.is_historical))
+    return out
+
+
+def string_command(name: str, value: str) -> bytes:
+    return write_payload(value, name=name, datatype=pb.String)
+
+
+async def test_dcmd_acknowledges_and_shelves_an_alarm_through_the_gate(tmp_path: Path, broker: Mosquitto) -> None:
+    async with alarm_node(tmp_path, broker.port) as (host, buf, engine, put):
+        await host.state(True, 1000)
+        await eventually(lambda: host.of("DBIRTH"), 15, "births")
+        (birth,) = host.of("DBIRTH")
+        born = metric(birth.payload, ALARM)
+        assert born.datatype == pb.String and born.is_null, "in the DBIRTH before any event"
+        assert metric(birth.payload, "#alarm/flood").datatype == pb.String
+        names = check_session_rules(host.messages)
+
+        t0 = time.time_ns()
+        put([Sample("boiler/pressure", t0, 10.0, unit="bar"), Sample("boiler/pressure", t0 + 10**6, 12.5, unit="bar")])
+        await eventually(lambda: alarm_events(host, names), 15, "the active event")
+        ((active, hist),) = alarm_events(host, names)
+        # the stored event's JSON: fields at their default (acked true, active false, ...) are left out
+        assert (active["event"], active["state"], active["acked"], hist) == ("active", "unack", False, False)
+
+        await host.publish(ALARM_DCMD, string_command(ALARM, "ack"))
+        await eventually(lambda: len(alarm_events(host, names)) == 2, 15, "the ack event")
+        ack = alarm_events(host, names)[-1][0]
+        assert (ack["event"], ack["state"], ack.get("acked", True), ack["source"], ack["user"]) == (
+            "ack", "acked", True, "spb", "scada",
+        )  # fmt: skip
+        await host.publish(ALARM_DCMD, string_command("pressure#alarm/nope", "ack"))  # no such alarm
+        await host.publish(ALARM_DCMD, string_command(ALARM, "shelve 1h"))
+        await eventually(lambda: len(alarm_events(host, names)) == 3, 15, "the shelved event")
+        shelved = alarm_events(host, names)[-1][0]
+        assert shelved["event"] == "shelved" and shelved["shelved_until_ns"] > time.time_ns() + 3000 * 10**9
+        await eventually(lambda: len(buf.store.audit_rows()) == 3 and all(r.result for r in buf.store.audit_rows()),
+                         15, "three audit rows")  # fmt: skip
+        rows = buf.store.audit_rows()
+        assert engine.alarms["boiler/" + ALARM].state.value == "acked"
+    check_session_rules(host.messages)
+    assert [(r.source, r.user, r.tag, r.value, r.result, r.code) for r in rows] == [
+        ("spb", "scada", "boiler/" + ALARM, "ack", "accepted", "ok"),
+        ("spb", "scada", "boiler/pressure#alarm/nope", "ack", "rejected", "unknown_tag"),
+        ("spb", "scada", "boiler/" + ALARM, "shelve 1h", "accepted", "ok"),
+    ]
+
+
+async def test_alarm_events_replayed_after_the_host_was_away_are_historical_strings(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with alarm_node(tmp_path, broker.port) as (host, buf, _engine, put):
+        await host.state(True, 1000)
+        await eventually(lambda: host.of("DBIRTH"), 15, "births")
+        await host.state(False, 2000)
+        await eventually(lambda: host.of("NDEATH"), 15, "NDEATH on host offline")
+        t0 = time.time_ns()
+        put([Sample("boiler/pressure", t0, 13.0, unit="bar")])
+        put([Sample("boiler/pressure", t0 + 10**6, 9.0, unit="bar")])  # active, then cleared, while away
+        await buf.flush()
+        await host.state(True, 3000)
+        await eventually(lambda: len(host.of("DBIRTH")) == 2, 15, "births after the host is back")
+        await eventually(lambda: not buf.store.unacked("spb", buf.head), 15, "the replay")
+        await host.marker()
+    second = host.of("NBIRTH")[1]
+    since = host.messages.index(second)
+    names = check_session_rules(host.messages[since:])
+    reborn = metric(host.of("DBIRTH")[1].payload, ALARM)
+    assert reborn.datatype == pb.String and json.loads(reborn.string_value)["event"] == "cleared", "the newest"
+    replay = [(ev["event"], ev["state"], hist) for ev, hist in alarm_events(host, names, since=since)]
+    assert replay == [("active", "unack", True), ("cleared", "rtn_unack", True)]

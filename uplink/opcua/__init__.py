@@ -11,7 +11,9 @@ A trust list, when set, binds on every endpoint (the None one admits no session 
 offered is answered BadSecurityPolicyRejected and closed; wrong passwords lock a (client, user)
 pair out for a while. Who may do what is `access.py` (the entry itself `config.py`); the asyncua
 internals this needs are in `_asyncua`.
-Nobody may call methods or change the address space. Writes are refused (BadUserAccessDenied), except
+Nobody may change the address space. Method calls are refused but ConditionRefresh and the alarm
+methods (Acknowledge, TimedShelve, Unshelve: alarms.py, through the gate like writes). Writes are
+refused (BadUserAccessDenied), except
 the Value of a tag the command gate lets this uplink write ([[commands.tags]] with this uplink in
 `sources`), by a user listed in `command_users`: such a write never touches the address space. It
 goes through the gate (edged.commands: checks, device write, read-back, audit) and the client gets
@@ -57,7 +59,7 @@ from uplink.opcua import space
 from uplink.opcua._asyncua import Published, Rejected, Server, current_channel, on_read, publish
 from uplink.opcua.access import THROTTLE_PAIRS, GatedWrites, UserAccess, Users, written_value
 from uplink.opcua.addresses import endpoint_addresses
-from uplink.opcua.alarms import AlarmConditions
+from uplink.opcua.alarms import AlarmConditions, GatedCalls
 from uplink.opcua.config import Config
 from uplink.opcua.history import BufferHistory, HistoryReadable, advertise
 
@@ -169,7 +171,9 @@ class Uplink:
             routed = self._routed_tags()
             # Write is a service every session may call: GatedWrites answers it per node;
             # HistoryRead is too, served from the buffer (history.py)
-            server.set_security_policy(self._policy_types(), permission_ruleset=HistoryReadable(writes=True))
+            # Call too: GatedCalls answers it per method (ConditionRefresh, the alarm methods)
+            ruleset = HistoryReadable(writes=True, calls=True)
+            server.set_security_policy(self._policy_types(), permission_ruleset=ruleset)
             tokens: list[type] = [ua.UserNameIdentityToken] if c.users else []
             if c.allow_anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
@@ -184,7 +188,15 @@ class Uplink:
             # --- end history
             await self._build(server)
             # --- alarms (uplink/opcua/alarms.py): AlarmConditionType events from the Server object
-            self._alarms = AlarmConditions(server, self.ns, self.log, self._node_id)
+            full = self.ctx.config
+            self._alarms = AlarmConditions(
+                server, self.ns, self.log, self._node_id, name=c.name, gate=self._gate,
+                command_users=c.command_users, config=full.alarms if isinstance(full, EdgedConfig) else None,
+            )  # fmt: skip
+            server.iserver.bind_condition_methods = 1  # the Severity of RefreshStart/RefreshEnd events
+            await server.iserver.setup_condition_methods()  # ConditionRefresh (asyncua's, off by default)
+            server.iserver.method_service.stop()  # replaced: client calls go through GatedCalls
+            server.iserver.method_service = GatedCalls(server.iserver.aspace, self._alarms)
             # --- end alarms
             await self._open_for_commands(server, writable, routed)
             await server.start()
@@ -475,6 +487,14 @@ class Uplink:
         keep = [s for s in samples if s.tag in self._vars]  # configured (and filtered-in) tags only
         if keep:
             await self.send(Batch(self.ctx.gateway_id, 0, 0, True, keep))
+        if self._alarms is not None:  # the conditions not normal are back before their next event
+            try:
+                restored = await self._alarms.restore(samples)
+            except (UaError, ServiceError) as exc:
+                self.log.warning("uplink %s: alarm conditions not restored: %s", self.config.name, exc)
+                return
+            if restored:
+                self.log.info("uplink %s: %d alarm conditions restored from the buffer", self.config.name, restored)
 
     async def send(self, batch: Batch) -> None:
         """Write the newest sample of each tag into the address space (gaps mean nothing to a

@@ -24,6 +24,8 @@ arrives on. Three gaps follow, each closed here:
   values copy as themselves.
 * The user's UserAccessLevel: asyncua stores one per node; `on_read` lets the uplink answer it
   per session (the Read service's PostRead callback carries the session's user).
+* Method calls: asyncua's MethodService is not told the caller's session; `current_user()`
+  gives the user of the message being processed (the alarm methods go to the gate as them).
 
 How: `Server` replaces the BinaryServer that `asyncua.server.Server.start` creates with one whose
 connections are `_Protocol`, which wraps each message's processing; a last, never-matching
@@ -78,6 +80,15 @@ def current_channel() -> Channel | None:
     return _CHANNEL.get()
 
 
+_USER: Final[contextvars.ContextVar[User | None]] = contextvars.ContextVar("edged_opcua_user", default=None)
+
+
+def current_user() -> User | None:
+    """The session user of the message being processed (None outside a client connection, or
+    before the session is activated)."""
+    return _USER.get()
+
+
 class Rejected(Exception):
     """A secure channel asked for what the server does not offer: answered with an ERR message."""
 
@@ -113,6 +124,8 @@ class _Protocol(OPCUAProtocol):
 
     async def _process_one_msg(self, header: Any, buf: Any) -> bool:
         token = _CHANNEL.set(self._channel())
+        session = getattr(self.processor, "session", None)
+        user_token = _USER.set(getattr(session, "user", None))
         try:
             return bool(await super()._process_one_msg(header, buf))
         except Rejected as r:
@@ -127,6 +140,7 @@ class _Protocol(OPCUAProtocol):
             self._refuse(Rejected(StatusCodes.BadSecurityChecksFailed, reason))
             return False
         finally:
+            _USER.reset(user_token)
             _CHANNEL.reset(token)
 
     def _is_open(self) -> bool:

@@ -67,6 +67,7 @@ _READ_ONLY_SERVICES: Final = frozenset(
     )
 )
 _WRITE_SERVICE: Final = ua_struct(ua.NodeId, Identifier=ObjectIds.WriteRequest_Encoding_DefaultBinary)
+_CALL_SERVICE: Final = ua_struct(ua.NodeId, Identifier=ObjectIds.CallRequest_Encoding_DefaultBinary)
 _NUMERIC_VARIANTS: Final = frozenset(
     {
         ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
@@ -185,14 +186,21 @@ class Users(UserManager):
 
 class ReadOnly(SimpleRoleRuleset):
     """Every session may use the read-side services only, whatever its role; plus the Write service
-    when some tag takes commands here (`GatedWrites` then decides per node and user). (A subclass
-    only because asyncua's server is typed to take this class; the parent's role table is not used.)"""
+    when some tag takes commands here (`GatedWrites` then decides per node and user), and the Call
+    service with `calls` (`uplink.opcua.alarms.GatedCalls` then decides per method and user). (A
+    subclass only because asyncua's server is typed to take this class; the parent's role table is
+    not used.)"""
 
-    def __init__(self, writes: bool = False) -> None:
+    def __init__(self, writes: bool = False, calls: bool = False) -> None:
         self._writes = writes
+        self._calls = calls
 
     def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
-        return action_type_id in _READ_ONLY_SERVICES or (self._writes and action_type_id == _WRITE_SERVICE)
+        return (
+            action_type_id in _READ_ONLY_SERVICES
+            or (self._writes and action_type_id == _WRITE_SERVICE)
+            or (self._calls and action_type_id == _CALL_SERVICE)
+        )
 
 
 WriteHandler = Callable[[User, ua.WriteValue], Awaitable[ua.StatusCode]]

@@ -5,6 +5,10 @@ Sparkplug authenticates no sender, so the node takes as little as it can: payloa
 writes only while the primary host is online (`commands_require_primary_host`), and a command's id
 is derived from the message, so a replay is a duplicate for the gate. Handlers run as tasks beside
 the listener, never under the publish lock; an accepted write is answered by a DDATA read-back.
+
+An alarm metric (`<tag>#alarm/<name>`, String, in the DBIRTH) takes "ack", "shelve 1h" or
+"unshelve" the same way: the gate (edged.alarms) decides and audits; the answer is the alarm event
+the engine stores, which comes as the metric's next DDATA like every event (no read-back).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import struct
 from collections.abc import Iterable
 
+from edged.alarms.config import is_alarm_path
 from edged.commands import Command, CommandGate, CommandResult, new_id
 from edged.errors import Transient
 from edged.model import Sample, Status, Value
@@ -119,8 +124,11 @@ class Commands:
         self._cmd_running = asyncio.Semaphore(_CMD_RUNNING)
         self._cmd_waiting = asyncio.Semaphore(_CMD_WAITING)
         self.running: set[asyncio.Task[None]] = set()  # handlers not finished yet
-        # DCMD subscribed: the gate lets this uplink write some tag
-        self.dcmd = self._gate is not None and bool(self._gate.tags_for(config.name))
+        # DCMD subscribed: the gate lets this uplink write some tag, or act on alarms ([alarms] sources)
+        alarms = ctx.config.alarms if ctx.config is not None else None
+        acks = alarms is not None and bool(alarms.tags) and config.name in alarms.sources
+        gate = self._gate
+        self.dcmd = gate is not None and (bool(gate.tags_for(config.name)) or (acks and gate.enabled))
         self.oversized = Burst()
         self.bad_metrics = 0  # CMD metrics refused as malformed (unreadable names, values, timestamps)
 
@@ -264,6 +272,8 @@ class Commands:
         fit the born datatype (the data flow then announces the new type in a rebirth)."""
         m = self._registry.metrics.get(path)
         device = split_tag(path)[0]
+        if is_alarm_path(path):
+            return  # the alarm event the engine stored is the answer: it comes as the next DDATA
         if m is None or device is None or result.readback is None or not m.fits(result.readback):
             return
         s = Sample(path, result.ts_ns, result.readback, Status.GOOD, 100, m.unit)

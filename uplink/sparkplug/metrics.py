@@ -11,6 +11,7 @@ from pathlib import Path
 
 import msgspec
 
+from edged.alarms.config import flood_path
 from edged.config import tag_matcher
 from edged.model import Gap, Sample, Value, severity
 from edged.plugin import PluginContext
@@ -223,6 +224,12 @@ class Registry:
                     path = dev.tag_path(tag)
                     if self._keep(path):
                         self.metric(path, tag.unit, KIND_TYPES.get(tag.value_kind() or ""))
+        # each alarm (and its device's flood summary) is a String metric of its device from the first
+        # birth on, so a host knows its name (DCMD "ack" / "shelve 1h" / "unshelve") before any event
+        alarms = cfg.alarms.tags if cfg is not None else []
+        for path in [*(a.path for a in alarms), *sorted({flood_path(a.tag.split("/", 1)[0]) for a in alarms})]:
+            if self._keep(path):
+                self.metric(path, None, pb.String)
         # a tag dropped from the config is not born again; without a config, all known ones are
         known = [s for s in state.last if s.tag in self.metrics or (cfg is None and self._keep(s.tag))]
         self.adopt(known, create=True)
