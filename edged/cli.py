@@ -499,6 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
     ua.add_argument("--username", help="user name; the password is read from $EDGED_DISCOVER_PASSWORD")
     ua.add_argument("--output", "-o", help="write the TOML to this file instead of standard output")
     ua.set_defaults(func=cmd_discover)
+    ht = kinds.add_parser("hart", help="poll HART polling addresses 0-63 and print a [[devices]] block per device")
+    ht.add_argument("target", help="a serial HART modem (/dev/ttyUSB0) or a HART-IP server host[:port]")
+    ht.add_argument("--addresses", default="0-63", help="polling addresses to try (default 0-63)")
+    ht.add_argument(
+        "--timeout",
+        type=float,
+        default=0.8,
+        help="seconds for an answer after the request (default 0.8: ~0.6 s at 1200 bit/s)",
+    )
+    ht.add_argument("--retries", type=int, default=0, help="extra attempts per address (default 0)")
+    ht.add_argument("--output", "-o", help="write the TOML to this file instead of standard output")
+    ht.set_defaults(func=cmd_discover)
     mb = kinds.add_parser("modbus", help="(not possible: Modbus has no directory of registers)")
     mb.add_argument("target", nargs="?")
     mb.set_defaults(func=cmd_discover)

@@ -183,6 +183,21 @@ class Driver:
         return self.problems.counts
 
     async def __aenter__(self) -> Self:
+        await self.open_link()
+        assert self._link is not None
+        link = self._link
+        try:
+            await self._identify()
+        except BaseException:
+            self._link = None
+            await link.close()
+            raise
+        self.problems.counts["connects"] += 1
+        return self
+
+    async def open_link(self) -> None:
+        """The serial port or HART-IP session only, no command sent (`edged discover hart` polls
+        the addresses itself); __aexit__ closes it."""
         cfg = self.config
         link: Link
         if cfg.transport == "serial":
@@ -202,14 +217,6 @@ class Driver:
         except LinkDown as exc:
             raise self._mapped(exc) from None
         self._link = link
-        try:
-            await self._identify()
-        except BaseException:
-            self._link = None
-            await link.close()
-            raise
-        self.problems.counts["connects"] += 1
-        return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -243,6 +250,26 @@ class Driver:
         self._preambles = max(cfg.preambles, min(20, ident.request_preambles))
         self._device_status_seen(res.device_status)
         self.log.info("%s: connected at %s: %s", cfg.name, cfg.endpoint, ident, extra={"device": cfg.name})
+
+    async def probe(self, polling_address: int) -> tuple[DeviceIdentity, Frame] | Failure:
+        """Command 0 to a polling address (discovery): the identity and its answer; the device's
+        long address and preamble count are used for the requests that follow."""
+        self._address = ShortAddress(polling_address)
+        self._preambles = self.config.preambles
+        res = await self._transact(0)
+        if isinstance(res, Failure):
+            return res
+        try:
+            ident = decode_identity(res.payload)
+        except DecodeError as exc:
+            return Failure("decode", Status.BAD_DECODING_ERROR, str(exc), True, retry=False)
+        self._address = ident.address
+        self._preambles = max(self.config.preambles, min(20, ident.request_preambles))
+        return ident, res
+
+    async def request(self, command: int, data: bytes = b"") -> Frame | Failure:
+        """One request to the current address, with the configured retries."""
+        return await self._transact(command, data)
 
     # ------------------------------------------------------------------ requests
 

@@ -581,6 +581,25 @@ def decode_additional_status(payload: bytes) -> bytes:
     return payload
 
 
+def decode_packed_ascii(data: bytes) -> str:
+    """HART packed ASCII: four 6-bit characters in three bytes; codes below 0x20 stand for 0x40 + code
+    (the letters), so 0x01 is "A" and 0x20 is " ". Trailing spaces are dropped."""
+    bits = int.from_bytes(data, "big")
+    n = len(data) * 8 // 6
+    chars = []
+    for i in range(n):
+        c = (bits >> (6 * (n - 1 - i))) & 0x3F
+        chars.append(chr(c + 0x40 if c < 0x20 else c))
+    return "".join(chars).rstrip(" ")
+
+
+def decode_tag_descriptor(payload: bytes) -> tuple[str, str]:
+    """Command 13: (tag, descriptor), packed ASCII of 8 and 16 characters (the date after them is
+    not needed)."""
+    _need(payload, 18, "command 13")
+    return decode_packed_ascii(payload[0:6]), decode_packed_ascii(payload[6:18])
+
+
 # ----------------------------------------------------------------------------------------- units
 
 # HART common table 2 (engineering units): the codes met on process transmitters. Symbols are

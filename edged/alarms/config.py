@@ -111,7 +111,7 @@ class AlarmTag(Base):
 
 
 class AlarmsConfig(Base):
-    # who may acknowledge and shelve: uplink names and "cli"
+    # who may acknowledge and shelve: uplink names, "cli" and "ui" (the web UI's operators)
     sources: list[str] = msgspec.field(default_factory=lambda: ["cli"])
     max_shelve: Duration = Duration(8 * 3600.0)  # the longest a shelve may last
     flood_limit: int = 20  # new alarm events stored per second per device; the rest are summarised
@@ -124,15 +124,15 @@ class AlarmsConfig(Base):
             raise ValueError("max_shelve must be between 1s and 30 days")
         for src in self.sources:
             if not NAME_RE.match(src):
-                raise ValueError(f"invalid source {src!r}: an uplink name or 'cli'")
+                raise ValueError(f"invalid source {src!r}: an uplink name, 'cli' or 'ui'")
 
 
 def check(alarms: AlarmsConfig, devices: list[Any], uplinks: list[Any], file: str) -> None:
     """Every alarm against the devices and computed groups (`devices` holds both)."""
-    from edged.config import COMMAND_SOURCE_CLI
+    from edged.config import COMMAND_SOURCE_CLI, COMMAND_SOURCE_UI
 
     tags = {dev.tag_path(t): (dev, t) for dev in devices for t in dev.tags}
-    sources = {u.name for u in uplinks} | {COMMAND_SOURCE_CLI}
+    sources = {u.name for u in uplinks} | {COMMAND_SOURCE_CLI, COMMAND_SOURCE_UI}
     for src in alarms.sources:
         if src not in sources:
             known = ", ".join(sorted(sources))

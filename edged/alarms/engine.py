@@ -80,6 +80,7 @@ class Alarm:
     shelved_until: int | None = None
     value: Value = None
     stored_ns: int = 0  # when (clock) its state was last stored, for the refresh
+    since_ns: int = 0  # when its state last changed (active, cleared, ack): the web UI's "since"
 
     @property
     def state(self) -> State:
@@ -232,6 +233,8 @@ class AlarmEngine:
             message=cfg.message, value=a.value, limit=cfg.limit, user=user, source=source,
         )  # fmt: skip
         a.stored_ns = self._clock()
+        if what in ("active", "cleared", "ack"):
+            a.since_ns = ts_ns
         self.counts["events"] += 1
         if what in ("active", "cleared"):
             (log.warning if what == "active" else log.info)(
@@ -299,6 +302,7 @@ class AlarmEngine:
                 a.shelved_until = own.shelved_until_ns
             if own is not None:
                 a.value = own.value
+                a.since_ns = newest[a.path].ts_ns  # a refresh's time when that is the newest event
             if state is None:
                 continue
             try:
@@ -332,4 +336,5 @@ class AlarmEngine:
         return {
             "path": a.path, "state": a.state.value, "priority": cfg.severity, "message": cfg.message,
             "shelved_until_ns": a.shelved_until, "out_of_service": cfg.out_of_service, "value": a.value,
+            "since_ns": a.since_ns or None,
         }  # fmt: skip

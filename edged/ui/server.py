@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import jinja2
+import msgspec
 from aiohttp import web
 from markupsafe import Markup
 
@@ -38,7 +39,7 @@ COOKIE = "edged_session"
 LOGIN_COOKIE = "edged_login"  # double-submit CSRF token of the login form (no session yet)
 PUSH_S = 1.0  # event stream period: a value on a page is at most about this old
 MAX_STREAMS = 32  # concurrent event streams; more get 503 (each costs a little CPU per second)
-PAGES = ("overview", "devices", "tags", "uplinks", "audit")
+PAGES = ("overview", "devices", "tags", "uplinks", "alarms", "audit")
 
 _KEY_DAEMON = web.AppKey("daemon", object)
 _KEY_UI = web.AppKey("ui", object)
@@ -92,6 +93,7 @@ class Ui:
             session=session,
             csrf=session.csrf if session else "",
             users_configured=bool(self.daemon.config.ui.users),
+            alarms_configured=self.daemon.alarms is not None,
             **ctx,
         )
         return web.Response(text=body, content_type="text/html", status=status)
@@ -110,6 +112,8 @@ class Ui:
             return views.tag_fields(s, tag, time.time_ns()), ({f"a:{tag}": s.ts_ns // 1_000_000} if s else {})
         if page == "uplinks":
             return views.uplinks_fields(d, self.sampler), {}
+        if page == "alarms":
+            return views.alarm_fields(d), {}
         return {}, {}
 
     # ------------------------------------------------------------------ pages
@@ -144,6 +148,15 @@ class Ui:
         fields, _ = self.fields("uplinks", request)
         return self.render(request, "uplinks.html", f=fields, uplinks=[(s.name, s.config.type) for s in
                            self.daemon.senders])  # fmt: skip
+
+    async def alarms(self, request: web.Request) -> web.Response:
+        fields, _ = self.fields("alarms", request)
+        cfg = self.daemon.config
+        may = COMMAND_SOURCE_UI in cfg.alarms.sources and cfg.commands.enabled
+        why_not = "" if may else _alarm_refusal(cfg.alarms.sources, cfg.commands.enabled)
+        return self.render(request, "alarms.html", f=fields, alarms=views.alarm_list(self.daemon), may_act=may,
+                           why_not=why_not, shelve_choices=views.shelve_choices(float(cfg.alarms.max_shelve)),
+                           result=request.query.get("result", ""))  # fmt: skip
 
     async def audit(self, request: web.Request) -> web.Response:
         b = self.daemon.buffer
@@ -256,16 +269,40 @@ class Ui:
         resp.del_cookie(COOKIE, path="/")
         return resp
 
-    async def write(self, request: web.Request) -> web.StreamResponse:
-        """A setpoint write: operator session, matching CSRF token, then the command gate (audited)."""
+    async def _operator(self, request: web.Request, what: str) -> tuple[Any, Any]:
+        """The form and the session of an operator whose CSRF token matches; else 401 / 403."""
         form = await request.post()
         session = self.session(request)
         if session is None:
-            raise web.HTTPUnauthorized(text="log in to write\n")
+            raise web.HTTPUnauthorized(text=f"log in to {what}\n")
         if not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
             raise web.HTTPForbidden(text="CSRF token missing or wrong\n")
         if session.role != "operator":
-            raise web.HTTPForbidden(text=f"{session.user} is a viewer: only an operator can write\n")
+            raise web.HTTPForbidden(text=f"{session.user} is a viewer: only an operator can {what}\n")
+        return form, session
+
+    async def alarm(self, request: web.Request) -> web.StreamResponse:
+        """Acknowledge, shelve or unshelve: operator session and CSRF token, then the command gate as
+        source `ui` with the user (it checks `[alarms] sources` and audits every attempt)."""
+        form, session = await self._operator(request, "acknowledge or shelve alarms")
+        path, action = str(form.get("alarm", "")), str(form.get("action", ""))
+        if action == "shelve":
+            action = f"shelve {str(form.get('duration', '')).strip()}".strip()
+        elif action not in ("ack", "unshelve"):
+            raise web.HTTPBadRequest(text=f'unknown action {action!r}: "ack", "shelve" or "unshelve"\n')
+        cmd = commands.Command(commands.new_id(), COMMAND_SOURCE_UI, session.user, path, action, time.time_ns())
+        res = await self.daemon.commands.submit(cmd)
+        if not res.ok and res.code == "unauthorised" and COMMAND_SOURCE_UI not in self.daemon.config.alarms.sources:
+            cfg = self.daemon.config
+            res = msgspec.structs.replace(res, reason=_alarm_refusal(cfg.alarms.sources, cfg.commands.enabled))
+        summary = f"{path}: {res.reason}" if res.ok else f"{path} {action}: {res.result}: {res.reason}"
+        if request.headers.get("Accept", "").startswith("application/json"):
+            return web.json_response(json.loads(commands_json(res)), status=200 if res.ok else 409)
+        raise web.HTTPSeeOther(f"/alarms?{_query(result=summary)}")
+
+    async def write(self, request: web.Request) -> web.StreamResponse:
+        """A setpoint write: operator session, matching CSRF token, then the command gate (audited)."""
+        form, session = await self._operator(request, "write")
         tag, text = str(form.get("tag", "")), str(form.get("value", ""))
         gate = self.daemon.commands
         try:
@@ -280,9 +317,14 @@ class Ui:
         raise web.HTTPSeeOther(f"/tag?{_query(tag=tag, result=summary)}")
 
 
-def commands_json(res: commands.CommandResult) -> str:
-    import msgspec
+def _alarm_refusal(sources: list[str], enabled: bool) -> str:
+    if not enabled:
+        return "commands are off: acknowledging from the web UI needs [commands] enabled = true"
+    return (f"the web UI may not acknowledge or shelve alarms: add \"ui\" to [alarms] sources "
+            f"(now: {', '.join(sources) or 'none'})")  # fmt: skip
 
+
+def commands_json(res: commands.CommandResult) -> str:
     return msgspec.json.encode(res).decode()
 
 
@@ -319,6 +361,7 @@ def make_app(daemon: Daemon, *, secure: bool) -> tuple[web.Application, Ui]:
     r.add_get("/tags", ui.tags)
     r.add_get("/tag", ui.tag)
     r.add_get("/uplinks", ui.uplinks)
+    r.add_get("/alarms", ui.alarms)
     r.add_get("/audit", ui.audit)
     r.add_get("/api/trend", ui.trend)
     r.add_get("/api/uplinks", ui.uplink_series)
@@ -327,6 +370,7 @@ def make_app(daemon: Daemon, *, secure: bool) -> tuple[web.Application, Ui]:
     r.add_post("/login", ui.login)
     r.add_post("/logout", ui.logout)
     r.add_post("/write", ui.write)
+    r.add_post("/alarm", ui.alarm)
     r.add_static("/static", HERE / "static")
     add_routes(app, daemon)
     return app, ui

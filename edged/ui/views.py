@@ -194,6 +194,7 @@ def overview_fields(daemon: Daemon, sampler: Sampler) -> Fields:
         "devices-up": (f"{sum(r.stats.state == 'running' for r in daemon.devices)} of {len(daemon.devices)}", ""),
     }
     f.update(uplinks_fields(daemon, sampler))
+    f.update(alarm_count_fields(daemon))
     return f
 
 
@@ -275,3 +276,96 @@ def audit_rows(store: Store, limit: int = AUDIT_ROWS) -> list[dict[str, Any]]:
         raise
     keys = ("received_ns", "source", "user", "tag", "value", "old", "result", "code", "reason", "readback")
     return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+# ------------------------------------------------------------------------ alarms (edged.alarms, in memory)
+
+ALARM_ORDER = {"unack": 0, "rtn_unack": 1, "acked": 2, "normal": 3}  # what needs the operator first
+SHELVE_CHOICES = ("15m", "1h", "4h", "8h")
+STATE_TEXT = {"unack": "active, unacknowledged", "acked": "active, acknowledged",
+              "rtn_unack": "cleared, unacknowledged", "normal": "normal"}  # fmt: skip
+
+
+def _local_time(ns: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) if ns else "-"
+
+
+def alarm_list(daemon: Daemon) -> list[dict[str, Any]]:
+    """Every configured alarm, unacknowledged and active first, then by priority (highest first)."""
+    engine = daemon.alarms
+    if engine is None:
+        return []
+    rows = []
+    for a in engine.alarms.values():
+        row = engine.describe(a)
+        row["type"] = a.cfg.type
+        row["tag"] = a.cfg.tag
+        rows.append(row)
+
+    def key(r: dict[str, Any]) -> tuple[int, int, int, str]:
+        suppressed = bool(r["out_of_service"] or r["shelved_until_ns"])
+        return (suppressed, ALARM_ORDER.get(r["state"], 9), -r["priority"], r["path"])
+
+    return sorted(rows, key=key)
+
+
+def shelve_choices(max_shelve_s: float) -> list[str]:
+    """The shelve durations offered: the usual ones up to `max_shelve` (which is always offered)."""
+    from edged.config import Duration
+
+    out = [c for c in SHELVE_CHOICES if float(Duration.parse(c)) < max_shelve_s]
+    return [*out, fmt_duration(max_shelve_s)]
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s % 3600 == 0:
+        return f"{s // 3600}h"
+    if s % 60 == 0:
+        return f"{s // 60}m"
+    return f"{s}s"
+
+
+def alarm_counts(daemon: Daemon) -> dict[str, int]:
+    """Active and unacknowledged (shelved and out-of-service ones are not annunciated), shelved."""
+    counts = {"configured": 0, "active": 0, "unacknowledged": 0, "shelved": 0, "out_of_service": 0}
+    if daemon.alarms is None:
+        return counts
+    for a in daemon.alarms.alarms.values():
+        counts["configured"] += 1
+        if a.cfg.out_of_service:
+            counts["out_of_service"] += 1
+        elif a.shelved_until is not None:
+            counts["shelved"] += 1
+        else:
+            counts["active"] += a.state.active
+            counts["unacknowledged"] += not a.state.acked
+    return counts
+
+
+def alarm_fields(daemon: Daemon) -> Fields:
+    f: Fields = {}
+    for r in alarm_list(daemon):
+        p, st = r["path"], r["state"]
+        f[f"al-state:{p}"] = (STATE_TEXT.get(st, st), f"alarm-{st}")
+        f[f"al-since:{p}"] = (_local_time(r["since_ns"]), "")
+        f[f"al-value:{p}"] = (fmt_value(r["value"]), "")
+        if r["out_of_service"]:
+            sup = ("out of service", "alarm-oos")
+        elif r["shelved_until_ns"]:
+            sup = (f"shelved until {_local_time(r['shelved_until_ns'])}", "alarm-shelved")
+        else:
+            sup = ("", "")
+        f[f"al-sup:{p}"] = sup
+    f.update(alarm_count_fields(daemon))
+    return f
+
+
+def alarm_count_fields(daemon: Daemon) -> Fields:
+    c = alarm_counts(daemon)
+    return {
+        "alarms-active": (str(c["active"]), "bad" if c["active"] else "good"),
+        "alarms-unacked": (str(c["unacknowledged"]), "bad" if c["unacknowledged"] else "good"),
+        "alarms-shelved": (str(c["shelved"]), "uncertain" if c["shelved"] else ""),
+        "alarms-oos": (str(c["out_of_service"]), ""),
+    }

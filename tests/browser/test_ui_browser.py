@@ -94,6 +94,23 @@ path = "samples.jsonl"
 enabled = true
 tags = [{{ tag = "totals/volume", sources = ["ui"], min = 0, max = 1000000 }}]
 
+[alarms]
+sources = {alarm_sources}
+
+[[alarms.tags]]
+tag = "plant/stuck"
+type = "hi"
+limit = 3.0
+priority = "high"
+message = "stuck pressure above 3 bar"
+
+[[alarms.tags]]
+tag = "plant/flow"
+type = "lo"
+limit = 1.0
+priority = "low"
+message = "no flow"
+
 [ui]
 listen = "127.0.0.1:{port}"
 users.op = {{ password_hash = "{op_hash}", role = "operator" }}
@@ -104,14 +121,15 @@ RED, AMBER = "rgba(198, 40, 40, 1)", "rgba(178, 106, 0, 1)"
 
 
 class Gateway:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, alarm_sources: str = '["ui", "cli"]') -> None:
         self.tmp = tmp
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data = tmp / "data"
         cfg = tmp / "edged.toml"
         cfg.write_text(CONFIG.format(data=self.data, port=self.port, op_hash=hash_password("op-secret", n=2**14),
-                                     viewer_hash=hash_password("viewer-secret", n=2**14)))  # fmt: skip
+                                     viewer_hash=hash_password("viewer-secret", n=2**14),
+                                     alarm_sources=alarm_sources))  # fmt: skip
         self.log = (tmp / "edged.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)],
                                      stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -205,7 +223,7 @@ def login(drv: Any, gw: Gateway, user: str, password: str, then: str = "/") -> N
 @pytest.mark.timeout(90)
 def test_every_page_renders_without_console_errors(gw: Gateway, browser: Any, shots: Path) -> None:
     pages = {"overview": "/", "devices": "/devices", "tags": "/tags", "tag": "/tag?tag=plant%2Flevel",
-             "uplinks": "/uplinks", "audit": "/audit", "login": "/login"}  # fmt: skip
+             "uplinks": "/uplinks", "alarms": "/alarms", "audit": "/audit", "login": "/login"}  # fmt: skip
     wait_until(lambda: "plant/level" in get(f"{gw.base}/api/trend?tag=plant%2Flevel")[1], 10, "a first sample")
     for name, path in pages.items():
         browser.get(gw.base + path)
@@ -310,8 +328,141 @@ def test_writes_need_an_operator_login_and_a_csrf_token(gw: Gateway, browser: An
     browser.save_screenshot(str(shots / "audit.png"))
 
 
+ALARM = "plant/stuck#alarm/hi"
+
+
+def session_of(gw: Gateway, user: str, password: str) -> tuple[Any, str]:
+    """An opener logged in as `user` (its cookie jar holds the session) and the session's CSRF token."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), NoRedirect)
+    token = get(f"{gw.base}/login", opener)[1].split('name="csrf" value="')[1].split('"')[0]
+    req = urllib.request.Request(f"{gw.base}/login", data=urllib.parse.urlencode(
+        {"csrf": token, "user": user, "password": password}).encode())  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as redirect:  # 303: NoRedirect turns it into an error
+        opener.open(req, timeout=10)
+    assert redirect.value.code == 303 and "error" not in redirect.value.headers["Location"]
+    page = get(f"{gw.base}/alarms", opener)[1]
+    return opener, page.split('action="/logout"')[1].split('name="csrf" value="')[1].split('"')[0]
+
+
+def post_as(gw: Gateway, opener: Any, path: str, form: dict[str, str]) -> tuple[int, str]:
+    req = urllib.request.Request(f"{gw.base}{path}", data=urllib.parse.urlencode(form).encode(),
+                                 headers={"Accept": "application/json"})  # fmt: skip
+    try:
+        with opener.open(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def audit_rows(gw: Gateway) -> list[tuple[str, str, str, str, str]]:
+    """The audit trail straight from the buffer's SQLite file: (source, user, tag, value, result)."""
+    db = sqlite3.connect(f"file:{gw.data / 'buffer.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT source, user, tag, value, result FROM audit ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+@pytest.mark.timeout(90)
+def test_an_operator_acknowledges_and_shelves_an_alarm_on_the_page(gw: Gateway, browser: Any, shots: Path) -> None:
+    # the overview counts the raised alarm: active and unacknowledged
+    browser.get(gw.base + "/")
+    wait(browser, lambda d: d.find_element(By.ID, "alarms-unacked").text == "1", 10, "an unacknowledged alarm")
+    assert browser.find_element(By.ID, "alarms-active").text == "1"
+    login(browser, gw, "op", "op-secret", then="/alarms")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#alarm-table tbody tr"), 10, "the alarms page")
+    state = f"al-state:{ALARM}"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#alarm-table tbody tr")
+    assert [r.get_attribute("data-alarm") for r in rows] == [ALARM, "plant/flow#alarm/lo"]  # the active one first
+    assert browser.find_element(By.ID, state).text == "active, unacknowledged"
+    assert browser.find_element(By.ID, state).value_of_css_property("background-color") == RED
+    assert "stuck pressure above 3 bar" in rows[0].text and "700" in rows[0].text
+    assert browser.find_element(By.ID, "al-state:plant/flow#alarm/lo").text == "normal"
+    row = browser.find_element(By.CSS_SELECTOR, f"tr[data-alarm='{ALARM}']")
+    assert not row.find_element(By.CSS_SELECTOR, "button.unshelve").is_displayed()  # not shelved
+    assert not browser.find_element(By.CSS_SELECTOR, "tr[data-alarm='plant/flow#alarm/lo'] button.ack").is_displayed()
+    browser.save_screenshot(str(shots / "alarms.png"))
+    browser.execute_script("window.__no_reload = 1")
+    # acknowledge: the state changes on the page by the event stream, without a reload
+    row.find_element(By.CSS_SELECTOR, "button.ack").click()
+    wait(browser, lambda d: d.find_element(By.ID, "alarm-result").is_displayed(), 5, "the answer")
+    assert "unack -> acked" in browser.find_element(By.ID, "alarm-result").text
+    wait(browser, lambda d: d.find_element(By.ID, state).text == "active, acknowledged", 5, "the acknowledged state")
+    assert browser.find_element(By.ID, state).value_of_css_property("background-color") == AMBER
+    wait(browser, lambda d: not row.find_element(By.CSS_SELECTOR, "button.ack").is_displayed(), 3, "no ack button")
+    # shelve for 1h, then unshelve
+    from selenium.webdriver.support.ui import Select
+
+    Select(row.find_element(By.CSS_SELECTOR, "select.duration")).select_by_visible_text("1h")
+    row.find_element(By.CSS_SELECTOR, "button.shelve").click()
+    sup = f"al-sup:{ALARM}"
+    wait(browser, lambda d: d.find_element(By.ID, sup).text.startswith("shelved until"), 5, "the shelve")
+    wait(browser, lambda d: row.find_element(By.CSS_SELECTOR, "button.unshelve").is_displayed(), 3, "unshelve")
+    assert not row.find_element(By.CSS_SELECTOR, "button.shelve").is_displayed()
+    row.find_element(By.CSS_SELECTOR, "button.unshelve").click()
+    wait(browser, lambda d: d.find_element(By.ID, sup).text == "", 5, "the unshelve")
+    assert browser.execute_script("return window.__no_reload") == 1
+    assert console_errors(browser) == []
+    # the audit trail: source ui and the user, on the page and in the buffer's file
+    audited = [r for r in audit_rows(gw) if r[2] == ALARM]
+    assert [(r[0], r[1], r[3], r[4]) for r in audited] == [
+        ("ui", "op", '"ack"', "accepted"),
+        ("ui", "op", '"shelve 1h"', "accepted"),
+        ("ui", "op", '"unshelve"', "accepted"),
+    ]  # values as the audit stores them (JSON)
+    browser.get(f"{gw.base}/audit")
+    rows_text = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
+    assert any(f'ui op {ALARM} "ack"' in r and "accepted" in r for r in rows_text), rows_text
+    browser.get(gw.base + "/")
+    wait(browser, lambda d: d.find_element(By.ID, "alarms-unacked").text == "0", 5, "no unacknowledged alarm")
+    assert browser.find_element(By.ID, "alarms-active").text == "1"
+
+
+@pytest.mark.timeout(60)
+def test_a_viewer_sees_no_alarm_buttons_and_forged_posts_are_refused(gw: Gateway, browser: Any) -> None:
+    before = len(audit_rows(gw))
+    browser.get(f"{gw.base}/alarms")  # anonymous
+    wait(browser, lambda d: d.find_element(By.ID, "live").text.startswith("live"), 5, "alarms live")
+    assert not browser.find_elements(By.CSS_SELECTOR, "form.alarm-action")
+    login(browser, gw, "viewer", "viewer-secret", then="/alarms")
+    assert not browser.find_elements(By.CSS_SELECTOR, "form.alarm-action")
+    assert "viewer" in browser.find_element(By.TAG_NAME, "main").text
+    form = {"alarm": ALARM, "action": "ack"}
+    assert post(f"{gw.base}/alarm", {**form, "csrf": "x"})[0] == 401  # no session
+    viewer, viewer_csrf = session_of(gw, "viewer", "viewer-secret")
+    code, text = post_as(gw, viewer, "/alarm", {**form, "csrf": viewer_csrf})
+    assert code == 403 and "viewer" in text
+    op, _ = session_of(gw, "op", "op-secret")
+    code, text = post_as(gw, op, "/alarm", {**form, "csrf": "forged"})
+    assert code == 403 and "CSRF" in text
+    code, text = post_as(gw, op, "/alarm", {**form, "csrf": viewer_csrf})  # another session's token
+    assert code == 403 and "CSRF" in text
+    assert len(audit_rows(gw)) == before  # none of them reached the gate
+
+
+@pytest.mark.timeout(60)
+def test_alarm_actions_are_refused_when_ui_is_not_an_alarm_source(tmp_path: Path) -> None:
+    g = Gateway(tmp_path, alarm_sources='["cli"]')
+    try:
+        op, csrf = session_of(g, "op", "op-secret")
+        page = get(f"{g.base}/alarms", op)[1]
+        assert 'id="alarm-why-not"' in page and "form" not in page.split('id="alarm-table"')[1].split("</table>")[0]
+        assert "add &#34;ui&#34; to [alarms] sources" in page or 'add "ui" to [alarms] sources' in page
+        wait_until(lambda: "active, unacknowledged" in get(f"{g.base}/alarms", op)[1], 10, "the alarm raised")
+        code, text = post_as(g, op, "/alarm", {"alarm": ALARM, "action": "ack", "csrf": csrf})
+        assert code == 409
+        answer = json.loads(text)
+        assert answer["result"] == "rejected" and answer["code"] == "unauthorised"
+        assert 'add "ui" to [alarms] sources (now: cli)' in answer["reason"]
+        assert [(r[0], r[1], r[2], r[4]) for r in audit_rows(g)] == [("ui", "op", ALARM, "rejected")]  # audited
+        assert "active, unacknowledged" in get(f"{g.base}/alarms", op)[1]
+    finally:
+        g.stop()
+
+
 @pytest.mark.timeout(60)
 def test_login_is_throttled(gw: Gateway) -> None:
+    # last in the module: it locks logins from 127.0.0.1 for the module's gateway
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), NoRedirect)
     codes = []
     for _ in range(7):

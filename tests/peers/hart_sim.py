@@ -198,6 +198,36 @@ def _f32(value: float) -> bytes:
     return struct.pack(">f", value)  # HART floats: IEEE 754 single precision, most significant byte first
 
 
+def pack_ascii(text: str, length: int) -> bytes:
+    """HART packed ASCII (common practice spec): upper-cased, padded with spaces to `length`
+    characters, each kept as its low 6 bits, four characters to three bytes."""
+    chars = text.upper().ljust(length)[:length]
+    out = bytearray()
+    for i in range(0, length, 4):
+        a, b, c, d = (ord(ch) & 0x3F for ch in chars[i : i + 4])
+        out += bytes([(a << 2) | (b >> 4), ((b & 0x0F) << 4) | (c >> 2), ((c & 0x03) << 6) | d])
+    return bytes(out)
+
+
+@dataclass
+class Multidrop:
+    """Several devices on one cable (multidrop): each answers what is addressed to it."""
+
+    devices: list[SimDevice]
+    burst: bool = False  # no burst mode on a multidrop cable here
+    burst_period: float = 0.05
+
+    def burst_frame(self, *, serial: bool) -> bytes:
+        return b""
+
+    def answer(self, frame: Received, *, serial: bool) -> bytes | None:
+        for d in self.devices:
+            reply = d.answer(frame, serial=serial)
+            if reply is not None:
+                return reply
+        return None
+
+
 # ----------------------------------------------------------------------------------------- the device
 
 
@@ -226,6 +256,8 @@ class SimDevice:
     burst_period: float = 0.05
     requests: list[int] = field(default_factory=list)  # commands received, in order
     rng: random.Random = field(default_factory=lambda: random.Random(43))
+    tag: str | None = None  # command 13 (tag, descriptor, date) is answered only when set
+    descriptor: str = ""
 
     @property
     def unique_id(self) -> bytes:
@@ -278,6 +310,8 @@ class SimDevice:
             return 0, _f32(self.loop_current) + _f32(self.percent_range)
         if command == 3:  # loop current, then unit code + value of PV, SV, TV, QV as far as they exist
             return 0, _f32(self.loop_current) + b"".join(bytes([u]) + _f32(v) for u, v in self.variables[:4])
+        if command == 13 and self.tag is not None:  # tag (8 chars), descriptor (16), date (day, month, year-1900)
+            return 0, pack_ascii(self.tag, 8) + pack_ascii(self.descriptor, 16) + bytes([1, 1, 124])
         if command == 48:  # additional device status: device-specific bytes, extended status, operating mode
             return 0, self.additional_status + bytes([0, 0])
         return NOT_IMPLEMENTED, b""
@@ -384,7 +418,7 @@ def socat_pair(directory: Path) -> Iterator[SocatPair]:
 class SerialSim:
     """The device on a pty: answers requests as they arrive; bursts from a timer when enabled."""
 
-    def __init__(self, device: SimDevice, path: str) -> None:
+    def __init__(self, device: SimDevice | Multidrop, path: str) -> None:
         self.device = device
         self.path = path
         self.fd = -1
@@ -467,7 +501,7 @@ def hartip_message(message_type: int, message_id: int, sequence: int, body: byte
 class HartIpSim:
     """A HART-IP server for one device on 127.0.0.1 (a free port unless given)."""
 
-    def __init__(self, device: SimDevice, port: int = 0) -> None:
+    def __init__(self, device: SimDevice | Multidrop, port: int = 0) -> None:
         self.device = device
         self.port = port
         self.sessions = 0
@@ -567,6 +601,7 @@ __all__ = [
     "Fault",
     "FrameDamaged",
     "HartIpSim",
+    "Multidrop",
     "Received",
     "RequestReader",
     "SerialSim",
@@ -574,6 +609,7 @@ __all__ = [
     "SocatPair",
     "build_frame",
     "hartip_message",
+    "pack_ascii",
     "parse_frame",
     "socat_pair",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from edged.config import ConfigError, parse
@@ -52,3 +54,31 @@ def test_throttle_locks_after_the_free_attempts() -> None:
     assert t.wait_s("user:a") > 1.0 and t.wait_s("user:b") <= 0
     t.succeeded("user:a")
     assert t.wait_s("user:a") <= 0
+
+
+def test_alarm_list_puts_what_needs_the_operator_first_and_counts_annunciated_ones() -> None:
+    from types import SimpleNamespace
+
+    from edged.alarms.engine import AlarmEngine
+    from edged.ui.views import alarm_count_fields, alarm_counts, alarm_list, shelve_choices
+
+    dev = [{"name": "d", "type": "sim", "tags": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}]
+    alarms = {"sources": ["ui"], "max_shelve": "2h", "tags": [
+        {"tag": "d/a", "type": "hi", "limit": 1.0, "priority": "low"},
+        {"tag": "d/b", "type": "hi", "limit": 1.0, "priority": "urgent"},
+        {"tag": "d/c", "type": "hi", "limit": 1.0, "priority": "high"}]}  # fmt: skip
+    cfg = parse({"devices": dev, "alarms": alarms})
+    engine = AlarmEngine(cfg.alarms, clock=lambda: 10 * S)
+    engine.feed([Sample("d/a", 1 * S, 5.0), Sample("d/b", 1 * S, 0.0), Sample("d/c", 2 * S, 5.0)])
+    engine.command("d/c#alarm/hi", "ack", None, user="op", source="ui")
+    daemon: Any = SimpleNamespace(alarms=engine)
+    order = [(r["path"], r["state"]) for r in alarm_list(daemon)]
+    assert order == [("d/a#alarm/hi", "unack"), ("d/c#alarm/hi", "acked"), ("d/b#alarm/hi", "normal")]
+    assert alarm_list(daemon)[0]["since_ns"] == 1 * S and alarm_list(daemon)[1]["since_ns"] == 10 * S  # the ack
+    assert alarm_counts(daemon) == {"configured": 3, "active": 2, "unacknowledged": 1, "shelved": 0,
+                                    "out_of_service": 0}  # fmt: skip
+    engine.command("d/a#alarm/hi", "shelve", 600.0, user="op", source="ui")
+    assert [r["path"] for r in alarm_list(daemon)][-1] == "d/a#alarm/hi"  # shelved: last
+    assert alarm_count_fields(daemon)["alarms-unacked"] == ("0", "good")  # a shelved alarm is not annunciated
+    assert shelve_choices(7200.0) == ["15m", "1h", "2h"] and shelve_choices(8 * 3600.0)[-1] == "8h"
+    assert alarm_counts(SimpleNamespace(alarms=None))["configured"] == 0  # type: ignore[arg-type]

@@ -47,7 +47,11 @@
         status.className = "live";
       }
       if (page === "tags") filter();
+      if (page === "alarms") alarmButtons();
     };
+    // a page left behind (navigation, back/forward cache) lets its stream go at once: the browser
+    // allows only six connections per server, and a stream still held would block the next page
+    window.addEventListener("pagehide", () => src.close());
     src.onerror = function () {
       if (status) { status.textContent = "reconnecting…"; status.className = "nodata"; }
     };
@@ -85,6 +89,54 @@
     box.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(filter, 120); });
     document.getElementById("only-bad").addEventListener("change", filter);
     filter();
+  }
+
+  // ------------------------------------------------------------------ alarms page
+  // Only the buttons that apply: Acknowledge while unacknowledged, Shelve or Unshelve by the shelve.
+  function alarmButtons() {
+    for (const tr of document.querySelectorAll("tr[data-alarm]")) {
+      const path = tr.dataset.alarm;
+      const state = document.getElementById("al-state:" + path);
+      const sup = document.getElementById("al-sup:" + path);
+      if (!state || !sup) continue;
+      const unacked = /alarm-(unack|rtn_unack)\b/.test(state.className);
+      const shelved = sup.className === "alarm-shelved";
+      const show = { ack: unacked, shelve: !shelved, unshelve: shelved };
+      for (const [cls, on] of Object.entries(show)) {
+        const b = tr.querySelector("button." + cls);
+        if (b && b.form.hidden === on) b.form.hidden = !on;
+      }
+    }
+  }
+  // Submitted in the background: the page stays, the event stream shows the new state.
+  function setupAlarmForms() {
+    for (const form of document.querySelectorAll("form.alarm-action")) {
+      form.addEventListener("submit", async function (ev) {
+        ev.preventDefault();
+        const out = document.getElementById("alarm-result");
+        for (const b of form.querySelectorAll("button")) b.disabled = true;
+        try {
+          const r = await fetch(form.getAttribute("action"), { method: "POST", body: new URLSearchParams(new FormData(form)),
+                                               headers: { Accept: "application/json" }, credentials: "same-origin" });
+          let text;
+          if ((r.headers.get("Content-Type") || "").startsWith("application/json")) {
+            const d = await r.json();
+            text = d.result === "accepted" ? `${d.tag}: ${d.reason}` : `${d.tag}: ${d.result}: ${d.reason}`;
+          } else {
+            text = (await r.text()).trim();
+          }
+          out.textContent = text;
+          out.className = r.ok ? "result" : "result refused";
+        } catch (e) {
+          out.textContent = "not sent: " + e;
+          out.className = "result refused";
+        } finally {
+          out.hidden = false;
+          for (const b of form.querySelectorAll("button")) b.disabled = false;
+        }
+      });
+    }
+    alarmButtons();
   }
 
   // ------------------------------------------------------------------ charts (SVG)
@@ -175,6 +227,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     setupFilter();
+    setupAlarmForms();
     ages();
     setInterval(ages, 1000);
     if (page !== "audit" && page !== "login" && page !== "error") live();
