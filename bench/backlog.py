@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from machine import machine
 
 from buffer import Buffer
-from edged.config import BufferConfig
+from edged.config import BufferConfig, ByteSize
 from edged.delivery import Sender
 from edged.model import Sample, Status
 from edged.plugin import Backoff, PluginContext
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, default=16, help="max_inflight (1: the stop-and-wait Sender)")
     ap.add_argument("--batch-bytes", default="128KiB", help="batch_bytes")
     args = ap.parse_args()
-    extra = {"max_inflight": args.inflight, "batch_bytes": args.batch_bytes}
+    extra = {"max_inflight": args.inflight, "batch_bytes": ByteSize.parse(args.batch_bytes)}
     logging.basicConfig(level=logging.ERROR)
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as d:
