@@ -97,6 +97,7 @@ def parse(tmp: Path, endpoint: str) -> edged_config.Config:
                 }
             ],
             "commands": {"enabled": True, "tags": [{"tag": "press/setpoint", "sources": ["scada"], "max": 150}]},
+            "computed": [{"name": "calc", "tags": [{"name": "temp2", "expr": "{press/temp} * 2", "unit": "degC"}]}],
         }
     )
 
@@ -305,3 +306,15 @@ async def test_a_configured_certificate_without_the_endpoint_ip_is_warned_about(
     async with Uplink(up_cfg, PluginContext(GATEWAY, tmp_path, logging.getLogger("edged.uplink.s"), config=cfg)):
         pass
     assert "does not name 127.0.0.1 in its SubjectAltName" in caplog.text
+
+
+@module_loop
+async def test_computed_tags_are_announced_at_start_like_measured_ones(env: Env) -> None:
+    """A [[computed]] group is a folder of the address space before its first value (edged.compute)."""
+    async with client(env, None) as c:
+        node = await tag(c, "calc", "temp2")
+        assert (
+            await node.read_data_value(raise_on_bad_status=False)
+        ).StatusCode.value == Status.BAD_WAITING_FOR_INITIAL_DATA
+        units = await node.get_child("0:EngineeringUnits")
+        assert (await units.read_value()).UnitId == 4408652  # UNECE CEL, as for a measured degC tag

@@ -415,7 +415,8 @@ class Uplink:
         gw_id = ua_struct(ua.NodeId, Identifier=_GATEWAY_NODE, NamespaceIndex=self.ns)
         self._root = await server.nodes.objects.add_folder(gw_id, self._qname(self.gateway))
         full = self.ctx.config
-        devices: list[DeviceBase] = full.devices if isinstance(full, EdgedConfig) else []
+        # computed groups are pseudo-devices (edged.compute): their tags are announced like measured ones
+        devices: list[DeviceBase] = [*full.devices, *full.computed] if isinstance(full, EdgedConfig) else []
         wanted = tag_matcher(self.config.tags)
         items: list[ua.AddNodesItem] = []
         for dev in devices:

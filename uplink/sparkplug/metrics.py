@@ -218,7 +218,7 @@ class Registry:
         self._next_alias = max(self._aliases.values(), default=0) + 1
         self.metric(GAP_KEY)
         cfg = self.daemon_config
-        for dev in cfg.devices if cfg is not None else []:
+        for dev in [*cfg.devices, *cfg.computed] if cfg is not None else []:  # computed groups too
             if dev.enabled:
                 for tag in dev.tags:
                     path = dev.tag_path(tag)
