@@ -3,9 +3,9 @@
 Every batch carries an `Idempotency-Key` made of (gateway, lo_seq, hi_seq), so the receiver can
 drop a batch it already stored when an answer was lost on the way back. To keep that key valid,
 a failed POST is retried *in place* (same body, same key) for up to `retry_for`; only then is the
-batch handed back to the Sender, which may re-read a wider window under a new key. Exceptions
-from httpx and the HTTP status codes are mapped to Transient/Permanent/Partial in `_classify`
-and `_status_error` and nowhere else. Body schema and status policy: README.md.
+batch handed back to the Sender, which re-sends it with the same bounds after a reconnect.
+Exceptions from httpx and the HTTP status codes are mapped to Transient/Permanent/Partial in
+`edged.protocols.http.classify` and `_status_error` and nowhere else. Body and statuses: README.md.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from edged.config import Duration, Secret
 from edged.errors import EdgedError, Partial, Permanent, RetryAfter, Transient
 from edged.model import Batch, Gap, Sample, Value, severity
 from edged.plugin import Backoff, PluginContext, UplinkSpec
+from edged.protocols.http import classify
 from edged.protocols.payload import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
@@ -188,37 +189,6 @@ def idempotency_key(batch: Batch) -> str:
 # ----------------------------------------------------------------------------------------- errors
 
 
-def _classify(exc: Exception) -> EdgedError:
-    """Map an httpx/ssl exception to Transient (worth another attempt) or Permanent (never will be).
-
-    TLS failures are Transient on purpose: the batch is not at fault, and a Permanent here would make
-    the Sender skip it. They keep failing (and are logged) until the certificate or config is fixed.
-    """
-    tls = _ssl_cause(exc)
-    if isinstance(tls, ssl.SSLCertVerificationError):
-        return Transient(f"TLS certificate verification failed: {tls.verify_message or tls} (check ca_file)")
-    if tls is not None:
-        return Transient(f"TLS handshake failed: {tls}")
-    if isinstance(exc, httpx.TimeoutException):
-        return Transient(f"{type(exc).__name__}: no answer within the timeout")
-    if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return Permanent(f"cannot build the request: {exc}")
-    if isinstance(exc, httpx.HTTPError | OSError):
-        return Transient(f"{type(exc).__name__}: {exc or 'connection failed'}")
-    return Permanent(f"{type(exc).__name__}: {exc}")
-
-
-def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
-    seen: BaseException | None = exc
-    for _ in range(8):  # httpx wraps httpcore wraps ssl; the chain is short
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _body_excerpt(resp: httpx.Response) -> str:
     """The start of the body for a log line. Not `resp.text`: the server names the charset, and one
     that is no text codec (rot13, base64) or that refuses "replace" (idna) makes httpx raise, which
@@ -368,7 +338,7 @@ class Uplink:
             try:
                 resp = await client.post(c.url, content=body, headers=headers)
             except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-                err = _classify(exc)
+                err = classify(exc)
                 if isinstance(err, Permanent):
                     raise err from exc
             else:

@@ -10,7 +10,7 @@ InfluxDB 1.x writes the good lines of a batch and answers 400 for the rest. Wher
 names the lines (parse errors), those are the rejected ones; where it only says how many it
 dropped (a field type conflict, a point outside the retention policy), the batch is narrowed down
 by resending parts of it, which only rewrites points already there (`_isolate`). httpx
-exceptions and statuses are mapped to edged.errors in `_classify`, `_status_error` and `_isolate`
+exceptions and statuses are mapped to edged.errors in `edged.protocols.http.classify`, `_status_error` and `_isolate`
 only. Mapping, statuses and limits: README.md.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import ssl
 import string
 from typing import Literal, Self
 from urllib.parse import urlsplit
@@ -32,6 +31,7 @@ from edged.config import Duration, Secret
 from edged.errors import EdgedError, Partial, Permanent, Transient
 from edged.model import Batch
 from edged.plugin import Backoff, PluginContext, UplinkSpec
+from edged.protocols.http import classify
 from edged.protocols.payload import compressor
 from edged.tls import TlsUplink, client_context
 from uplink.influxdb.lineproto import (
@@ -146,34 +146,6 @@ def _check_template(key: str, template: str, allowed: set[str]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- errors
-
-
-def _classify(exc: Exception) -> EdgedError:
-    """An httpx/ssl exception as Transient (worth another attempt) or Permanent (never will be).
-    TLS failures are Transient: the batch is not at fault, and they are logged until fixed."""
-    tls = _ssl_cause(exc)
-    if isinstance(tls, ssl.SSLCertVerificationError):
-        return Transient(f"TLS certificate verification failed: {tls.verify_message or tls} (check ca_file)")
-    if tls is not None:
-        return Transient(f"TLS handshake failed: {tls}")
-    if isinstance(exc, httpx.TimeoutException):
-        return Transient(f"{type(exc).__name__}: no answer within the timeout")
-    if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return Permanent(f"cannot build the request: {exc}")
-    if isinstance(exc, httpx.HTTPError | OSError):
-        return Transient(f"{type(exc).__name__}: {exc or 'connection failed'}")
-    return Permanent(f"{type(exc).__name__}: {exc}")
-
-
-def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class _ErrorBody(msgspec.Struct):
@@ -394,7 +366,7 @@ class Uplink:
             try:
                 resp = await client.post(c.write_url(), params=self._params, content=body)
             except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-                err = _classify(exc)
+                err = classify(exc)
                 if isinstance(err, Permanent):
                     raise err from exc
             else:
