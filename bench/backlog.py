@@ -102,7 +102,9 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, default=16, help="max_inflight (1: the stop-and-wait Sender)")
     ap.add_argument("--batch-bytes", default="128KiB", help="batch_bytes")
     args = ap.parse_args()
-    extra = {"max_inflight": args.inflight, "batch_bytes": ByteSize.parse(args.batch_bytes)}
+    batch_bytes = ByteSize.parse(args.batch_bytes)
+    extra = {"max_inflight": args.inflight, "batch_bytes": batch_bytes,
+             "max_inflight_bytes": ByteSize(max(8 * 1024**2, batch_bytes))}  # fmt: skip
     logging.basicConfig(level=logging.ERROR)
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as d:
